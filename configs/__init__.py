@@ -1,0 +1,1 @@
+"""Experiment configs: `get_config(arg)` files, loaded with `--config=configs/NAME.py:arg`."""

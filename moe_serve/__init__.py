@@ -1,0 +1,1 @@
+"""moe_serve: Mixture-of-Experts inference-serving experiments in JAX/Flax."""

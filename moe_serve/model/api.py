@@ -1,0 +1,102 @@
+"""Pure functions over the Decoder: init, full forward, KV cache and the engine step.
+
+`params` are plain (unboxed) arrays; `param_axes` gives their logical axis names for sharding.
+The cache is `{"layers": [{"k", "v": [S, L, M, H]}] * num_layers, "lengths": [S]}`.
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from moe_serve.model import attention
+from moe_serve.model.parts import Part, StepBatch, full_part
+from moe_serve.model.transformer import Decoder, is_moe_layer
+
+
+def _example_parts(model_cfg):
+  return [full_part(jnp.zeros((1, 4), jnp.int32))]
+
+
+def init_params(model_cfg, rng):
+  """Random parameters (plain arrays)."""
+  variables = Decoder(model_cfg).init(rng, _example_parts(model_cfg))
+  return nn.meta.unbox(variables["params"])
+
+
+def param_axes(model_cfg):
+  """The logical axis names of every parameter, as a pytree of PartitionSpecs (no compute)."""
+  boxed = jax.eval_shape(lambda: Decoder(model_cfg).init(jax.random.key(0),
+                                                         _example_parts(model_cfg)))
+  return nn.get_partition_spec(boxed["params"])
+
+
+def count_params(model_cfg, params):
+  """(total, active per token): active counts k of the E routed experts of each MoE layer."""
+  total = sum(x.size for x in jax.tree.leaves(params))
+  e, k = model_cfg.num_experts, model_cfg.router.k
+  inactive = 0
+  for i in range(model_cfg.num_layers):
+    if is_moe_layer(model_cfg, i):
+      experts = params[f"block_{i}"]["moe"]["experts"]
+      inactive += sum(x.size for x in jax.tree.leaves(experts)) * (e - k) // e
+  return total, total - inactive
+
+
+def collect_aux(state):
+  """Sums the router losses of all MoE layers and stacks expert loads [num_moe_layers, E]."""
+  leaves = jax.tree_util.tree_flatten_with_path(state.get("aux", {}))[0]
+  pick = lambda name: [v for path, v in leaves if getattr(path[-2], "key", None) == name]
+  zero = jnp.zeros((), jnp.float32)
+  loads = pick("expert_load")
+  return {
+      "lb_loss": sum(pick("lb_loss"), zero),
+      "z_loss": sum(pick("z_loss"), zero),
+      "expert_load": jnp.stack(loads) if loads else jnp.zeros((0, 0), jnp.float32),
+  }
+
+
+def forward(model_cfg, params, tokens_BxL, segment_ids_BxL=None):
+  """Full causal forward pass without a cache: (logits [B, L, V] float32, aux)."""
+  (logits,), _, state = _apply(model_cfg, params, [full_part(tokens_BxL, segment_ids_BxL)], None)
+  return logits, collect_aux(state)
+
+
+def _apply(model_cfg, params, parts, cache):
+  (logits, cache), state = Decoder(model_cfg).apply({"params": params}, parts, cache,
+                                                     mutable=["aux"])
+  return logits, cache, state
+
+
+def init_cache(model_cfg, num_slots):
+  m = model_cfg
+  layer = lambda: attention.init_cache_layer(num_slots, m.max_len, m.num_kv_heads, m.head_dim,
+                                             jnp.dtype(m.dtype))
+  return {"layers": [layer() for _ in range(m.num_layers)],
+          "lengths": jnp.zeros((num_slots,), jnp.int32)}
+
+
+def reset_slot(cache, slot):
+  """Zeros one slot's keys, values and length (not needed for correctness: see attention.py)."""
+  zero_row = lambda a: a.at[slot].set(0)
+  return jax.tree.map(zero_row, cache)
+
+
+def _new_lengths(lengths_S, part: Part):
+  valid_BxL = part.segment_ids_BxL >= 0
+  end_B = jnp.max(jnp.where(valid_BxL, part.positions_BxL + 1, 0), axis=1)
+  slots_B = jnp.where(end_B > 0, part.slots_B, lengths_S.shape[0])  # rows with no token: dropped
+  return lengths_S.at[slots_B].set(end_B, mode="drop")
+
+
+def step(model_cfg, params, cache, batch: StepBatch):
+  """One engine step: decode rows [B, 1] and prefill chunks [P, C] against the slot cache.
+
+  Returns (logits {"decode": [B, V], "prefill": [P, C, V]}, new cache, aux). Either part may
+  have zero rows. Jit it with the cache donated (parallel/steps.py).
+  """
+  parts = [batch.decode, batch.prefill]
+  (dec_BxLxV, pre_PxCxV), cache, state = _apply(model_cfg, params, parts, cache)
+  lengths = cache["lengths"]
+  for part in parts:
+    lengths = _new_lengths(lengths, part)
+  cache = dict(cache, lengths=lengths)
+  return {"decode": dec_BxLxV[:, 0], "prefill": pre_PxCxV}, cache, collect_aux(state)

@@ -1,0 +1,66 @@
+"""Small layers: RMSNorm, rotary embeddings, a logically-partitioned kernel, the SwiGLU FFN.
+
+Axis letters (used in every model file): B rows/slots, L length, D model, N query heads,
+M kv heads, H head dim, F FFN hidden, V vocab, E experts, K choices, T flat tokens, C capacity.
+"""
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def dtype_of(name):
+  return jnp.dtype(name)
+
+
+def param_with_axes(module, name, shape, axes: Sequence[str | None], init=None):
+  """Declares a parameter whose dimensions carry logical axis names (for sharding rules)."""
+  if init is None:
+    fan_in = shape[-2] if len(shape) >= 2 else shape[-1]
+    init = nn.initializers.normal(stddev=fan_in**-0.5)
+  return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), shape, jnp.float32)
+
+
+def constrain(x, axes):
+  """Logical sharding constraint; a no-op outside a mesh/rules context."""
+  return nn.with_logical_constraint(x, tuple(axes))
+
+
+class RMSNorm(nn.Module):
+  eps: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x_xD):
+    scale_D = param_with_axes(self, "scale", (x_xD.shape[-1],), ("norm",), nn.initializers.ones)
+    x32 = x_xD.astype(jnp.float32)
+    inv = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (x32 * inv * scale_D).astype(x_xD.dtype)
+
+
+def rotary(x_BxLxNxH, pos_BxL, theta):
+  """Rotates pairs (first half, second half) of the head dim by position-dependent angles."""
+  half = x_BxLxNxH.shape[-1] // 2
+  freq_h = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angle_BxLxh = pos_BxL.astype(jnp.float32)[..., None] * freq_h
+  sin, cos = jnp.sin(angle_BxLxh)[..., None, :], jnp.cos(angle_BxLxh)[..., None, :]
+  x1, x2 = x_BxLxNxH[..., :half].astype(jnp.float32), x_BxLxNxH[..., half:].astype(jnp.float32)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BxLxNxH.dtype)
+
+
+class SwiGLU(nn.Module):
+  """Dense gated FFN: (silu(x W_gate) * x W_up) W_down."""
+  d_ff: int
+  dtype: str = "float32"
+
+  @nn.compact
+  def __call__(self, x_TxD):
+    d = x_TxD.shape[-1]
+    dt = dtype_of(self.dtype)
+    w_gate_DxF = param_with_axes(self, "w_gate", (d, self.d_ff), ("embed", "mlp"))
+    w_up_DxF = param_with_axes(self, "w_up", (d, self.d_ff), ("embed", "mlp"))
+    w_down_FxD = param_with_axes(self, "w_down", (self.d_ff, d), ("mlp", "embed"))
+    x = x_TxD.astype(dt)
+    h_TxF = nn.silu(x @ w_gate_DxF.astype(dt)) * (x @ w_up_DxF.astype(dt))
+    return h_TxF @ w_down_FxD.astype(dt)

@@ -1,0 +1,60 @@
+"""The model's input unit: a `Part` is a block of rows of tokens that attend the same way.
+
+A full forward pass is one part without a cache. An engine step is two parts against the slot KV
+cache: decode rows `[B, 1]` and prefill chunk rows `[P, C]`. Each row belongs to one slot; tokens
+with a negative segment id are padding: they write nothing to the cache and never take an
+expert's capacity.
+"""
+from typing import NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+
+
+class Part(NamedTuple):
+  tokens_BxL: jnp.ndarray  # int32
+  positions_BxL: jnp.ndarray  # int32, position of each token in its sequence
+  segment_ids_BxL: jnp.ndarray  # int32, request id; negative = padding
+  slots_B: jnp.ndarray | None  # int32 cache row of each row; None = no cache (full forward)
+
+
+class StepBatch(NamedTuple):
+  decode: Part  # [B, 1]
+  prefill: Part  # [P, C]
+
+
+def full_part(tokens_BxL, segment_ids_BxL=None):
+  """A cache-free part for a full forward pass; row b is its own sequence unless segment ids say."""
+  tokens_BxL = jnp.asarray(tokens_BxL, jnp.int32)
+  b, length = tokens_BxL.shape
+  positions_BxL = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (b, length))
+  if segment_ids_BxL is None:
+    segment_ids_BxL = jnp.broadcast_to(jnp.arange(b, dtype=jnp.int32)[:, None], (b, length))
+  return Part(tokens_BxL, positions_BxL, jnp.asarray(segment_ids_BxL, jnp.int32), None)
+
+
+def empty_part(rows, length):
+  """A part of `rows` padding rows; `rows` may be 0."""
+  z = np.zeros((rows, length), np.int32)
+  return Part(z, z, z - 1, np.zeros((rows,), np.int32))
+
+
+def chunk_part(tokens_PxC, slots_P, starts_P, lengths_P, segment_ids_P):
+  """Prefill chunks: row p holds `lengths_P[p]` real tokens at positions starts_P[p] + i.
+
+  Host-side (numpy) builder; positions past a row's length are padding (segment id -1).
+  """
+  tokens_PxC = np.asarray(tokens_PxC, np.int32)
+  p, c = tokens_PxC.shape
+  offs_C = np.arange(c, dtype=np.int32)
+  positions_PxC = np.asarray(starts_P, np.int32)[:, None] + offs_C
+  valid_PxC = offs_C < np.asarray(lengths_P, np.int32)[:, None]
+  seg_PxC = np.where(valid_PxC, np.asarray(segment_ids_P, np.int32)[:, None], -1).astype(np.int32)
+  return Part(tokens_PxC, positions_PxC, seg_PxC, np.asarray(slots_P, np.int32).reshape(p))
+
+
+def decode_part(tokens_B, slots_B, positions_B, segment_ids_B):
+  """Decode rows: one token per row at `positions_B`; segment id -1 marks an idle row."""
+  col = lambda a: np.asarray(a, np.int32).reshape(-1, 1)
+  return Part(col(tokens_B), col(positions_B), col(segment_ids_B),
+              np.asarray(slots_B, np.int32).reshape(-1))

@@ -1,0 +1,92 @@
+"""Decoder-only MoE transformer over a list of parts (see parts.py).
+
+Each block runs attention per part (each part its own way: within itself, or against the slot
+cache), then concatenates every part's tokens into one flat token set `[T, D]` for the FFN/MoE:
+this is where the tokens of different requests meet and may compete for expert capacity.
+"""
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from moe_serve.model import layers
+from moe_serve.model.attention import Attention
+from moe_serve.model.moe import MoE
+from moe_serve.model.parts import Part
+
+
+def is_moe_layer(model_cfg, i):
+  return (i + 1) % model_cfg.moe_every == 0
+
+
+def flatten_parts(xs, parts):
+  """[B_i, L_i, D] per part -> ([T, D], [T] segment ids) with T = sum B_i * L_i."""
+  x_TxD = jnp.concatenate([x.reshape(-1, x.shape[-1]) for x in xs], axis=0)
+  seg_T = jnp.concatenate([jnp.asarray(p.segment_ids_BxL).reshape(-1) for p in parts], axis=0)
+  return x_TxD, seg_T
+
+
+def unflatten_parts(x_TxD, xs):
+  out, start = [], 0
+  for x in xs:
+    n = x.shape[0] * x.shape[1]
+    out.append(x_TxD[start:start + n].reshape(x.shape))
+    start += n
+  return out
+
+
+class Block(nn.Module):
+  cfg: "ml_collections.ConfigDict"  # the model section  # noqa: F821
+  use_moe: bool
+
+  @nn.compact
+  def __call__(self, xs, parts: Sequence[Part], cache_layer):
+    m = self.cfg
+    attn = Attention(m.num_heads, m.num_kv_heads, m.head_dim, m.rope_theta, m.dtype, name="attn")
+    norm_attn = layers.RMSNorm(m.norm_eps, name="norm_attn")
+    new_xs = []
+    for x, part in zip(xs, parts):
+      if x.shape[0] * x.shape[1] == 0:
+        new_xs.append(x)
+        continue
+      y, cache_layer = attn(norm_attn(x), part, cache_layer)
+      new_xs.append(x + y)
+    x_TxD, seg_T = flatten_parts(new_xs, parts)
+    x_TxD = layers.constrain(x_TxD, ("activation_tokens", "activation_embed"))
+    h_TxD = layers.RMSNorm(m.norm_eps, name="norm_ffn")(x_TxD)
+    if self.use_moe:
+      y_TxD = MoE(m, name="moe")(h_TxD, seg_T)
+    else:
+      y_TxD = layers.SwiGLU(m.d_ff, m.dtype, name="mlp")(h_TxD)
+    return unflatten_parts(x_TxD + y_TxD, new_xs), cache_layer
+
+
+class Decoder(nn.Module):
+  """(parts, cache or None) -> (logits per part [B_i, L_i, V] float32, cache or None)."""
+  cfg: "ml_collections.ConfigDict"  # the model section  # noqa: F821
+
+  @nn.compact
+  def __call__(self, parts: Sequence[Part], cache=None):
+    m = self.cfg
+    embedding_VxD = layers.param_with_axes(self, "embedding", (m.vocab_size, m.d_model),
+                                           ("vocab", "embed"), nn.initializers.normal(1.0))
+    dt = layers.dtype_of(m.dtype)
+    xs = [jnp.take(embedding_VxD, jnp.asarray(p.tokens_BxL), axis=0).astype(dt) for p in parts]
+    xs = [layers.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+          for x in xs]
+    new_layers = []
+    for i in range(m.num_layers):
+      cache_layer = None if cache is None else cache["layers"][i]
+      xs, cache_layer = Block(m, is_moe_layer(m, i), name=f"block_{i}")(xs, parts, cache_layer)
+      new_layers.append(cache_layer)
+    final_norm = layers.RMSNorm(m.norm_eps, name="final_norm")
+    if m.tie_embeddings:
+      unembed_DxV = embedding_VxD.T * m.d_model**-0.5
+    else:
+      unembed_DxV = layers.param_with_axes(self, "unembed", (m.d_model, m.vocab_size),
+                                           ("embed", "vocab"))
+    logits = [jnp.einsum("bld,dv->blv", final_norm(x).astype(jnp.float32), unembed_DxV)
+              for x in xs]
+    if cache is not None:
+      cache = dict(cache, layers=new_layers)
+    return logits, cache

@@ -1,0 +1,26 @@
+"""moe_serve: Mixture-of-Experts inference-serving experiments in JAX/Flax."""
+import setuptools
+
+setuptools.setup(
+    name="moe_serve",
+    version="0.1.0",
+    description="Measure batch dependence, throughput and quality of served sparse MoE models.",
+    packages=setuptools.find_packages(include=["moe_serve", "moe_serve.*", "configs"]),
+    python_requires=">=3.11",
+    # Compatible ranges; constraints.txt pins the exact versions we test with.
+    install_requires=[
+        "jax>=0.10,<0.11",
+        "flax>=0.12,<0.13",
+        "optax>=0.2.5,<0.3",
+        "orbax-checkpoint>=0.12,<0.13",
+        "absl-py>=2.1",
+        "ml-collections>=1.0",
+        "numpy>=2.0",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100"],
+        "plots": ["matplotlib>=3.8"],
+        "tensorboard": ["tensorboardX>=2.6"],
+    },
+)
