@@ -1,0 +1,65 @@
+"""The sweep is resumable: killed at random moments and restarted, every run ends present once."""
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+
+import ml_collections
+import pytest
+
+from moe_serve.experiments import sweep
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_grid_order_names_and_overrides():
+  points = sweep.grid({"model.router.capacity_factor_decode": [1.0, 2.0],
+                       "model.router.capacity_scope": ["batch", "none"]})
+  assert points[1] == {"model.router.capacity_factor_decode": 1.0,
+                       "model.router.capacity_scope": "none"}
+  names = [sweep.run_name(p) for p in points]
+  assert len(set(names)) == 4 and names[0].startswith("capacity_factor_decode=1.0,capacity_scope=batch-")
+  cfg = ml_collections.ConfigDict({"model": {"router": {"capacity_scope": "none"}}})
+  assert sweep.apply_overrides(cfg, {"model.router.capacity_scope": "batch"}).model.router.capacity_scope == "batch"
+  assert cfg.model.router.capacity_scope == "none"  # the base config is not modified
+  with pytest.raises(KeyError, match="no field 'scope'"):
+    sweep.apply_overrides(cfg, {"model.router.scope": "batch"})
+  with pytest.raises(ValueError, match="non-empty list"):
+    sweep.grid({"a": []})
+
+
+def test_killed_sweep_resumes_with_every_result_exactly_once(tmp_path):
+  workdir = tmp_path / "sweep"
+  rng = random.Random(0)
+  env = dict(os.environ, PYTHONPATH=_ROOT)
+  cmd = [sys.executable, "-m", "tests.experiments.sweep_worker", str(workdir)]
+  kills = 0
+  for _ in range(40):  # kill at random points until a restart finishes on its own
+    proc = subprocess.Popen(cmd, cwd=_ROOT, env=env)
+    try:
+      proc.wait(timeout=rng.uniform(0.05, 0.6))
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      proc.wait()
+      kills += 1
+      continue
+    assert proc.returncode == 0
+    if (tmp_path / "done.json").exists():
+      break
+  else:
+    subprocess.run(cmd, cwd=_ROOT, env=env, check=True, timeout=120)
+  assert kills >= 3, "the test must actually interrupt the sweep"
+
+  names = sorted(os.listdir(workdir))
+  expected = sorted(sweep.run_name(p) for p in sweep.grid({"a": [1, 2, 3], "b": [10, 20, 30]}))
+  assert names == sorted(expected + [sweep.MANIFEST_FILE])  # no leftover temporary directories
+  for name in expected:
+    record = json.loads((workdir / name / sweep.RESULT_FILE).read_text())
+    assert record["result"]["product"] == record["result"]["a"] * record["result"]["b"]
+    for i in range(3):
+      assert (workdir / name / f"part{i}.txt").stat().st_size == 8 * 4096
+  attempts = (tmp_path / "attempts.log").read_text().split("\n")
+  assert not [a for a in attempts if a.startswith("RERUN")]
+  assert len(sweep.load_results(workdir)) == 9
