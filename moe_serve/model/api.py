@@ -41,28 +41,49 @@ def count_params(model_cfg, params):
   return total, total - inactive
 
 
+def _per_moe_layer(state, collection, name):
+  """The values sown as `name` in `collection`, one per MoE layer, in layer order."""
+  blocks = state.get(collection, {})
+  order = sorted(blocks, key=lambda b: int(b.rsplit("_", 1)[-1]))  # block_10 after block_9
+  return [blocks[b]["moe"][name][0] for b in order if name in blocks[b].get("moe", {})]
+
+
 def collect_aux(state):
-  """Sums the router losses of all MoE layers and stacks expert loads [num_moe_layers, E]."""
-  leaves = jax.tree_util.tree_flatten_with_path(state.get("aux", {}))[0]
-  pick = lambda name: [v for path, v in leaves if getattr(path[-2], "key", None) == name]
+  """Sums the router losses of all MoE layers; stacks expert loads [num_moe_layers, E] and drop
+  rates [num_moe_layers]; with recorded routing, `routing` is a list of Routing per MoE layer."""
   zero = jnp.zeros((), jnp.float32)
-  loads = pick("expert_load")
-  return {
-      "lb_loss": sum(pick("lb_loss"), zero),
-      "z_loss": sum(pick("z_loss"), zero),
+  loads = _per_moe_layer(state, "aux", "expert_load")
+  drops = _per_moe_layer(state, "aux", "drop_rate")
+  aux = {
+      "lb_loss": sum(_per_moe_layer(state, "aux", "lb_loss"), zero),
+      "z_loss": sum(_per_moe_layer(state, "aux", "z_loss"), zero),
       "expert_load": jnp.stack(loads) if loads else jnp.zeros((0, 0), jnp.float32),
+      "drop_rate": jnp.stack(drops) if drops else jnp.zeros((0,), jnp.float32),
   }
+  if "routing" in state:
+    aux["routing"] = _per_moe_layer(state, "routing", "routing")
+  return aux
 
 
-def forward(model_cfg, params, tokens_BxL, segment_ids_BxL=None):
-  """Full causal forward pass without a cache: (logits [B, L, V] float32, aux)."""
-  (logits,), _, state = _apply(model_cfg, params, [full_part(tokens_BxL, segment_ids_BxL)], None)
+def forward(model_cfg, params, tokens_BxL, segment_ids_BxL=None, record_routing=False,
+            jitter_rng=None):
+  """Full causal forward pass without a cache: (logits [B, L, V] float32, aux).
+
+  `record_routing` (static) adds aux["routing"]; `jitter_rng` (training only) enables the
+  router jitter when model.router.jitter > 0.
+  """
+  (logits,), _, state = _apply(model_cfg, params, [full_part(tokens_BxL, segment_ids_BxL)], None,
+                               record_routing=record_routing, jitter_rng=jitter_rng)
   return logits, collect_aux(state)
 
 
-def _apply(model_cfg, params, parts, cache):
-  (logits, cache), state = Decoder(model_cfg).apply({"params": params}, parts, cache,
-                                                     mutable=["aux"])
+def _apply(model_cfg, params, parts, cache, num_decode_parts=0, record_routing=False,
+           jitter_rng=None):
+  mutable = ["aux", "routing"] if record_routing else ["aux"]
+  rngs = {"jitter": jitter_rng} if jitter_rng is not None else None
+  (logits, cache), state = Decoder(model_cfg).apply(
+      {"params": params}, parts, cache, num_decode_parts, record_routing, mutable=mutable,
+      rngs=rngs)
   return logits, cache, state
 
 
@@ -87,14 +108,18 @@ def _new_lengths(lengths_S, part: Part):
   return lengths_S.at[slots_B].set(end_B, mode="drop")
 
 
-def step(model_cfg, params, cache, batch: StepBatch):
+def step(model_cfg, params, cache, batch: StepBatch, record_routing=False):
   """One engine step: decode rows [B, 1] and prefill chunks [P, C] against the slot cache.
 
   Returns (logits {"decode": [B, V], "prefill": [P, C, V]}, new cache, aux). Either part may
-  have zero rows. Jit it with the cache donated (parallel/steps.py).
+  have zero rows. Jit it with the cache donated (parallel/steps.py). With `record_routing`
+  (static), aux["routing"] lists each MoE layer's Routing over the flat tokens
+  `[B decode tokens, then P*C prefill tokens]`.
   """
   parts = [batch.decode, batch.prefill]
-  (dec_BxLxV, pre_PxCxV), cache, state = _apply(model_cfg, params, parts, cache)
+  (dec_BxLxV, pre_PxCxV), cache, state = _apply(model_cfg, params, parts, cache,
+                                                num_decode_parts=1,
+                                                record_routing=record_routing)
   lengths = cache["lengths"]
   for part in parts:
     lengths = _new_lengths(lengths, part)

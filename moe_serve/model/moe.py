@@ -1,18 +1,26 @@
 """The MoE FFN layer on a flat token axis T, with segment ids (request id, negative = padding).
 
-Current routing: dropless top-k softmax where every expert is evaluated on every token and the
-outputs are mixed with the top-k weights (zero elsewhere). This is the exact reference that the
-capacity-limited routers and dispatch backends are tested against.
+router (float32 logits) -> routing.route (choice + capacity by scope and priority) -> a dispatch
+backend (dispatch.py, chosen by `model.router.dispatch`). `dispatch.dense_reference` (every expert
+on every token, mixed with the kept weights) is the exact reference the backends are tested
+against. Sown into the "aux" collection: lb_loss, z_loss, expert_load, drop_rate; into "routing"
+(only when asked): the layer's `Routing`.
 """
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from absl import logging
 
-from moe_serve.model import layers
+from moe_serve.model import dispatch, layers, routing
+
+_warned_non_causal = set()
 
 
 def router_losses(logits_TxE, expert_index_TxK, valid_T):
-  """Switch load-balancing loss E * sum_e f_e * p_e and router z-loss, over real tokens only."""
+  """Switch load-balancing loss E * sum_e f_e * p_e and router z-loss, over real tokens only.
+
+  f_e counts the router's top-k choices before capacity, as in Switch.
+  """
   e = logits_TxE.shape[-1]
   w_T = valid_T.astype(jnp.float32)
   n = jnp.maximum(w_T.sum(), 1.0)
@@ -25,50 +33,70 @@ def router_losses(logits_TxE, expert_index_TxK, valid_T):
   return lb_loss, z_loss, frac_E
 
 
+def warn_if_non_causal(router_cfg):
+  """Logs once per router kind/priority that a decoder with this router is not causal."""
+  key = (router_cfg.kind, router_cfg.priority, router_cfg.capacity_scope)
+  if routing.is_causal(router_cfg) or key in _warned_non_causal:
+    return
+  _warned_non_causal.add(key)
+  logging.warning(
+      "model.router kind=%r priority=%r capacity_scope=%r is not causal: a later token of a step "
+      "can change an earlier token's routing, so cached decoding and a full forward can differ "
+      "(see docs/routing.md)", *key)
+
+
 class Experts(nn.Module):
-  """E SwiGLU experts applied to every token: [T, D] -> [T, E, D]."""
+  """The E SwiGLU experts' weights (applied by the dispatch backends)."""
   num_experts: int
+  d_model: int
   d_ff: int
-  dtype: str = "float32"
 
   @nn.compact
-  def __call__(self, x_TxD):
-    d, e, f = x_TxD.shape[-1], self.num_experts, self.d_ff
-    dt = layers.dtype_of(self.dtype)
+  def __call__(self):
+    e, d, f = self.num_experts, self.d_model, self.d_ff
     axes_in = ("exp", "embed_moe", "mlp_moe")
-    w_gate_ExDxF = layers.param_with_axes(self, "w_gate", (e, d, f), axes_in)
-    w_up_ExDxF = layers.param_with_axes(self, "w_up", (e, d, f), axes_in)
-    w_down_ExFxD = layers.param_with_axes(self, "w_down", (e, f, d), ("exp", "mlp_moe", "embed_moe"))
-    x = x_TxD.astype(dt)
-    gate_TxExF = jnp.einsum("td,edf->tef", x, w_gate_ExDxF.astype(dt))
-    up_TxExF = jnp.einsum("td,edf->tef", x, w_up_ExDxF.astype(dt))
-    return jnp.einsum("tef,efd->ted", nn.silu(gate_TxExF) * up_TxExF, w_down_ExFxD.astype(dt))
+    return dispatch.ExpertWeights(
+        layers.param_with_axes(self, "w_gate", (e, d, f), axes_in),
+        layers.param_with_axes(self, "w_up", (e, d, f), axes_in),
+        layers.param_with_axes(self, "w_down", (e, f, d), ("exp", "mlp_moe", "embed_moe")))
 
 
 class MoE(nn.Module):
   cfg: "ml_collections.ConfigDict"  # the model section  # noqa: F821
 
   @nn.compact
-  def __call__(self, x_TxD, segment_ids_T):
+  def __call__(self, x_TxD, segment_ids_T, num_decode=0, token_ids_T=None, record=False):
+    """[T, D] -> [T, D]. `num_decode`: static count of leading decode tokens (their capacity
+    factor is capacity_factor_decode); `token_ids_T`: only the hash router uses them;
+    `record`: sow this layer's Routing into the "routing" collection."""
     m, r = self.cfg, self.cfg.router
+    warn_if_non_causal(r)  # at trace time, once per process and router setting
+    t = x_TxD.shape[0]
     valid_T = segment_ids_T >= 0
     w_router_DxE = layers.param_with_axes(self, "w_router", (m.d_model, m.num_experts),
                                           ("router_embed", "router_exp"))
-    logits_TxE = x_TxD.astype(jnp.float32) @ w_router_DxE
-    probs_TxE = jax.nn.softmax(logits_TxE, axis=-1)
-    weight_TxK, expert_index_TxK = jax.lax.top_k(probs_TxE, r.k)  # ties: lower index first
-    if r.renormalize:
-      weight_TxK = weight_TxK / weight_TxK.sum(-1, keepdims=True)
-    weight_TxK = jnp.where(valid_T[:, None], weight_TxK, 0.0)
-    combine_TxE = (jax.nn.one_hot(expert_index_TxK, m.num_experts) * weight_TxK[..., None]).sum(1)
+    router_in_TxD = x_TxD.astype(jnp.float32)
+    if r.jitter > 0 and self.has_rng("jitter"):  # training only: serving never passes the rng
+      router_in_TxD *= jax.random.uniform(self.make_rng("jitter"), router_in_TxD.shape,
+                                          minval=1.0 - r.jitter, maxval=1.0 + r.jitter)
+    logits_TxE = router_in_TxD @ w_router_DxE
+    rt = routing.route(logits_TxE, segment_ids_T, r, num_decode, token_ids_T)
 
-    y_TxExD = Experts(m.num_experts, m.d_ff_expert, m.dtype, name="experts")(x_TxD)
-    y_TxD = jnp.einsum("ted,te->td", y_TxExD.astype(jnp.float32), combine_TxE).astype(x_TxD.dtype)
+    w = Experts(m.num_experts, m.d_model, m.d_ff_expert, name="experts")()
+    x = x_TxD.astype(layers.dtype_of(m.dtype))
+    capacity = routing.buffer_capacity(r, m.num_experts, t, num_decode)
+    y_TxD = dispatch.run(r.dispatch, x, rt, w, capacity).astype(x_TxD.dtype)
     if m.shared_expert:
       y_TxD = y_TxD + layers.SwiGLU(m.d_ff_expert, m.dtype, name="shared_expert")(x_TxD)
 
-    lb_loss, z_loss, load_E = router_losses(logits_TxE, expert_index_TxK, valid_T)
+    top_k_TxK = jax.lax.top_k(logits_TxE, min(r.k, m.num_experts))[1]
+    choice_TxK = top_k_TxK if r.kind == "expert_choice" else rt.expert_index
+    lb_loss, z_loss, load_E = router_losses(logits_TxE, choice_TxK, valid_T)
     self.sow("aux", "lb_loss", lb_loss)
     self.sow("aux", "z_loss", z_loss)
     self.sow("aux", "expert_load", load_E)
+    self.sow("aux", "drop_rate", routing.drop_rate(rt, segment_ids_T,
+                                                   r.kind == "expert_choice"))
+    if record:
+      self.sow("routing", "routing", rt)
     return y_TxD

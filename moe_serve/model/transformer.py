@@ -40,7 +40,8 @@ class Block(nn.Module):
   use_moe: bool
 
   @nn.compact
-  def __call__(self, xs, parts: Sequence[Part], cache_layer):
+  def __call__(self, xs, parts: Sequence[Part], cache_layer, num_decode_parts=0,
+               record_routing=False):
     m = self.cfg
     attn = Attention(m.num_heads, m.num_kv_heads, m.head_dim, m.rope_theta, m.dtype, name="attn")
     norm_attn = layers.RMSNorm(m.norm_eps, name="norm_attn")
@@ -55,18 +56,28 @@ class Block(nn.Module):
     x_TxD = layers.constrain(x_TxD, ("activation_tokens", "activation_embed"))
     h_TxD = layers.RMSNorm(m.norm_eps, name="norm_ffn")(x_TxD)
     if self.use_moe:
-      y_TxD = MoE(m, name="moe")(h_TxD, seg_T)
+      # Decode tokens lead the flat set; the MoE gives them capacity_factor_decode.
+      num_decode = sum(x.shape[0] * x.shape[1] for x in new_xs[:num_decode_parts])
+      token_ids_T = None
+      if m.router.kind == "hash":
+        token_ids_T = jnp.concatenate([jnp.asarray(p.tokens_BxL).reshape(-1) for p in parts])
+      y_TxD = MoE(m, name="moe")(h_TxD, seg_T, num_decode, token_ids_T, record_routing)
     else:
       y_TxD = layers.SwiGLU(m.d_ff, m.dtype, name="mlp")(h_TxD)
     return unflatten_parts(x_TxD + y_TxD, new_xs), cache_layer
 
 
 class Decoder(nn.Module):
-  """(parts, cache or None) -> (logits per part [B_i, L_i, V] float32, cache or None)."""
+  """(parts, cache or None) -> (logits per part [B_i, L_i, V] float32, cache or None).
+
+  The first `num_decode_parts` parts are decode rows (capacity_factor_decode); with
+  `record_routing` every MoE layer sows its Routing into the "routing" collection.
+  """
   cfg: "ml_collections.ConfigDict"  # the model section  # noqa: F821
 
   @nn.compact
-  def __call__(self, parts: Sequence[Part], cache=None):
+  def __call__(self, parts: Sequence[Part], cache=None, num_decode_parts=0,
+               record_routing=False):
     m = self.cfg
     embedding_VxD = layers.param_with_axes(self, "embedding", (m.vocab_size, m.d_model),
                                            ("vocab", "embed"), nn.initializers.normal(1.0))
@@ -77,7 +88,8 @@ class Decoder(nn.Module):
     new_layers = []
     for i in range(m.num_layers):
       cache_layer = None if cache is None else cache["layers"][i]
-      xs, cache_layer = Block(m, is_moe_layer(m, i), name=f"block_{i}")(xs, parts, cache_layer)
+      xs, cache_layer = Block(m, is_moe_layer(m, i), name=f"block_{i}")(
+          xs, parts, cache_layer, num_decode_parts, record_routing)
       new_layers.append(cache_layer)
     final_norm = layers.RMSNorm(m.norm_eps, name="final_norm")
     if m.tie_embeddings:

@@ -1,0 +1,151 @@
+"""Dispatch backends: execute a `Routing` with the experts' SwiGLU weights. All must agree.
+
+- `einsum`: one-hot dispatch/combine tensors [T, E, C] into [E, C, D] expert buffers (GShard
+  style). For `none`/`sequence` scopes (no static capacity) it evaluates every expert on every
+  token and mixes with the kept weights, i.e. the dense reference.
+- `gather`: each kept pair gets a row (its rank among the expert's kept pairs) of an [E, C, D]
+  buffer; the buffer is filled by a gather of token rows and read back by a gather.
+- `ragged`: pairs sorted by expert, one `jax.lax.ragged_dot` per weight matrix (dropless).
+
+C is `routing.buffer_capacity` (static). Sharding: expert buffers are constrained to logical
+axes ("exp", None, "embed_moe") so experts can be split over the mesh `expert` axis (tokens then
+reach them by all-to-all); token tensors to ("activation_tokens", "activation_embed").
+Axis letters as in layers.py; N = T * K (token, choice) pairs.
+"""
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from moe_serve.model import layers
+
+BUFFER_AXES = ("exp", None, "embed_moe")
+TOKEN_AXES = ("activation_tokens", "activation_embed")
+
+
+class ExpertWeights(NamedTuple):
+  w_gate_ExDxF: jnp.ndarray
+  w_up_ExDxF: jnp.ndarray
+  w_down_ExFxD: jnp.ndarray
+
+
+def _cast(w, dt):
+  return ExpertWeights(*(a.astype(dt) for a in w))
+
+
+def expert_buffers(w, x_ExCxD):
+  """Applies expert e's SwiGLU to buffer row block e: [E, C, D] -> [E, C, D]."""
+  w = _cast(w, x_ExCxD.dtype)
+  gate_ExCxF = jnp.einsum("ecd,edf->ecf", x_ExCxD, w.w_gate_ExDxF)
+  up_ExCxF = jnp.einsum("ecd,edf->ecf", x_ExCxD, w.w_up_ExDxF)
+  return jnp.einsum("ecf,efd->ecd", nn.silu(gate_ExCxF) * up_ExCxF, w.w_down_ExFxD)
+
+
+def all_experts(w, x_TxD):
+  """Every expert on every token: [T, D] -> [T, E, D]."""
+  w = _cast(w, x_TxD.dtype)
+  gate_TxExF = jnp.einsum("td,edf->tef", x_TxD, w.w_gate_ExDxF)
+  up_TxExF = jnp.einsum("td,edf->tef", x_TxD, w.w_up_ExDxF)
+  return jnp.einsum("tef,efd->ted", nn.silu(gate_TxExF) * up_TxExF, w.w_down_ExFxD)
+
+
+def combine_dense(routing, num_experts):
+  """The kept weights scattered to [T, E] (float32)."""
+  one_hot_TxKxE = jax.nn.one_hot(routing.expert_index, num_experts, dtype=jnp.float32)
+  return jnp.einsum("tke,tk->te", one_hot_TxKxE, routing.combine_weight)
+
+
+def dense_reference(x_TxD, routing, w):
+  """Every expert evaluated on every token, mixed with the kept weights: the exact reference."""
+  combine_TxE = combine_dense(routing, w.w_gate_ExDxF.shape[0])
+  y_TxExD = all_experts(w, x_TxD)
+  y_TxD = jnp.einsum("ted,te->td", y_TxExD.astype(jnp.float32), combine_TxE)
+  return layers.constrain(y_TxD.astype(x_TxD.dtype), TOKEN_AXES)
+
+
+def buffer_slots(routing, num_experts):
+  """Row of each kept pair in its expert's buffer: its rank among that expert's kept pairs in
+  (token, choice) order. [T, K] int32; meaningless where not kept."""
+  t, k = routing.expert_index.shape
+  one_hot_NxE = jax.nn.one_hot(routing.expert_index.reshape(-1), num_experts, dtype=jnp.int32)
+  one_hot_NxE = one_hot_NxE * routing.kept.reshape(-1, 1)
+  rank_NxE = jnp.cumsum(one_hot_NxE, axis=0) - 1
+  slot_N = jnp.take_along_axis(rank_NxE, routing.expert_index.reshape(-1, 1), axis=1)[:, 0]
+  return slot_N.reshape(t, k)
+
+
+def einsum_dispatch(x_TxD, routing, w, capacity):
+  """One-hot dispatch [T, E, C] and combine tensors; `capacity` = buffer rows per expert."""
+  e = w.w_gate_ExDxF.shape[0]
+  slot_TxK = buffer_slots(routing, e)
+  kept_TxK = routing.kept & (slot_TxK < capacity)
+  expert_TxKxE = jax.nn.one_hot(routing.expert_index, e, dtype=jnp.float32)
+  slot_TxKxC = jax.nn.one_hot(jnp.where(kept_TxK, slot_TxK, capacity), capacity,
+                              dtype=jnp.float32)  # not kept -> all-zero row
+  dispatch_TxExC = jnp.einsum("tke,tkc->tec", expert_TxKxE, slot_TxKxC)
+  combine_TxExC = jnp.einsum("tke,tkc,tk->tec", expert_TxKxE, slot_TxKxC, routing.combine_weight)
+  x_ExCxD = jnp.einsum("tec,td->ecd", dispatch_TxExC.astype(x_TxD.dtype), x_TxD)
+  x_ExCxD = layers.constrain(x_ExCxD, BUFFER_AXES)
+  y_ExCxD = layers.constrain(expert_buffers(w, x_ExCxD), BUFFER_AXES)
+  y_TxD = jnp.einsum("tec,ecd->td", combine_TxExC, y_ExCxD.astype(jnp.float32))
+  return layers.constrain(y_TxD.astype(x_TxD.dtype), TOKEN_AXES)
+
+
+def gather_dispatch(x_TxD, routing, w, capacity):
+  """Kept pairs fill rows of [E, C, D] buffers by index; outputs are gathered back per pair."""
+  t, d = x_TxD.shape
+  e = w.w_gate_ExDxF.shape[0]
+  slot_TxK = buffer_slots(routing, e)
+  kept_TxK = routing.kept & (slot_TxK < capacity)
+  # Flat buffer row of each kept pair; dropped pairs point past the end and are not written.
+  row_TxK = jnp.where(kept_TxK, routing.expert_index * capacity + slot_TxK, e * capacity)
+  tok_TxK = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[:, None], row_TxK.shape)
+  # Empty buffer rows read token index t: an appended zero row.
+  src_R = jnp.full((e * capacity,), t, jnp.int32).at[row_TxK.reshape(-1)].set(
+      tok_TxK.reshape(-1), mode="drop")
+  x_padded = jnp.concatenate([x_TxD, jnp.zeros((1, d), x_TxD.dtype)], axis=0)
+  x_ExCxD = layers.constrain(x_padded[src_R].reshape(e, capacity, d), BUFFER_AXES)
+  y_ExCxD = layers.constrain(expert_buffers(w, x_ExCxD), BUFFER_AXES)
+  y_RxD = jnp.concatenate([y_ExCxD.reshape(e * capacity, d), jnp.zeros((1, d), y_ExCxD.dtype)])
+  y_TxKxD = y_RxD[row_TxK].astype(jnp.float32)
+  weight_TxK = jnp.where(kept_TxK, routing.combine_weight, 0.0)
+  y_TxD = jnp.einsum("tkd,tk->td", y_TxKxD, weight_TxK)
+  return layers.constrain(y_TxD.astype(x_TxD.dtype), TOKEN_AXES)
+
+
+def ragged_dispatch(x_TxD, routing, w):
+  """Pairs sorted by expert (stable), expert FFNs as ragged matmuls, outputs unsorted and mixed.
+
+  Every pair is computed, so any Routing runs; pairs not kept get weight zero.
+  """
+  t, k = routing.expert_index.shape
+  e = w.w_gate_ExDxF.shape[0]
+  w = _cast(w, x_TxD.dtype)
+  expert_N = routing.expert_index.reshape(-1)
+  perm_N = jnp.argsort(expert_N, stable=True)
+  sizes_E = jnp.bincount(expert_N, length=e).astype(jnp.int32)
+  x_NxD = x_TxD[perm_N // k]
+  gate_NxF = jax.lax.ragged_dot(x_NxD, w.w_gate_ExDxF, sizes_E)
+  up_NxF = jax.lax.ragged_dot(x_NxD, w.w_up_ExDxF, sizes_E)
+  y_sorted_NxD = jax.lax.ragged_dot(nn.silu(gate_NxF) * up_NxF, w.w_down_ExFxD, sizes_E)
+  y_NxD = jnp.zeros_like(y_sorted_NxD).at[perm_N].set(y_sorted_NxD)
+  y_TxD = jnp.einsum("tkd,tk->td", y_NxD.reshape(t, k, -1).astype(jnp.float32),
+                     routing.combine_weight)
+  return layers.constrain(y_TxD.astype(x_TxD.dtype), TOKEN_AXES)
+
+
+def run(backend, x_TxD, routing, w, capacity):
+  """Executes `routing` with `backend` (einsum | gather | ragged); `capacity` = buffer rows."""
+  x_TxD = layers.constrain(x_TxD, TOKEN_AXES)
+  if backend == "ragged":
+    return ragged_dispatch(x_TxD, routing, w)
+  if backend == "gather":
+    return gather_dispatch(x_TxD, routing, w, capacity)
+  if backend == "einsum" and capacity >= x_TxD.shape[0]:
+    # T rows per expert (dropless, `sequence`, or a capacity >= T): every expert sees every
+    # token anyway, and the [T, E, T] one-hot tensors would only add work.
+    return dense_reference(x_TxD, routing, w)
+  if backend == "einsum":
+    return einsum_dispatch(x_TxD, routing, w, capacity)
+  raise ValueError(f"model.router.dispatch={backend!r} is not one of einsum, gather, ragged")

@@ -1,0 +1,223 @@
+"""Routing: router logits on a flat token axis -> which expert each (token, choice) uses, and whether
+it is kept under the expert's capacity. Pure jnp, no parameters; docs/routing.md is the user page.
+
+Tokens are the flat step set `[T]` (decode tokens first, then prefill chunk tokens; see
+transformer.flatten_parts) with segment ids (request id, negative = padding). Every static token
+position has a capacity factor: the first `num_decode` positions `capacity_factor_decode`, the rest
+`capacity_factor_prefill`. A scope instance with factor sum S gets, per expert,
+
+    capacity = max(min_capacity, ceil(k * S / E))
+
+which is DESIGN.md's `ceil(factor * G * k / E)` when the factors are uniform. `batch` and `group`
+instances are static position ranges (padding positions count towards S but never take a slot);
+a `sequence` instance is one request's tokens in the step (S sums its real tokens only, so it is
+batch invariant). Factors are handled in integer thousandths so that the ceiling is exact.
+
+Axis letters as in layers.py: T tokens, E experts, K choices.
+"""
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+MILLI = 1000  # capacity factors are exact multiples of 1/MILLI (checked in config.py)
+
+
+class Routing(NamedTuple):
+  """Where each (token, choice) goes. K is `k` for topk/hash routers and E for expert choice."""
+  expert_index: jnp.ndarray  # int32 [T, K]
+  combine_weight: jnp.ndarray  # float32 [T, K], zero where not kept
+  kept: jnp.ndarray  # bool [T, K]; False = dropped for capacity, or padding
+
+
+def factor_milli(value):
+  """A capacity factor in integer thousandths."""
+  return int(round(value * MILLI))
+
+
+def capacity(k, num_experts, factor_sum_milli, min_capacity):
+  """`max(min_capacity, ceil(k * S / E))` with S in thousandths; numpy or jnp integers."""
+  xp = jnp if isinstance(factor_sum_milli, jax.Array) else np
+  return xp.maximum(min_capacity, -((-k * factor_sum_milli) // (num_experts * MILLI)))
+
+
+def position_factors_milli(cfg, num_tokens, num_decode):
+  """Static per-position capacity factors [T] (int thousandths): decode rows first."""
+  f_T = np.full((num_tokens,), factor_milli(cfg.capacity_factor_prefill), np.int64)
+  f_T[:num_decode] = factor_milli(cfg.capacity_factor_decode)
+  return f_T
+
+
+def instance_capacities(cfg, num_experts, num_tokens, num_decode):
+  """Static (instance id [T], per-expert capacity [I], instance size [I]) for batch/group."""
+  size = num_tokens if cfg.capacity_scope == "batch" else cfg.group_size
+  inst_T = np.arange(num_tokens) // max(size, 1)
+  num_inst = int(inst_T[-1]) + 1 if num_tokens else 0
+  f_T = position_factors_milli(cfg, num_tokens, num_decode)
+  sums_I = np.array([int(f_T[inst_T == i].sum()) for i in range(num_inst)], np.int64)
+  sizes_I = np.bincount(inst_T, minlength=num_inst)
+  return inst_T, capacity(cfg.k, num_experts, sums_I, cfg.min_capacity), sizes_I
+
+
+def buffer_capacity(cfg, num_experts, num_tokens, num_decode=0):
+  """Static rows per expert that a dispatch buffer needs: the most pairs one expert can keep.
+
+  An expert takes at most one pair per token, so no instance gives it more than its size.
+  `sequence` capacities are data dependent and `none` is dropless, so both are bounded by T.
+  """
+  if cfg.capacity_scope in ("none", "sequence") or num_tokens == 0:
+    return num_tokens
+  _, cap_I, sizes_I = instance_capacities(cfg, num_experts, num_tokens, num_decode)
+  return int(np.minimum(cap_I, sizes_I).sum())
+
+
+def _rank_within(group_keys, order_keys):
+  """Rank of each element among those with equal `group_keys`, ordered by `order_keys`.
+
+  Both are tuples of [N] arrays, most significant first; the order keys must make the order
+  within a group total (ties impossible), which every caller ensures with a token index.
+  """
+  n = group_keys[0].shape[0]
+  perm_N = jnp.lexsort(tuple(reversed(order_keys)) + tuple(reversed(group_keys)))
+  idx_N = jnp.arange(n, dtype=jnp.int32)
+  new_N = jnp.zeros((n,), bool).at[0].set(True)
+  for key in group_keys:
+    s = key[perm_N]
+    new_N = new_N | jnp.concatenate([jnp.ones((1,), bool), s[1:] != s[:-1]])
+  first_N = jax.lax.cummax(jnp.where(new_N, idx_N, 0))
+  return jnp.zeros((n,), jnp.int32).at[perm_N].set(idx_N - first_N)
+
+
+def _segment_factor_sum(segment_ids_T, f_T):
+  """For each token, the sum of the factors of all tokens with its segment id (sort based)."""
+  n = segment_ids_T.shape[0]
+  perm = jnp.argsort(segment_ids_T, stable=True)
+  seg, val = segment_ids_T[perm], f_T[perm]
+  idx = jnp.arange(n, dtype=jnp.int32)
+  start = jnp.concatenate([jnp.ones((1,), bool), seg[1:] != seg[:-1]])
+  end = jnp.concatenate([seg[1:] != seg[:-1], jnp.ones((1,), bool)])
+  first = jax.lax.cummax(jnp.where(start, idx, 0))
+  last = jax.lax.cummin(jnp.where(end, idx, n - 1), reverse=True)
+  csum = jnp.cumsum(val)
+  total = csum[last] - csum[first] + val[first]
+  return jnp.zeros((n,), f_T.dtype).at[perm].set(total)
+
+
+def _instances_and_capacity(cfg, num_experts, segment_ids_T, num_decode):
+  """(instance id [T], per-expert capacity of each token's instance [T]) for a capped scope."""
+  t = segment_ids_T.shape[0]
+  if cfg.capacity_scope == "sequence":
+    f_T = jnp.asarray(position_factors_milli(cfg, t, num_decode), jnp.int32)
+    f_T = jnp.where(segment_ids_T >= 0, f_T, 0)
+    return segment_ids_T, capacity(cfg.k, num_experts, _segment_factor_sum(segment_ids_T, f_T),
+                                   cfg.min_capacity)
+  inst_T, cap_I, _ = instance_capacities(cfg, num_experts, t, num_decode)
+  return jnp.asarray(inst_T, jnp.int32), jnp.asarray(cap_I[inst_T], jnp.int32)
+
+
+def _hash_experts(token_ids_T, k, num_experts):
+  """k distinct experts per token id: a multiplicative hash, then the next k-1 experts."""
+  if token_ids_T is None:
+    raise ValueError("model.router.kind='hash' needs the token ids; pass token_ids_T to route()")
+  h_T = (jnp.asarray(token_ids_T).astype(jnp.uint32) * jnp.uint32(2654435761)) >> 16
+  first_T = (h_T % num_experts).astype(jnp.int32)
+  return (first_T[:, None] + jnp.arange(k, dtype=jnp.int32)) % num_experts
+
+
+def _choose(logits_TxE, cfg, token_ids_T):
+  """Top-k (or hashed) experts and their weights, before capacity: ([T, K] int32, [T, K] f32)."""
+  probs_TxE = jax.nn.softmax(logits_TxE.astype(jnp.float32), axis=-1)
+  if cfg.kind == "hash":
+    index_TxK = _hash_experts(token_ids_T, cfg.k, logits_TxE.shape[-1])
+    weight_TxK = jnp.take_along_axis(probs_TxE, index_TxK, axis=1)
+  else:
+    weight_TxK, index_TxK = jax.lax.top_k(probs_TxE, cfg.k)  # ties: lower expert index first
+  if cfg.renormalize:
+    weight_TxK = weight_TxK / weight_TxK.sum(-1, keepdims=True)
+  return index_TxK.astype(jnp.int32), weight_TxK
+
+
+def _priority_order(cfg, weight_TxK):
+  """Order keys [T, K] (most significant first) in which pairs claim slots; see docs/routing.md."""
+  t, k = weight_TxK.shape
+  tok_TxK = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[:, None], (t, k))
+  choice_TxK = jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32)[None, :], (t, k))
+  if cfg.priority == "token":
+    return (tok_TxK, choice_TxK)
+  if cfg.priority == "position":
+    return (choice_TxK, tok_TxK)
+  # score: choice-major over tokens sorted by their top-1 weight, descending (stable: token order)
+  rank_T = jnp.zeros((t,), jnp.int32).at[jnp.argsort(-weight_TxK[:, 0], stable=True)].set(
+      jnp.arange(t, dtype=jnp.int32))
+  return (choice_TxK, jnp.broadcast_to(rank_T[:, None], (t, k)))
+
+
+def _route_topk(logits_TxE, segment_ids_T, cfg, num_decode, token_ids_T):
+  index_TxK, weight_TxK = _choose(logits_TxE, cfg, token_ids_T)
+  valid_TxK = jnp.broadcast_to((segment_ids_T >= 0)[:, None], index_TxK.shape)
+  if cfg.capacity_scope == "none":
+    kept_TxK = valid_TxK
+  else:
+    inst_T, cap_T = _instances_and_capacity(cfg, logits_TxE.shape[-1], segment_ids_T, num_decode)
+    inst_TxK = jnp.broadcast_to(inst_T[:, None], index_TxK.shape)
+    # Padding sorts after every real pair of its (instance, expert), so it never takes a slot.
+    order = (~valid_TxK,) + _priority_order(cfg, weight_TxK)
+    flat = lambda a: a.reshape(-1)
+    rank_TxK = _rank_within((flat(inst_TxK), flat(index_TxK)),
+                            tuple(flat(o) for o in order)).reshape(index_TxK.shape)
+    kept_TxK = valid_TxK & (rank_TxK < cap_T[:, None])
+  return Routing(index_TxK, jnp.where(kept_TxK, weight_TxK, 0.0), kept_TxK)
+
+
+def _route_expert_choice(logits_TxE, segment_ids_T, cfg, num_decode):
+  """Each expert takes the `capacity` most probable tokens of each scope instance; K = E."""
+  t, e = logits_TxE.shape
+  probs_TxE = jax.nn.softmax(logits_TxE.astype(jnp.float32), axis=-1)
+  valid_TxE = jnp.broadcast_to((segment_ids_T >= 0)[:, None], (t, e))
+  inst_T, cap_T = _instances_and_capacity(cfg, e, segment_ids_T, num_decode)
+  expert_TxE = jnp.broadcast_to(jnp.arange(e, dtype=jnp.int32), (t, e))
+  tok_TxE = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[:, None], (t, e))
+  flat = lambda a: a.reshape(-1)
+  rank_TxE = _rank_within(
+      (flat(jnp.broadcast_to(inst_T[:, None], (t, e))), flat(expert_TxE)),
+      (flat(~valid_TxE), flat(-probs_TxE), flat(tok_TxE))).reshape(t, e)
+  kept_TxE = valid_TxE & (rank_TxE < cap_T[:, None])
+  return Routing(expert_TxE, jnp.where(kept_TxE, probs_TxE, 0.0), kept_TxE)
+
+
+def route(logits_TxE, segment_ids_T, cfg, num_decode=0, token_ids_T=None):
+  """Routes a flat token set. Returns a `Routing`.
+
+  Args:
+    logits_TxE: router logits (computed in float32).
+    segment_ids_T: int32 request ids; negative = padding (never kept, never takes a slot).
+    cfg: the `model.router` ConfigDict (validated by config.validate_router).
+    num_decode: static count of leading decode positions (they use capacity_factor_decode).
+    token_ids_T: int32 token ids, needed only by the `hash` router.
+  """
+  segment_ids_T = jnp.asarray(segment_ids_T, jnp.int32)
+  if cfg.kind == "expert_choice":
+    return _route_expert_choice(logits_TxE, segment_ids_T, cfg, num_decode)
+  if cfg.kind in ("topk", "hash"):
+    return _route_topk(logits_TxE, segment_ids_T, cfg, num_decode, token_ids_T)
+  raise ValueError(f"model.router.kind={cfg.kind!r} has no routing here; use topk, hash or "
+                   "expert_choice (soft is not implemented yet)")
+
+
+def drop_rate(routing, segment_ids_T, expert_choice=False):
+  """Fraction of real (token, choice) pairs not kept; for expert choice (K = E), the fraction of
+  real tokens that no expert took."""
+  valid_T = jnp.asarray(segment_ids_T) >= 0
+  n = jnp.maximum(valid_T.sum(), 1).astype(jnp.float32)
+  if expert_choice:
+    return jnp.sum(valid_T & ~routing.kept.any(1)) / n
+  return 1.0 - routing.kept.sum() / (n * routing.kept.shape[1])
+
+
+def is_causal(cfg):
+  """Whether a later token can never change an earlier token's routing within one step."""
+  if cfg.kind in ("expert_choice", "soft"):
+    return False
+  return cfg.capacity_scope == "none" or cfg.priority == "token"
+
