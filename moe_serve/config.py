@@ -107,10 +107,27 @@ def validate_router(r, num_experts):
   for name in ("jitter", "lb_loss_weight", "z_loss_weight"):
     if not r[name] >= 0:
       raise ConfigError(f"model.router.{name}={r[name]!r} must be >= 0")
+  validate_routing_rules(r)
   if r.dispatch == "ragged" and r.capacity_scope != "none":
     raise ConfigError(
         f"model.router.dispatch='ragged' is dropless and needs capacity_scope='none', "
         f"got capacity_scope={r.capacity_scope!r}; use dispatch='einsum' or 'gather' to drop")
+
+
+def validate_routing_rules(r):
+  """Checks the router fields that routing.py relies on beyond their types and ranges."""
+  for name in ("capacity_factor_prefill", "capacity_factor_decode"):
+    milli = r[name] * 1000
+    if abs(milli - round(milli)) > 1e-6:
+      raise ConfigError(
+          f"model.router.{name}={r[name]!r} must be a multiple of 0.001 (capacities are computed "
+          f"exactly in thousandths); use e.g. {round(milli) / 1000}")
+  if r.kind == "soft":
+    raise ConfigError("model.router.kind='soft' (Soft MoE) is not implemented yet; use 'topk', "
+                      "'hash' or 'expert_choice'")
+  if r.kind == "expert_choice" and r.capacity_scope == "none":
+    raise ConfigError("model.router.kind='expert_choice' needs a capacity (experts pick that many "
+                      "tokens), got capacity_scope='none'; use 'batch', 'group' or 'sequence'")
 
 
 def validate(cfg):
