@@ -13,6 +13,7 @@ CAPACITY_SCOPES = ("batch", "group", "sequence", "none")
 PRIORITIES = ("position", "token", "score")
 DISPATCH_BACKENDS = ("einsum", "gather", "ragged")
 DTYPES = ("float32", "bfloat16", "float16")
+MESH_AXES = ("data", "expert", "tensor")  # mesh axis order, outermost first
 
 
 class ConfigError(ValueError):
@@ -114,6 +115,45 @@ def validate_router(r, num_experts):
         f"got capacity_scope={r.capacity_scope!r}; use dispatch='einsum' or 'gather' to drop")
 
 
+def validate_mesh(mesh_cfg, model_cfg, num_devices=None):
+  """Checks `config.mesh` against the model (and the device count, if given).
+
+  Returns the resolved sizes `(data, expert, tensor)` when `num_devices` is given (one `-1`
+  takes the devices left over), else None. Sizes must divide what they shard: experts by
+  `expert`; query heads, KV heads, FFN widths and the vocab by `tensor`.
+  """
+  sizes = [mesh_cfg[a] for a in MESH_AXES]
+  for axis, value in zip(MESH_AXES, sizes):
+    if not isinstance(value, int) or isinstance(value, bool) or not (value > 0 or value == -1):
+      raise ConfigError(f"mesh.{axis}={value!r} must be a positive integer or -1 (fill the rest)")
+  fills = [a for a, v in zip(MESH_AXES, sizes) if v == -1]
+  if len(fills) > 1:
+    raise ConfigError(f"mesh uses -1 for {len(fills)} axes {fills}; at most one axis may be -1")
+  fixed = math.prod(v for v in sizes if v != -1)
+  if num_devices is not None:
+    if fixed > num_devices:
+      raise ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {fixed} devices but only "
+                        f"{num_devices} exist; shrink the mesh so its product is {num_devices}")
+    if fills and num_devices % fixed:
+      raise ConfigError(f"mesh fixed sizes multiply to {fixed}, which does not divide the "
+                        f"{num_devices} devices, so mesh.{fills[0]}=-1 cannot fill the rest; "
+                        f"use sizes whose product divides {num_devices}")
+    if not fills and fixed != num_devices:
+      raise ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))} uses {fixed} of {num_devices} "
+                        f"devices; make the product {num_devices} or set one axis to -1")
+    sizes = [num_devices // fixed if v == -1 else v for v in sizes]
+  _, expert, tensor = sizes
+  m = model_cfg
+  checks = [(expert, "expert", "model.num_experts", m.num_experts)]
+  checks += [(tensor, "tensor", f"model.{f}", m[f])
+             for f in ("num_heads", "num_kv_heads", "d_ff", "d_ff_expert", "vocab_size")]
+  for size, axis, field, value in checks:
+    if size != -1 and value % size:
+      raise ConfigError(f"{field}={value} is not divisible by mesh.{axis}={size}; use a "
+                        f"mesh.{axis} in {_divisors(value)} or change {field}")
+  return tuple(sizes) if num_devices is not None else None
+
+
 def validate_routing_rules(r):
   """Checks the router fields that routing.py relies on beyond their types and ranges."""
   for name in ("capacity_factor_prefill", "capacity_factor_decode"):
@@ -135,4 +175,127 @@ def validate(cfg):
   if "model" not in cfg:
     raise ConfigError("config has no `model` section; start from configs/base.py")
   validate_model(cfg.model)
+  if "mesh" in cfg:
+    validate_mesh(cfg.mesh, cfg.model)
+  return cfg
+
+
+def validate_train(cfg):
+  """Checks the `data` and `train` sections of a training config (configs/train_default.py)."""
+  for section in ("data", "train"):
+    if section not in cfg:
+      raise ConfigError(f"config has no `{section}` section; start from configs/train_default.py")
+  d, t = cfg.data, cfg.train
+  _positive(d, "data", "batch_size", "seq_len")
+  _positive(t, "train", "steps", "log_every", "eval_every", "checkpoint_every",
+            "eval_examples_per_domain")
+  if d.seq_len > cfg.model.max_len:
+    raise ConfigError(f"data.seq_len={d.seq_len} exceeds model.max_len={cfg.model.max_len}; "
+                      f"lower data.seq_len or raise model.max_len")
+  from moe_serve.data.corpus import DOMAINS  # pylint: disable=import-outside-toplevel
+  unknown = sorted(set(d.mixture) - set(DOMAINS))
+  if unknown or not d.mixture or any(w < 0 for w in d.mixture.values()) or \
+      sum(d.mixture.values()) <= 0:
+    raise ConfigError(f"data.mixture={dict(d.mixture)} must map domains of {list(DOMAINS)} "
+                      "to weights >= 0 with a positive sum")
+  if not 0 < t.lr < 1:
+    raise ConfigError(f"train.lr={t.lr!r} must be in (0, 1)")
+  if not 0 <= t.warmup_steps < t.steps:
+    raise ConfigError(f"train.warmup_steps={t.warmup_steps} must be in [0, train.steps={t.steps})")
+  if not t.max_wall_minutes > 0:
+    raise ConfigError(f"train.max_wall_minutes={t.max_wall_minutes!r} must be > 0")
+  return cfg
+
+
+SERVE_POLICIES = ("fcfs", "priority", "sjf")
+SERVE_BATCHING = ("continuous", "static")
+CLOCK_MODES = ("measured", "cost_model")
+ARRIVAL_KINDS = ("poisson", "gamma", "constant", "ramp")
+LENGTH_KINDS = ("fixed", "uniform", "lognormal", "list")
+MAX_SHAPE_BUCKETS = 32  # each bucket is one compilation of the step
+
+
+def _finite(value, field, low=0.0, strict=False):
+  ok = isinstance(value, (int, float)) and math.isfinite(value) and (
+      value > low if strict else value >= low)
+  if not ok:
+    raise ConfigError(f"{field}={value!r} must be a finite number {'>' if strict else '>='} {low}")
+
+
+def _length_dist(d, field):
+  _choice(d.kind, f"{field}.kind", LENGTH_KINDS)
+  if d.kind == "fixed":
+    _positive(d, field, "value")
+  elif d.kind == "list":
+    if not d["values"] or any(not isinstance(v, int) or v <= 0 for v in d["values"]):
+      raise ConfigError(f"{field}.values={d['values']!r} must be a non-empty list of ints > 0")
+  else:
+    _positive(d, field, "low", "high")
+    if d.low > d.high:
+      raise ConfigError(f"{field}.low={d.low} > {field}.high={d.high}; swap them")
+    if d.kind == "lognormal":
+      _finite(d.median, f"{field}.median", strict=True)
+      _finite(d.sigma, f"{field}.sigma")
+
+
+def validate_serve(cfg):
+  """Checks the `serve`, `clock` and `workload` sections of a serving config."""
+  s, m = cfg.serve, cfg.model
+  _choice(s.policy, "serve.policy", SERVE_POLICIES)
+  _choice(s.batching, "serve.batching", SERVE_BATCHING)
+  _positive(s, "serve", "max_num_seqs", "max_num_batched_tokens", "kv_block_size", "kv_num_blocks")
+  b = {k: tuple(s.buckets[k]) for k in ("decode_rows", "prefill_rows", "chunk_lens")}
+  for key, opts in b.items():
+    low = 1 if key == "chunk_lens" else 0
+    if not opts or any(not isinstance(o, int) or o < low for o in opts):
+      raise ConfigError(f"serve.buckets.{key}={opts!r} must be a non-empty list of ints >= {low}")
+  if max(b["decode_rows"]) < s.max_num_seqs:
+    raise ConfigError(f"serve.buckets.decode_rows={b['decode_rows']} cannot hold "
+                      f"serve.max_num_seqs={s.max_num_seqs} decode rows; add {s.max_num_seqs}")
+  if max(b["prefill_rows"]) < 1:
+    raise ConfigError(f"serve.buckets.prefill_rows={b['prefill_rows']} has no bucket with a "
+                      "prefill row; add e.g. 1")
+  n_buckets = len(b["decode_rows"]) * len(b["prefill_rows"]) * len(b["chunk_lens"])
+  if n_buckets > MAX_SHAPE_BUCKETS:
+    raise ConfigError(f"serve.buckets give {n_buckets} step shapes (one compile each); keep it "
+                      f"<= {MAX_SHAPE_BUCKETS} by listing fewer options")
+  if s.max_num_batched_tokens < s.max_num_seqs + max(b["chunk_lens"]):
+    raise ConfigError(
+        f"serve.max_num_batched_tokens={s.max_num_batched_tokens} must be >= max_num_seqs "
+        f"({s.max_num_seqs}) + the longest chunk ({max(b['chunk_lens'])}) so that a full step "
+        f"of decodes never starves prefill; use >= {s.max_num_seqs + max(b['chunk_lens'])}")
+  if not 0 <= s.eos_id < m.vocab_size:
+    raise ConfigError(f"serve.eos_id={s.eos_id} is outside the vocabulary [0, {m.vocab_size})")
+  if not s.domains or len(set(s.domains)) != len(s.domains):
+    raise ConfigError(f"serve.domains={tuple(s.domains)} must be a non-empty list of unique names")
+
+  c = cfg.clock
+  _choice(c.mode, "clock.mode", CLOCK_MODES)
+  for name in ("fixed_s", "per_token_s", "per_kv_s"):
+    _finite(c[name], f"clock.{name}")
+  if c.mode == "cost_model" and c.fixed_s + c.per_token_s + c.per_kv_s <= 0:
+    raise ConfigError("clock.mode='cost_model' needs a positive coefficient (all are 0); run "
+                      "scripts/calibrate.py and copy its overrides")
+
+  w = cfg.workload
+  if not isinstance(w.num_requests, int) or w.num_requests < 0:
+    raise ConfigError(f"workload.num_requests={w.num_requests!r} must be an integer >= 0")
+  _positive(w, "workload", "num_priorities")
+  _choice(w.arrival.kind, "workload.arrival.kind", ARRIVAL_KINDS)
+  _finite(w.arrival.rate, "workload.arrival.rate", strict=True)
+  if w.arrival.kind == "gamma":
+    _finite(w.arrival.burstiness, "workload.arrival.burstiness", strict=True)
+  if w.arrival.kind == "ramp":
+    _finite(w.arrival.rate_end, "workload.arrival.rate_end", strict=True)
+  _length_dist(w.prompt_len, "workload.prompt_len")
+  _length_dist(w.output_len, "workload.output_len")
+  unknown = sorted(set(w.mix) - set(s.domains))
+  if unknown or not w.mix or any(not v >= 0 for v in w.mix.values()) or sum(w.mix.values()) <= 0:
+    raise ConfigError(f"workload.mix={dict(w.mix)} must map domains of serve.domains="
+                      f"{list(s.domains)} to weights >= 0 with a positive sum")
+  _finite(w.temperature, "workload.temperature")
+  if not isinstance(w.top_k, int) or w.top_k < 0:
+    raise ConfigError(f"workload.top_k={w.top_k!r} must be an integer >= 0 (0 is off)")
+  if not 0 < w.top_p <= 1:
+    raise ConfigError(f"workload.top_p={w.top_p!r} must be in (0, 1]")
   return cfg

@@ -1,0 +1,1 @@
+"""Training: optax AdamW loop, losses, held-out evaluation, resumable Orbax checkpoints."""
