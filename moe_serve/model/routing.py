@@ -126,21 +126,23 @@ def _hash_experts(token_ids_T, k, num_experts):
 
 
 def _choose(logits_TxE, cfg, token_ids_T):
-  """Top-k (or hashed) experts and their weights, before capacity: ([T, K] int32, [T, K] f32)."""
+  """Top-k (or hashed) experts and weights before capacity, and each token's top-1 router
+  probability (the `score` priority, taken before renormalisation): [T, K], [T, K], [T]."""
   probs_TxE = jax.nn.softmax(logits_TxE.astype(jnp.float32), axis=-1)
   if cfg.kind == "hash":
     index_TxK = _hash_experts(token_ids_T, cfg.k, logits_TxE.shape[-1])
     weight_TxK = jnp.take_along_axis(probs_TxE, index_TxK, axis=1)
   else:
     weight_TxK, index_TxK = jax.lax.top_k(probs_TxE, cfg.k)  # ties: lower expert index first
+  top1_T = probs_TxE.max(axis=-1)
   if cfg.renormalize:
     weight_TxK = weight_TxK / weight_TxK.sum(-1, keepdims=True)
-  return index_TxK.astype(jnp.int32), weight_TxK
+  return index_TxK.astype(jnp.int32), weight_TxK, top1_T
 
 
-def _priority_order(cfg, weight_TxK):
+def _priority_order(cfg, index_TxK, top1_T):
   """Order keys [T, K] (most significant first) in which pairs claim slots; see docs/routing.md."""
-  t, k = weight_TxK.shape
+  t, k = index_TxK.shape
   tok_TxK = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[:, None], (t, k))
   choice_TxK = jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32)[None, :], (t, k))
   if cfg.priority == "token":
@@ -148,13 +150,13 @@ def _priority_order(cfg, weight_TxK):
   if cfg.priority == "position":
     return (choice_TxK, tok_TxK)
   # score: choice-major over tokens sorted by their top-1 weight, descending (stable: token order)
-  rank_T = jnp.zeros((t,), jnp.int32).at[jnp.argsort(-weight_TxK[:, 0], stable=True)].set(
+  rank_T = jnp.zeros((t,), jnp.int32).at[jnp.argsort(-top1_T, stable=True)].set(
       jnp.arange(t, dtype=jnp.int32))
   return (choice_TxK, jnp.broadcast_to(rank_T[:, None], (t, k)))
 
 
 def _route_topk(logits_TxE, segment_ids_T, cfg, num_decode, token_ids_T):
-  index_TxK, weight_TxK = _choose(logits_TxE, cfg, token_ids_T)
+  index_TxK, weight_TxK, top1_T = _choose(logits_TxE, cfg, token_ids_T)
   valid_TxK = jnp.broadcast_to((segment_ids_T >= 0)[:, None], index_TxK.shape)
   if cfg.capacity_scope == "none":
     kept_TxK = valid_TxK
@@ -162,7 +164,7 @@ def _route_topk(logits_TxE, segment_ids_T, cfg, num_decode, token_ids_T):
     inst_T, cap_T = _instances_and_capacity(cfg, logits_TxE.shape[-1], segment_ids_T, num_decode)
     inst_TxK = jnp.broadcast_to(inst_T[:, None], index_TxK.shape)
     # Padding sorts after every real pair of its (instance, expert), so it never takes a slot.
-    order = (~valid_TxK,) + _priority_order(cfg, weight_TxK)
+    order = (~valid_TxK,) + _priority_order(cfg, index_TxK, top1_T)
     flat = lambda a: a.reshape(-1)
     rank_TxK = _rank_within((flat(inst_TxK), flat(index_TxK)),
                             tuple(flat(o) for o in order)).reshape(index_TxK.shape)
