@@ -1,20 +1,135 @@
-"""Jitted step functions that serving and training call.
+"""Jitted init, forward and step functions that serving and training call.
 
-Single-device version: the sharding work (mesh, in/out shardings) builds on these signatures.
-The KV cache argument is donated, so a step updates it in place.
+Without a mesh they are plain single-device jits (the original signatures). With `mesh=` and
+`rules=` (the config's `logical_axis_rules`) they are `jax.jit`s with explicit `in_shardings` /
+`out_shardings`: parameters from their logical names, the KV cache with slots on `data` and KV
+heads on `tensor` (donated, so a step updates it in place), step inputs with rows on `data`, and
+replicated logits/aux. Activations follow the model's own logical constraints, which bind to the
+mesh inside the traced function (mesh.logical_context).
 """
 import functools
 
 import jax
+import numpy as np
 
+from moe_serve import config as config_lib
 from moe_serve.model import api
+from moe_serve.parallel import mesh as mesh_lib
+from moe_serve.parallel import sharding
 
 
-def make_step_fn(model_cfg):
+class ShardedFn:
+  """A sharded jit that places its host inputs first (see sharding.put).
+
+  `lower(*args)` gives the lowered computation of the same jit (for HLO inspection).
+  """
+
+  def __init__(self, jitted, in_shardings, what):
+    self.jitted, self.in_shardings, self._what = jitted, in_shardings, what
+
+  def place(self, *args):
+    for arg, s, what in zip(args, self.in_shardings, self._what):
+      if what is not None:
+        sharding.check_divisible(arg, s, *what)
+    return sharding.put(args, tuple(self.in_shardings))
+
+  def __call__(self, *args):
+    return self.jitted(*self.place(*args))
+
+  def lower(self, *args):
+    return self.jitted.lower(*self.place(*args))
+
+
+def _require_rules(mesh, rules):
+  if rules is None:
+    raise config_lib.ConfigError(f"a mesh {dict(mesh.shape)} was given without rules; pass "
+                                 "rules=config.logical_axis_rules")
+  return tuple(tuple(r) for r in rules)
+
+
+_ROWS_FIX = ("step input", "pad the batch with idle rows (segment id -1) to a multiple of the "
+             "data axis, or use a smaller mesh.data")
+_SLOTS_FIX = ("KV cache", "use a number of slots that is a multiple of mesh.data")
+
+
+def make_step_fn(model_cfg, mesh=None, rules=None):
   """jit((params, cache, StepBatch) -> (logits, cache, aux)) with the cache donated."""
-  return jax.jit(functools.partial(api.step, model_cfg), donate_argnums=(1,))
+  if mesh is None:
+    return jax.jit(functools.partial(api.step, model_cfg), donate_argnums=(1,))
+  rules = _require_rules(mesh, rules)
+  params_s = sharding.param_shardings(model_cfg, mesh, rules)
+  cache_s = sharding.cache_shardings(model_cfg, mesh, rules)
+  batch_s = sharding.step_batch_shardings(mesh, rules)
+  out_s = (sharding.replicated(mesh), cache_s, sharding.replicated(mesh))
+
+  def step(params, cache, batch):
+    with mesh_lib.logical_context(mesh, rules):
+      return api.step(model_cfg, params, cache, batch)
+
+  jitted = jax.jit(step, in_shardings=(params_s, cache_s, batch_s), out_shardings=out_s,
+                   donate_argnums=(1,))
+  return ShardedFn(jitted, (params_s, cache_s, batch_s), (None, _SLOTS_FIX, _ROWS_FIX))
 
 
-def make_forward_fn(model_cfg):
-  """jit((params, tokens [B, L]) -> (logits [B, L, V], aux))."""
-  return jax.jit(functools.partial(api.forward, model_cfg))
+def make_forward_fn(model_cfg, mesh=None, rules=None):
+  """jit((params, tokens [B, L], segment_ids [B, L] = None) -> (logits [B, L, V], aux))."""
+  if mesh is None:
+    return jax.jit(functools.partial(api.forward, model_cfg))
+  rules = _require_rules(mesh, rules)
+  params_s = sharding.param_shardings(model_cfg, mesh, rules)
+  rows_s = sharding.named(mesh, rules, sharding.ROWS_AXES)
+
+  def forward(params, tokens_BxL, segment_ids_BxL):
+    with mesh_lib.logical_context(mesh, rules):
+      return api.forward(model_cfg, params, tokens_BxL, segment_ids_BxL)
+
+  jitted = jax.jit(forward, in_shardings=(params_s, rows_s, rows_s),
+                   out_shardings=sharding.replicated(mesh))
+  fn = ShardedFn(jitted, (params_s, rows_s, rows_s), (None, _ROWS_FIX, _ROWS_FIX))
+
+  def call(params, tokens_BxL, segment_ids_BxL=None):
+    if segment_ids_BxL is None:  # the unsharded default: row b is its own sequence
+      b, length = np.shape(tokens_BxL)
+      segment_ids_BxL = np.broadcast_to(np.arange(b, dtype=np.int32)[:, None], (b, length))
+    return fn(params, tokens_BxL, segment_ids_BxL)
+
+  call.lower = lambda params, tokens, seg: fn.lower(params, tokens, seg)
+  return call
+
+
+def make_init_fn(model_cfg, mesh=None, rules=None):
+  """seed -> parameters, created directly in their shardings (never whole on one device).
+
+  The values do not depend on the mesh: jax's partitionable threefry gives every shard the bits
+  it would have had unsharded (checked in tests/parallel).
+  """
+  if mesh is None:
+    return lambda seed: api.init_params(model_cfg, jax.random.key(seed))
+  rules = _require_rules(mesh, rules)
+  params_s = sharding.param_shardings(model_cfg, mesh, rules)
+
+  def init(seed):
+    with mesh_lib.logical_context(mesh, rules):
+      return api.init_params(model_cfg, jax.random.key(seed))
+
+  jitted = jax.jit(init, in_shardings=sharding.replicated(mesh), out_shardings=params_s)
+  return lambda seed: jitted(sharding.put(np.uint32(seed), sharding.replicated(mesh)))
+
+
+def make_cache_fn(model_cfg, mesh=None, rules=None):
+  """num_slots -> an empty KV cache, created in its shardings."""
+  if mesh is None:
+    return lambda num_slots: api.init_cache(model_cfg, num_slots)
+  rules = _require_rules(mesh, rules)
+  cache_s = sharding.cache_shardings(model_cfg, mesh, rules)
+
+  @functools.lru_cache(maxsize=None)
+  def jitted(num_slots):
+    return jax.jit(lambda: api.init_cache(model_cfg, num_slots), out_shardings=cache_s)
+
+  def init(num_slots):
+    shapes = jax.eval_shape(lambda: api.init_cache(model_cfg, num_slots))
+    sharding.check_divisible(shapes, cache_s, *_SLOTS_FIX)
+    return jitted(num_slots)()
+
+  return init
