@@ -9,6 +9,9 @@ import jax
 import orbax.checkpoint as ocp
 
 
+_ITEM = "default"  # the item name CheckpointManager uses for a single StandardSave
+
+
 class CheckpointError(RuntimeError):
   """A checkpoint directory is missing, empty or unreadable."""
 
@@ -51,6 +54,10 @@ def restore(mngr, abstract_state, step=None):
   if step not in mngr.all_steps():
     raise CheckpointError(f"no checkpoint for step {step} in {directory}; "
                           f"available steps: {list(mngr.all_steps())}")
+  item_dir = os.path.join(os.fspath(directory), str(step), _ITEM)
+  if not os.path.isdir(item_dir):  # Orbax's own error here is about `Composite` args
+    raise CheckpointError(f"checkpoint step {step} in {directory} holds no saved state "
+                          f"({item_dir} is missing): incomplete, or not written by save()")
   try:
     return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
   except Exception as e:  # Orbax raises many types for unreadable data; keep the cause chained.
