@@ -299,3 +299,97 @@ def validate_serve(cfg):
   if not 0 < w.top_p <= 1:
     raise ConfigError(f"workload.top_p={w.top_p!r} must be in (0, 1]")
   return cfg
+
+
+SERVE_POLICIES = ("fcfs", "priority", "sjf")
+SERVE_BATCHING = ("continuous", "static")
+CLOCK_MODES = ("measured", "cost_model")
+ARRIVAL_KINDS = ("poisson", "gamma", "constant", "ramp")
+LENGTH_KINDS = ("fixed", "uniform", "lognormal", "list")
+MAX_SHAPE_BUCKETS = 32  # each bucket is one compilation of the step
+
+
+def _finite(value, field, low=0.0, strict=False):
+  ok = isinstance(value, (int, float)) and math.isfinite(value) and (
+      value > low if strict else value >= low)
+  if not ok:
+    raise ConfigError(f"{field}={value!r} must be a finite number {'>' if strict else '>='} {low}")
+
+
+def _length_dist(d, field):
+  _choice(d.kind, f"{field}.kind", LENGTH_KINDS)
+  if d.kind == "fixed":
+    _positive(d, field, "value")
+  elif d.kind == "list":
+    if not d["values"] or any(not isinstance(v, int) or v <= 0 for v in d["values"]):
+      raise ConfigError(f"{field}.values={d['values']!r} must be a non-empty list of ints > 0")
+  else:
+    _positive(d, field, "low", "high")
+    if d.low > d.high:
+      raise ConfigError(f"{field}.low={d.low} > {field}.high={d.high}; swap them")
+    if d.kind == "lognormal":
+      _finite(d.median, f"{field}.median", strict=True)
+      _finite(d.sigma, f"{field}.sigma")
+
+
+def validate_serve(cfg):
+  """Checks the `serve`, `clock` and `workload` sections of a serving config."""
+  s, m = cfg.serve, cfg.model
+  _choice(s.policy, "serve.policy", SERVE_POLICIES)
+  _choice(s.batching, "serve.batching", SERVE_BATCHING)
+  _positive(s, "serve", "max_num_seqs", "max_num_batched_tokens", "kv_block_size", "kv_num_blocks")
+  b = {k: tuple(s.buckets[k]) for k in ("decode_rows", "prefill_rows", "chunk_lens")}
+  for key, opts in b.items():
+    low = 1 if key == "chunk_lens" else 0
+    if not opts or any(not isinstance(o, int) or o < low for o in opts):
+      raise ConfigError(f"serve.buckets.{key}={opts!r} must be a non-empty list of ints >= {low}")
+  if max(b["decode_rows"]) < s.max_num_seqs:
+    raise ConfigError(f"serve.buckets.decode_rows={b['decode_rows']} cannot hold "
+                      f"serve.max_num_seqs={s.max_num_seqs} decode rows; add {s.max_num_seqs}")
+  if max(b["prefill_rows"]) < 1:
+    raise ConfigError(f"serve.buckets.prefill_rows={b['prefill_rows']} has no bucket with a "
+                      "prefill row; add e.g. 1")
+  n_buckets = len(b["decode_rows"]) * len(b["prefill_rows"]) * len(b["chunk_lens"])
+  if n_buckets > MAX_SHAPE_BUCKETS:
+    raise ConfigError(f"serve.buckets give {n_buckets} step shapes (one compile each); keep it "
+                      f"<= {MAX_SHAPE_BUCKETS} by listing fewer options")
+  if s.max_num_batched_tokens < s.max_num_seqs + max(b["chunk_lens"]):
+    raise ConfigError(
+        f"serve.max_num_batched_tokens={s.max_num_batched_tokens} must be >= max_num_seqs "
+        f"({s.max_num_seqs}) + the longest chunk ({max(b['chunk_lens'])}) so that a full step "
+        f"of decodes never starves prefill; use >= {s.max_num_seqs + max(b['chunk_lens'])}")
+  if not 0 <= s.eos_id < m.vocab_size:
+    raise ConfigError(f"serve.eos_id={s.eos_id} is outside the vocabulary [0, {m.vocab_size})")
+  if not s.domains or len(set(s.domains)) != len(s.domains):
+    raise ConfigError(f"serve.domains={tuple(s.domains)} must be a non-empty list of unique names")
+
+  c = cfg.clock
+  _choice(c.mode, "clock.mode", CLOCK_MODES)
+  for name in ("fixed_s", "per_token_s", "per_kv_s"):
+    _finite(c[name], f"clock.{name}")
+  if c.mode == "cost_model" and c.fixed_s + c.per_token_s + c.per_kv_s <= 0:
+    raise ConfigError("clock.mode='cost_model' needs a positive coefficient (all are 0); run "
+                      "scripts/calibrate.py and copy its overrides")
+
+  w = cfg.workload
+  if not isinstance(w.num_requests, int) or w.num_requests < 0:
+    raise ConfigError(f"workload.num_requests={w.num_requests!r} must be an integer >= 0")
+  _positive(w, "workload", "num_priorities")
+  _choice(w.arrival.kind, "workload.arrival.kind", ARRIVAL_KINDS)
+  _finite(w.arrival.rate, "workload.arrival.rate", strict=True)
+  if w.arrival.kind == "gamma":
+    _finite(w.arrival.burstiness, "workload.arrival.burstiness", strict=True)
+  if w.arrival.kind == "ramp":
+    _finite(w.arrival.rate_end, "workload.arrival.rate_end", strict=True)
+  _length_dist(w.prompt_len, "workload.prompt_len")
+  _length_dist(w.output_len, "workload.output_len")
+  unknown = sorted(set(w.mix) - set(s.domains))
+  if unknown or not w.mix or any(not v >= 0 for v in w.mix.values()) or sum(w.mix.values()) <= 0:
+    raise ConfigError(f"workload.mix={dict(w.mix)} must map domains of serve.domains="
+                      f"{list(s.domains)} to weights >= 0 with a positive sum")
+  _finite(w.temperature, "workload.temperature")
+  if not isinstance(w.top_k, int) or w.top_k < 0:
+    raise ConfigError(f"workload.top_k={w.top_k!r} must be an integer >= 0 (0 is off)")
+  if not 0 < w.top_p <= 1:
+    raise ConfigError(f"workload.top_p={w.top_p!r} must be in (0, 1]")
+  return cfg

@@ -1,0 +1,67 @@
+r"""Serving simulator config: the default model (configs/base.py) behind a continuous-batching engine.
+
+  python scripts/serve.py --config=configs/serve_default.py --workdir=runs/default
+  python scripts/serve.py --config=configs/serve_default.py:size=tiny --workdir=runs/tiny \
+      --config.workload.arrival.rate=50 --config.serve.batching=static
+
+Arg (big_vision style): `size=base|tiny` picks the model (tiny also shrinks the engine to fit it).
+Clock coefficients come from scripts/calibrate.py on the machine in benchmarks/RESULTS.md.
+"""
+import ml_collections
+
+from configs import base
+from moe_serve import config as config_lib
+
+# The corpus domains (moe_serve/data/corpus.py), so a corpus-backed prompt source plugs in.
+DOMAINS = ("add", "reverse", "sort", "lookup", "prose", "code")
+
+
+def _lengths(kind, value, low, high, median=None, sigma=0.5, values=(16, 32)):
+  return ml_collections.ConfigDict(dict(kind=kind, value=value, low=low, high=high,
+                                        median=float(median or value), sigma=sigma,
+                                        values=values))
+
+
+def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, size="base")
+  cfg = base.get_config(f"size={arg.size}")
+  tiny = arg.size == "tiny"
+
+  cfg.serve = ml_collections.ConfigDict(dict(
+      policy="fcfs",  # fcfs | priority (smaller first) | sjf (prompt + max_new_tokens)
+      batching="continuous",  # continuous | static (fill a batch, run it to completion)
+      max_num_seqs=8 if tiny else 64,  # slots
+      max_num_batched_tokens=24 if tiny else 192,  # decode + prefill tokens per step
+      kv_block_size=16,
+      kv_num_blocks=32 if tiny else 1024,  # 1024 * 16 tokens = every slot full at max_len 256
+      eos_id=2,  # tokenizer.EOS
+      ignore_eos=False,  # True: every request runs to max_new_tokens (benchmarks)
+      domains=DOMAINS,
+      record_routing=False,  # per-request drops, when the step can return routing records
+      tensorboard=False,
+      # Step shapes: decode rows B, prefill rows P, chunk length C. One value each = fixed
+      # shapes (what the batch-invariance contract needs). Chunks are max(chunk_lens) long.
+      buckets=ml_collections.ConfigDict(dict(
+          decode_rows=(8,) if tiny else (64,),
+          prefill_rows=(0, 2) if tiny else (0, 4),
+          chunk_lens=(8,) if tiny else (32,),
+      )),
+  ))
+  # Measured on the benchmarks/RESULTS.md machine with scripts/calibrate.py (base model).
+  cfg.clock = ml_collections.ConfigDict(dict(
+      mode="cost_model",  # cost_model (reproducible) | measured (wall time of each step)
+      fixed_s=2e-3, per_token_s=1.5e-4, per_kv_s=2e-7,
+  ))
+  cfg.workload = ml_collections.ConfigDict(dict(
+      seed=0,
+      num_requests=64 if tiny else 512,
+      arrival=ml_collections.ConfigDict(dict(kind="poisson", rate=20.0, burstiness=1.0,
+                                             rate_end=40.0)),
+      prompt_len=_lengths("uniform", 12, 4, 24) if tiny else _lengths("lognormal", 48, 8, 160),
+      output_len=_lengths("uniform", 8, 2, 16) if tiny else _lengths("uniform", 64, 16, 96),
+      mix=ml_collections.ConfigDict({d: 1.0 for d in DOMAINS}),
+      temperature=0.0, top_k=0, top_p=1.0,
+      num_priorities=1,  # priorities drawn uniformly from 0..num_priorities-1
+      trace="",  # a JSONL trace to replay instead (see serving/workload.py: load_trace)
+  ))
+  return cfg

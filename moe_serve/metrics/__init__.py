@@ -1,0 +1,1 @@
+"""Metrics computed from the engine's event logs and records (never from engine internals)."""

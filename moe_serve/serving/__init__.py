@@ -1,0 +1,1 @@
+"""Serving simulator: requests, workloads, scheduler, engine, virtual clock, sampling."""

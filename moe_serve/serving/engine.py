@@ -1,0 +1,232 @@
+"""The engine's step loop: schedule, build a fixed-shape StepBatch, run the step, sample, log.
+
+The engine knows the model only through a step function `(params, cache, StepBatch) -> (logits,
+cache, aux)` with the cache donated (parallel/steps.py or a sharded variant with the same call);
+`run.build_engine` makes one from a config. Step shapes come from a small set of buckets
+(`Buckets`) and `warmup` compiles them all, so a warmed-up run never compiles again.
+
+Records (plain dicts, written as JSONL by metrics/writers.py):
+- `steps`: one per step, only deterministic fields (virtual time, never wall time);
+- `wall`: one per step, wall seconds of the step and of the host work around it;
+- `requests`: one per request, finished or rejected, in id order.
+"""
+import time
+import warnings
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from moe_serve.metrics import routing as routing_metrics
+from moe_serve.model import parts
+from moe_serve.serving import request as request_lib
+from moe_serve.serving import sampling
+from moe_serve.serving.scheduler import Scheduler
+
+
+class Buckets(NamedTuple):
+  """Allowed step shapes: decode rows B, prefill rows P, chunk length C (each sorted)."""
+  decode_rows: tuple
+  prefill_rows: tuple
+  chunk_lens: tuple
+
+  @classmethod
+  def from_config(cls, b):
+    return cls(*(tuple(sorted(int(x) for x in v))
+                 for v in (b.decode_rows, b.prefill_rows, b.chunk_lens)))
+
+  def pick(self, n_decode, n_prefill, longest_chunk):
+    first_fit = lambda opts, n: next(o for o in opts if o >= n)
+    return (first_fit(self.decode_rows, n_decode), first_fit(self.prefill_rows, n_prefill),
+            first_fit(self.chunk_lens, longest_chunk))
+
+  def all(self):
+    return [(b, p, c) for b in self.decode_rows for p in self.prefill_rows for c in self.chunk_lens
+            if p > 0 or c == self.chunk_lens[0]]  # with no prefill rows C is irrelevant
+
+
+class RunLog(NamedTuple):
+  requests: list
+  steps: list
+  wall: list
+
+
+def _routing_records(aux):
+  recs = aux.get("routing") if isinstance(aux, dict) else None
+  if not recs:
+    return None
+  kept = lambda r: r["kept"] if isinstance(r, dict) else r.kept
+  return [np.asarray(kept(r)) for r in recs]
+
+
+class Engine:
+  """Serves a list of requests through `step_fn` on virtual time (see module docstring)."""
+
+  def __init__(self, cfg, step_fn, params, cache, clock):
+    s = cfg.serve
+    self.cfg, self.step_fn, self.params, self.cache, self.clock = cfg, step_fn, params, cache, clock
+    self.buckets = Buckets.from_config(s.buckets)
+    self.sched = Scheduler(s, max(self.buckets.prefill_rows), max(self.buckets.chunk_lens))
+    self.limits = request_lib.limits_from_config(cfg)
+    self.eos_id = None if s.ignore_eos else int(s.eos_id)
+    self.record_routing = bool(s.record_routing)
+    self._warned_routing = False
+    self.done = 0  # requests finished or rejected so far in `run` (for progress bars)
+
+  # ------------------------------------------------------------------ warm-up
+  def warmup(self):
+    """Compiles the step and the sampler for every bucket with all-padding batches."""
+    for b, p, c in self.buckets.all():
+      batch = parts.StepBatch(parts.empty_part(b, 1), parts.empty_part(p, c))
+      logits, self.cache, _ = self.step_fn(self.params, self.cache, batch)
+      r = b + p
+      out = sampling.sample(logits["decode"], logits["prefill"], np.zeros(p, np.int32),
+                            np.zeros(r, np.uint32), np.zeros(r, np.int32), np.zeros(r, np.float32),
+                            np.zeros(r, np.int32), np.ones(r, np.float32))
+      jax.block_until_ready(out)
+
+  # ------------------------------------------------------------------ batch building
+  def _build(self, plan):
+    longest = max((n for _, n in plan.prefill), default=1)
+    b, p, c = self.buckets.pick(len(plan.decode), len(plan.prefill), longest)
+    r = b + p
+    d_tok, d_slot, d_pos, d_seg = (np.zeros(b, np.int32) for _ in range(4))
+    d_seg -= 1
+    p_tok = np.zeros((p, c), np.int32)
+    p_slot, p_start, p_len, p_seg, last = (np.zeros(p, np.int32) for _ in range(5))
+    p_seg -= 1
+    seeds = np.zeros(r, np.uint32)
+    pos = np.zeros(r, np.int32)
+    temp, top_p = np.zeros(r, np.float32), np.ones(r, np.float32)
+    top_k = np.zeros(r, np.int32)
+    kv = 0
+    for i, seq in enumerate(plan.decode):
+      n = seq.num_computed
+      d_tok[i], d_slot[i], d_pos[i], d_seg[i] = seq.tokens[-1], seq.slot, n, seq.req.id
+      sp = seq.req.sampling
+      seeds[i], pos[i], temp[i], top_k[i], top_p[i] = sp.seed, n + 1, *sp[:3]
+      kv += n + 1
+    for j, (seq, n) in enumerate(plan.prefill):
+      start = seq.num_computed
+      p_tok[j, :n] = seq.tokens[start:start + n]
+      p_slot[j], p_start[j], p_len[j], p_seg[j], last[j] = seq.slot, start, n, seq.req.id, n - 1
+      sp = seq.req.sampling
+      i = b + j
+      seeds[i], pos[i], temp[i], top_k[i], top_p[i] = sp.seed, start + n, *sp[:3]
+      kv += n * start + n * (n + 1) // 2
+    batch = parts.StepBatch(parts.decode_part(d_tok, d_slot, d_pos, d_seg),
+                            parts.chunk_part(p_tok, p_slot, p_start, p_len, p_seg))
+    return (b, p, c), batch, (last, seeds, pos, temp, top_k, top_p), kv
+
+  # ------------------------------------------------------------------ bookkeeping
+  def _emit(self, seq, token, logprob, now):
+    seq.tokens.append(token)
+    seq.outputs.append(token)
+    seq.logprobs.append(logprob)
+    seq.token_times.append(now)
+    if token == self.eos_id:
+      self.sched.finish(seq, "eos")
+      self.done += 1
+    elif len(seq.outputs) >= seq.req.max_new_tokens:
+      self.sched.finish(seq, "length")
+      self.done += 1
+
+  def _drops(self, aux, batch, plan):
+    if not self.record_routing:
+      return None
+    kept = _routing_records(aux)
+    if kept is None:
+      if not self._warned_routing:
+        warnings.warn("serve.record_routing is set but the step returned no routing records "
+                      "(aux['routing']); drops are not logged for this run")
+        self._warned_routing = True
+      return None
+    seg_T = np.concatenate([np.asarray(batch.decode.segment_ids_BxL).reshape(-1),
+                            np.asarray(batch.prefill.segment_ids_BxL).reshape(-1)])
+    per_req = routing_metrics.drops_by_request(kept, seg_T)
+    for seq in plan.decode + [s for s, _ in plan.prefill]:
+      got = per_req.get(seq.req.id, [0] * len(kept))
+      seq.drops = got if seq.drops is None else [a + g for a, g in zip(seq.drops, got)]
+    return [int(x) for x in routing_metrics.drops_per_layer(kept, seg_T)]
+
+  # ------------------------------------------------------------------ the loop
+  def run(self, requests, on_step=None) -> RunLog:
+    """Serves `requests` (any order) to completion; returns the records. `on_step(engine, rec)`."""
+    seen, rejected, accepted = set(), [], []
+    for req in requests:
+      reason = request_lib.check(req, self.limits, seen)
+      if isinstance(req.id, (int, np.integer)):
+        seen.add(req.id)
+      (rejected if reason else accepted).append((req, reason))
+    self.done = len(rejected)
+    pending = sorted((r for r, _ in accepted), key=lambda r: (r.arrival, r.id))
+    seqs, steps, wall = [], [], []
+    clock, sched, nxt = self.clock, self.sched, 0
+    while nxt < len(pending) or sched.has_work():
+      while nxt < len(pending) and pending[nxt].arrival <= clock.now:
+        seqs.append(sched.add(pending[nxt]))
+        nxt += 1
+      if not sched.has_work():
+        clock.jump_to(pending[nxt].arrival)
+        continue
+      t_host = time.perf_counter()
+      start = clock.now
+      plan = sched.schedule(start)
+      if not plan.decode and not plan.prefill:
+        raise RuntimeError(f"scheduler made no progress at t={start} (waiting "
+                           f"{len(sched.waiting)}, running {len(sched.running)}): a bug")
+      shape, batch, samp, kv = self._build(plan)
+      t_dev = time.perf_counter()
+      logits, self.cache, aux = self.step_fn(self.params, self.cache, batch)
+      toks, lps = jax.device_get(sampling.sample(logits["decode"], logits["prefill"], *samp))
+      wall_step = time.perf_counter() - t_dev
+      drops = self._drops(aux, batch, plan)
+      n_dec = len(plan.decode)
+      tokens = shape[0] + shape[1] * shape[2]
+      now = clock.advance(clock.step_duration(tokens, kv, wall_step))
+      toks, lps = toks.tolist(), lps.tolist()
+      for i, seq in enumerate(plan.decode):
+        seq.num_computed += 1
+        self._emit(seq, toks[i], lps[i], now)
+      for j, (seq, n) in enumerate(plan.prefill):
+        seq.num_computed += n
+        if seq.num_computed == len(seq.tokens):
+          seq.prefilled = True
+          self._emit(seq, toks[shape[0] + j], lps[shape[0] + j], now)
+      in_step = plan.decode + [s for s, _ in plan.prefill]
+      rec = dict(step=len(steps), t=start, dt=now - start, bucket=list(shape),
+                 decode=n_dec, prefill_rows=len(plan.prefill),
+                 prefill_tokens=sum(n for _, n in plan.prefill), attended_kv=kv,
+                 slots_used=len(sched.running) + sum(1 for s in in_step if s.finish_reason),
+                 kv_blocks_used=sched.blocks_used, waiting=len(sched.waiting),
+                 requests=[s.req.id for s in in_step], domains=[s.req.domain for s in in_step],
+                 admitted=[s.req.id for s in plan.admitted],
+                 preempted=[s.req.id for s in plan.preempted],
+                 finished=[s.req.id for s in in_step if s.finish_reason], drops=drops)
+      steps.append(rec)
+      wall.append(dict(step=rec["step"], step_s=wall_step,
+                       host_s=time.perf_counter() - t_host - wall_step))
+      if on_step is not None:
+        on_step(self, rec)
+    return RunLog(self._request_records(seqs, rejected), steps, wall)
+
+  @staticmethod
+  def _request_records(seqs, rejected):
+    out = []
+    for seq in seqs:
+      r = seq.req
+      out.append(dict(
+          id=r.id, status="finished", reason=None, domain=r.domain, priority=r.priority,
+          arrival=r.arrival, admitted=seq.admitted_at,
+          first_token=seq.token_times[0], finish=seq.token_times[-1],
+          prompt_len=len(r.prompt), output_len=len(seq.outputs), finish_reason=seq.finish_reason,
+          preemptions=seq.preemptions, tokens=seq.outputs, logprobs=seq.logprobs,
+          token_times=seq.token_times, drops=seq.drops))
+    for r, reason in rejected:
+      rid = int(r.id) if isinstance(r.id, (int, np.integer)) else repr(r.id)
+      out.append(dict(id=rid, status="rejected", reason=reason, domain=r.domain,
+                      arrival=r.arrival))
+    # Rejected ids may be of any type (that can be why they were rejected): those sort last.
+    out.sort(key=lambda d: (0, d["id"], d["status"]) if isinstance(d["id"], int)
+             else (1, repr(d["id"]), d["status"]))
+    return out

@@ -1,0 +1,41 @@
+r"""Serves a workload through the MoE model on virtual time and writes every log to --workdir.
+
+  python scripts/serve.py --config=configs/serve_default.py --workdir=runs/NAME
+  python scripts/serve.py --config=configs/serve_default.py:size=tiny --workdir=runs/tiny \
+      --slo_ttft_ms=200 --slo_tpot_ms=50 --config.serve.tensorboard=true
+"""
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+import tqdm
+
+from moe_serve.serving import run
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/serve_default.py", "Config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
+_SLO_TTFT = flags.DEFINE_float("slo_ttft_ms", None, "TTFT SLO for goodput (ms).")
+_SLO_TPOT = flags.DEFINE_float("slo_tpot_ms", None, "TPOT SLO for goodput (ms).")
+
+
+def main(argv):
+  del argv
+  cfg = _CONFIG.value
+  requests = run.make_requests(cfg)
+  bar = tqdm.tqdm(total=len(requests), unit="req", dynamic_ncols=True)
+  t0 = time.perf_counter()
+
+  def on_step(engine, rec):
+    bar.n = engine.done
+    bar.set_postfix_str(f"virtual {engine.clock.now:.2f}s wall {time.perf_counter() - t0:.1f}s "
+                        f"step {rec['step']}", refresh=False)
+    if rec["step"] % 20 == 0:
+      bar.refresh()
+
+  run.serve(cfg, _WORKDIR.value, requests=requests, slo_ttft_ms=_SLO_TTFT.value,
+            slo_tpot_ms=_SLO_TPOT.value, on_step=on_step, log=tqdm.tqdm.write)
+  bar.close()
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,66 @@
+"""A numpy stand-in for the model step, for fast scheduler/engine property tests.
+
+The fake keeps, per slot, the tokens written at each position (its "KV cache"). A token's
+logits are one-hot at `next_token(prefix)`, where the prefix is read back from the slot's
+positions 0..p: a wrong position, a skipped write, or state left in a reused slot changes the
+outputs, so comparing a run with `expected_completion` checks the engine's bookkeeping.
+"""
+import numpy as np
+
+from moe_serve.data.tokenizer import EOS
+
+_PRIME = 1_000_003
+
+
+def next_token(prefix, vocab_size):
+  h = 7
+  for t in prefix:
+    h = (h * 31 + int(t) + 1) % _PRIME
+  return EOS if h % 11 == 0 else 3 + h % (vocab_size - 3)
+
+
+def expected_completion(prompt, max_new_tokens, vocab_size, eos=True):
+  seq, out = list(prompt), []
+  while len(out) < max_new_tokens:
+    t = next_token(seq, vocab_size)
+    out.append(t)
+    seq.append(t)
+    if eos and t == EOS:
+      break
+  return out
+
+
+class FakeModel:
+  """step(params, cache, batch) -> (logits, cache, aux), like parallel/steps.make_step_fn."""
+
+  def __init__(self, num_slots, max_len, vocab_size):
+    self.vocab_size = vocab_size
+    self.store_SxL = np.full((num_slots, max_len), -1, np.int64)
+    self.calls = 0
+
+  def init_cache(self):
+    return {"fake": np.zeros(())}
+
+  def _part(self, part):
+    toks, pos, seg = (np.asarray(a) for a in part[:3])
+    slots = np.asarray(part.slots_B)
+    b, length = toks.shape
+    logits = np.zeros((b, length, self.vocab_size), np.float32)
+    for i in range(b):
+      for j in range(length):
+        if seg[i, j] >= 0:
+          self.store_SxL[slots[i], pos[i, j]] = toks[i, j]
+    for i in range(b):
+      for j in range(length):
+        if seg[i, j] >= 0:
+          prefix = self.store_SxL[slots[i], :pos[i, j] + 1]
+          assert (prefix >= 0).all(), "read a position that was never written"
+          logits[i, j, next_token(prefix, self.vocab_size)] = 10.0
+    return logits
+
+  def __call__(self, params, cache, batch):
+    del params
+    self.calls += 1
+    dec = self._part(batch.decode)
+    pre = self._part(batch.prefill)
+    return {"decode": dec[:, 0], "prefill": pre}, cache, {}

@@ -1,0 +1,106 @@
+"""The engine on the tiny real model: slot reuse, reproducible logs, no compiles after warm-up.
+
+Fixed step shapes (one bucket) and dropless routing (the tiny config's capacity_scope='none'),
+so a request's logits do not depend on what else runs (DESIGN.md section 4, contract 2).
+"""
+import numpy as np
+
+from moe_serve.model import api
+from moe_serve.parallel import compiles
+from moe_serve.serving import clock as clock_lib
+from moe_serve.serving import run as run_lib
+from moe_serve.serving.engine import Engine
+from moe_serve.serving.request import Request, SamplingParams
+from tests.serving.conftest import tiny_serve_cfg
+
+FIXED = dict(decode_rows=(8,), prefill_rows=(2,), chunk_lens=(8,))
+
+
+def _engine(cfg, tiny_model):
+  step_fn, params = tiny_model
+  return Engine(cfg, step_fn, params, api.init_cache(cfg.model, cfg.serve.max_num_seqs),
+                clock_lib.Clock(cfg.clock))
+
+
+def _req(rid, n_prompt, n_new, arrival, seed=0, temperature=0.0):
+  rng = np.random.default_rng(rid + 100 * seed)
+  prompt = [1] + rng.integers(3, 259, n_prompt - 1).tolist()
+  return Request(id=rid, prompt=prompt, max_new_tokens=n_new, arrival=arrival, domain="code",
+                 sampling=SamplingParams(temperature=temperature, top_k=20, top_p=0.9, seed=rid))
+
+
+def _by_id(log):
+  return {r["id"]: r for r in log.requests}
+
+
+def _fixed_cfg(**serve):
+  cfg = tiny_serve_cfg(ignore_eos=True, **serve)
+  cfg.serve.buckets.update(FIXED)
+  return cfg
+
+
+def test_reused_slot_leaks_nothing(tiny_model):
+  cfg = _fixed_cfg(max_num_seqs=1)
+  target = _req(9, 11, 10, arrival=100.0, temperature=0.8)
+  # Earlier occupants of slot 0, longer than the target, leave stale keys/values past its end.
+  before = [_req(1, 30, 20, 0.0), _req(2, 17, 25, 50.0)]
+  solo = _by_id(_engine(cfg, tiny_model).run([target]))[9]
+  log = _engine(cfg, tiny_model).run(before + [target])
+  reused = _by_id(log)[9]
+  assert [s["requests"] for s in log.steps if 9 in s["requests"]][0] == [9]  # alone in its steps
+  assert reused["tokens"] == solo["tokens"]
+  assert reused["logprobs"] == solo["logprobs"]  # bitwise: same shapes, same slot, same rows
+
+
+def test_co_batched_requests_match_solo_with_fixed_shapes(tiny_model):
+  cfg = _fixed_cfg()
+  reqs = [_req(i, 5 + 3 * i, 12, 0.002 * i, temperature=0.7 * (i % 2)) for i in range(6)]
+  log = _engine(cfg, tiny_model).run(reqs)
+  assert max(s["decode"] + s["prefill_rows"] for s in log.steps) >= 4  # they did share steps
+  busy = _by_id(log)
+  for req in reqs[:3]:
+    solo = _by_id(_engine(cfg, tiny_model).run([req]))[req.id]
+    assert busy[req.id]["tokens"] == solo["tokens"], req.id
+    np.testing.assert_array_equal(busy[req.id]["logprobs"], solo["logprobs"])
+
+
+def test_static_and_continuous_give_the_same_completions(tiny_model):
+  reqs = [_req(i, 4 + 2 * i, 6 + i, 0.003 * i) for i in range(10)]
+  out = {}
+  for batching in ("continuous", "static"):
+    log = _engine(_fixed_cfg(batching=batching), tiny_model).run(reqs)
+    out[batching] = {r["id"]: r["tokens"] for r in log.requests}
+    assert all(len(out[batching][r.id]) == r.max_new_tokens for r in reqs)
+  assert out["continuous"] == out["static"]
+
+
+def test_eos_ends_a_request(tiny_model):
+  cfg = tiny_serve_cfg()
+  step_fn, params = tiny_model
+  probe = _engine(_fixed_cfg(), tiny_model).run([_req(0, 6, 8, 0.0)])
+  first = probe.requests[0]["tokens"][2]  # make the third greedy token the EOS id
+  cfg.serve.update(eos_id=int(first), ignore_eos=False)
+  cfg.serve.buckets.update(FIXED)
+  rec = _engine(cfg, (step_fn, params)).run([_req(0, 6, 8, 0.0)]).requests[0]
+  cut = rec["tokens"].index(first) + 1
+  assert rec["finish_reason"] == "eos" and rec["output_len"] == cut <= 3
+
+
+def test_cost_model_logs_are_byte_identical_and_nothing_compiles_after_warmup(tiny_model, tmp_path):
+  step_fn, params = tiny_model
+  cfg = tiny_serve_cfg()
+  cfg.workload.update(num_requests=24, num_priorities=3)
+  cfg.workload.arrival.rate = 200.0
+  cfg.serve.buckets.update(decode_rows=(4, 8), prefill_rows=(0, 2), chunk_lens=(4, 8))
+  files = {}
+  for name in ("a", "b"):
+    engine = Engine(cfg, step_fn, params, api.init_cache(cfg.model, 8), clock_lib.Clock(cfg.clock))
+    summary, _ = run_lib.serve(cfg, tmp_path / name, engine=engine, log=lambda *_: None)
+    assert summary["compiles_after_warmup"] == 0
+    assert summary["completed"] == 24 and summary["steps"] > 24
+    files[name] = [(tmp_path / name / f).read_bytes() for f in ("steps.jsonl", "requests.jsonl")]
+  assert files["a"] == files["b"]
+  with compiles.count_compiles() as n:  # and a third engine, already warm, compiles nothing
+    Engine(cfg, step_fn, params, api.init_cache(cfg.model, 8),
+           clock_lib.Clock(cfg.clock)).run(run_lib.make_requests(cfg))
+  assert n() == 0
