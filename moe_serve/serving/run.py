@@ -8,6 +8,7 @@ Files under the workdir (DESIGN.md section 3, Exports):
   `compiles_after_warmup` are measurements of this process, not of the simulated server);
 - config.json; tb/ with TensorBoard scalars when serve.tensorboard is set.
 """
+import functools
 import inspect
 import os
 import time
@@ -26,11 +27,16 @@ from moe_serve.serving.engine import Engine
 
 def make_step_fn(cfg):
   """The jitted step from parallel/steps.py; asks for routing records when configured."""
-  if cfg.serve.record_routing:
-    if "record_routing" in inspect.signature(steps.make_step_fn).parameters:
-      return steps.make_step_fn(cfg.model, record_routing=True)
-    warnings.warn("serve.record_routing: parallel/steps.make_step_fn cannot record routing yet; "
-                  "serving without per-request drops")
+  if not cfg.serve.record_routing:
+    return steps.make_step_fn(cfg.model)
+  if "record_routing" in inspect.signature(steps.make_step_fn).parameters:
+    return steps.make_step_fn(cfg.model, record_routing=True)
+  if "record_routing" in inspect.signature(api.step).parameters:
+    # parallel/steps.py does not expose the flag yet: the same single-device jit, asking for it.
+    return jax.jit(functools.partial(api.step, cfg.model, record_routing=True),
+                   donate_argnums=(1,))
+  warnings.warn("serve.record_routing: this model step cannot record routing; serving without "
+                "per-request drops")
   return steps.make_step_fn(cfg.model)
 
 

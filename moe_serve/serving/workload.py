@@ -78,7 +78,7 @@ def draw_length(dist, rng):
     value = round(float(dist.median) * math.exp(float(dist.sigma) * rng.standard_normal()))
     value = min(max(value, dist.low), dist.high)
   elif kind == "list":
-    value = rng.choice(np.asarray(dist.values))
+    value = rng.choice(np.asarray(dist["values"]))  # `dist.values` is ConfigDict's method
   else:
     raise ValueError(f"length kind={kind!r} is not one of {list(LENGTHS)}")
   return max(int(value), 1)
@@ -86,15 +86,13 @@ def draw_length(dist, rng):
 
 def generate(wl, prompt_source: PromptSource):
   """Requests for a `workload` ConfigDict (arrival, prompt_len, output_len, mix, sampling)."""
-  rng = np.random.default_rng(wl.seed)
-  times = arrival_times(wl.arrival, wl.num_requests, rng)
+  times = arrival_times(wl.arrival, wl.num_requests, np.random.default_rng(wl.seed))
   domains = list(wl.mix.keys())
   weights = np.asarray([float(wl.mix[d]) for d in domains])
-  picks = rng.choice(len(domains), size=wl.num_requests, p=weights / weights.sum())
   out = []
   for i in range(wl.num_requests):
-    r = np.random.default_rng([wl.seed, i])
-    domain = domains[picks[i]]
+    r = np.random.default_rng([wl.seed, i])  # everything about request i but its arrival
+    domain = domains[r.choice(len(domains), p=weights / weights.sum())]
     prompt = prompt_source(domain, draw_length(wl.prompt_len, r), r)
     sp = SamplingParams(float(wl.temperature), int(wl.top_k), float(wl.top_p),
                         seed=(wl.seed * 1_000_003 + i) % 2**32)

@@ -104,3 +104,19 @@ def test_cost_model_logs_are_byte_identical_and_nothing_compiles_after_warmup(ti
     Engine(cfg, step_fn, params, api.init_cache(cfg.model, 8),
            clock_lib.Clock(cfg.clock)).run(run_lib.make_requests(cfg))
   assert n() == 0
+
+
+def test_routing_records_attribute_drops_to_requests(tmp_path):
+  cfg = tiny_serve_cfg(record_routing=True)
+  cfg.model.router.update(capacity_scope="batch", capacity_factor_prefill=0.5,
+                          capacity_factor_decode=0.5)
+  cfg.workload.update(num_requests=6)
+  cfg.workload.arrival.rate = 500.0
+  engine = run_lib.build_engine(cfg)
+  _, log = run_lib.serve(cfg, tmp_path, engine=engine, log=lambda *_: None)
+  done = [r for r in log.requests if r["status"] == "finished"]
+  per_layer_req = np.sum([r["drops"] for r in done], axis=0)
+  per_layer_steps = np.sum([s["drops"] for s in log.steps], axis=0)
+  assert len(per_layer_steps) == cfg.model.num_layers  # every tiny layer is MoE
+  np.testing.assert_array_equal(per_layer_req, per_layer_steps)
+  assert per_layer_steps.sum() > 0  # capacity factor 0.5 must drop something

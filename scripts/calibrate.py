@@ -1,0 +1,35 @@
+r"""Measures engine steps and fits the cost_model clock's coefficients to them.
+
+  python scripts/calibrate.py --config=configs/serve_default.py --workdir=runs/calibrate
+
+Serves the config's workload with clock.mode=measured, fits on 3 of every 4 steps, and prints the
+median and p90 absolute error on the held-out steps plus the --config.clock.* overrides to use.
+"""
+from absl import app, flags
+from ml_collections import config_flags
+
+from moe_serve.metrics import writers
+from moe_serve.serving import calibrate, run
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/serve_default.py", "Config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
+_HOLDOUT = flags.DEFINE_integer("holdout_every", 4, "Hold out every n-th step.")
+
+
+def main(argv):
+  del argv
+  cfg = _CONFIG.value
+  cfg.clock.mode = "measured"
+  _, log = run.serve(cfg, _WORKDIR.value)
+  result = calibrate.calibrate(log.steps, log.wall, _HOLDOUT.value)
+  writers.write_json(f"{_WORKDIR.value}/calibration.json", result)
+  print(f"fit on {result['fit_steps']} steps, held out {result['heldout_steps']} "
+        f"(median step {result['heldout_step_s_median'] * 1e3:.2f} ms)")
+  print(f"held-out |error|: median {result['heldout_abs_err_median_s'] * 1e3:.3f} ms "
+        f"({result['heldout_rel_err_median']:.1%}), p90 {result['heldout_abs_err_p90_s'] * 1e3:.3f}"
+        f" ms ({result['heldout_rel_err_p90']:.1%})")
+  print("overrides:", calibrate.overrides(result))
+
+
+if __name__ == "__main__":
+  app.run(main)

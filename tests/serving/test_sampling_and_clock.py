@@ -1,0 +1,80 @@
+"""Sampling never depends on the batch; the cost model fits known coefficients."""
+import ml_collections
+import numpy as np
+import pytest
+
+from moe_serve.serving import clock as clock_lib
+from moe_serve.serving import sampling
+
+V = 50
+
+
+def _sample(logits_RxV, seeds, positions, temp, top_k, top_p):
+  r = logits_RxV.shape[0]
+  full = lambda x, dt: np.broadcast_to(np.asarray(x, dt), (r,)).copy()
+  toks, lps = sampling.sample(logits_RxV, np.zeros((0, 1, V), np.float32), np.zeros(0, np.int32),
+                              full(seeds, np.uint32), full(positions, np.int32),
+                              full(temp, np.float32), full(top_k, np.int32), full(top_p, np.float32))
+  return np.asarray(toks), np.asarray(lps)
+
+
+LOGITS = np.random.default_rng(0).normal(size=(8, V)).astype(np.float32) * 2
+
+
+def test_greedy_is_argmax_and_logprob_is_log_softmax():
+  toks, lps = _sample(LOGITS, 0, 0, 0.0, 0, 1.0)
+  np.testing.assert_array_equal(toks, LOGITS.argmax(-1))
+  ls = LOGITS - np.log(np.exp(LOGITS).sum(-1, keepdims=True))
+  np.testing.assert_allclose(lps, ls[np.arange(8), toks], atol=1e-5)
+
+
+def test_a_row_samples_the_same_in_any_batch():
+  seeds, pos = np.arange(8) + 11, np.arange(8) * 3
+  toks, lps = _sample(LOGITS, seeds, pos, 1.0, 10, 0.9)
+  for i in range(8):
+    alone, alone_lp = _sample(np.tile(LOGITS[i:i + 1], (3, 1)), seeds[i], pos[i], 1.0, 10, 0.9)
+    assert (alone == toks[i]).all() and (alone_lp == lps[i]).all()
+  perm = np.random.default_rng(1).permutation(8)
+  toks_p, _ = _sample(LOGITS[perm], seeds[perm], pos[perm], 1.0, 10, 0.9)
+  np.testing.assert_array_equal(toks_p, toks[perm])
+
+
+def test_filters():
+  row = np.tile(LOGITS[:1], (400, 1))
+  order = np.argsort(-LOGITS[0])
+  toks, _ = _sample(row, np.arange(400), 0, 1.0, 3, 1.0)  # 400 keys, top-3
+  assert set(toks) == set(order[:3])
+  toks, _ = _sample(row, np.arange(400), 0, 1.0, 1, 1.0)  # top-1 is greedy
+  assert set(toks) == {order[0]}
+  toks, _ = _sample(row, np.arange(400), 0, 1.0, 0, 1e-6)  # tiny nucleus is greedy
+  assert set(toks) == {order[0]}
+  p = np.exp(LOGITS[0]) / np.exp(LOGITS[0]).sum()
+  n = int(np.searchsorted(np.cumsum(p[order]), 0.5) + 1)  # smallest prefix with mass >= 0.5
+  toks, _ = _sample(row, np.arange(400), 0, 1.0, 0, 0.5)
+  assert set(toks) <= set(order[:n]) and len(set(toks)) > 1
+  toks2, _ = _sample(row, np.arange(400), 1, 1.0, 0, 0.5)  # another position, other draws
+  assert (toks2 != toks).any()
+
+
+def test_cost_model_fit_recovers_coefficients():
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(8, 200, 300)
+  kv = rng.integers(0, 20000, 300)
+  true = np.array([2e-3, 1e-4, 3e-7])
+  wall = clock_lib.predict(true, tokens, kv) * rng.normal(1, 0.01, 300)
+  np.testing.assert_allclose(clock_lib.fit(tokens, kv, wall), true, rtol=0.1)
+  # A negative least-squares coefficient is dropped, not kept.
+  coef = clock_lib.fit(tokens, kv, 5e-3 - 1e-9 * kv + rng.normal(0, 1e-5, 300))
+  assert (coef >= 0).all() and coef[2] == 0
+
+
+def test_clock_modes():
+  cfg = ml_collections.ConfigDict(dict(mode="cost_model", fixed_s=1.0, per_token_s=0.5,
+                                       per_kv_s=0.25))
+  c = clock_lib.Clock(cfg)
+  assert c.step_duration(tokens=2, attended_kv=4, wall_s=99.0) == 3.0
+  cfg.mode = "measured"
+  assert clock_lib.Clock(cfg).step_duration(2, 4, wall_s=0.125) == 0.125
+  with pytest.raises(ValueError, match="clock.mode='wall'"):
+    cfg.mode = "wall"
+    clock_lib.Clock(cfg)
