@@ -76,7 +76,8 @@ def heldout_batches(corpus, cfg):
   examples = []
   for domain in corpus_lib.DOMAINS:
     examples += corpus.heldout(domain, cfg.train.eval_examples_per_domain)
-  return batches_lib.eval_batches(examples, cfg.data.batch_size, cfg.data.seq_len)
+  # Rows of model.max_len: a held-out text example (prompt + continuation) may exceed seq_len.
+  return batches_lib.eval_batches(examples, cfg.data.batch_size, cfg.model.max_len)
 
 
 def evaluate_nll(eval_step, params, batches):
