@@ -18,14 +18,15 @@ def get_config(arg=None):
                           capacity_factor_prefill=1.25, capacity_factor_decode=1.25,
                           dispatch="gather", lb_loss_weight=0.01, z_loss_weight=1e-3)
   cfg.data = ml_collections.ConfigDict(dict(
-      seed=0, batch_size=16, seq_len=128,
-      # Example-count weights; text also fills the end of each packed row.
-      mixture=dict(add=1.0, reverse=1.0, sort=1.0, lookup=1.0, prose=0.3, code=0.3)))
+      seed=0, batch_size=16, seq_len=128, text_chars=64,
+      # Example-count weights. A 64-character text window carries ~13x the loss tokens of a
+      # task answer, so text is drawn rarely: ~40% of the loss tokens are still text.
+      mixture=dict(add=1.0, reverse=1.0, sort=1.0, lookup=1.0, prose=0.15, code=0.15)))
   cfg.train = ml_collections.ConfigDict(dict(
-      steps=2500, lr=3e-3, warmup_steps=100, end_lr_fraction=0.05, weight_decay=0.01,
+      steps=2000, lr=2e-3, warmup_steps=100, end_lr_fraction=0.05, weight_decay=0.01,
       b1=0.9, b2=0.98, grad_clip=1.0,
       log_every=10, eval_every=250, checkpoint_every=100, eval_examples_per_domain=64,
-      max_wall_minutes=30.0, tensorboard=False))
+      max_wall_minutes=29.0, tensorboard=False))
   if arg.size == "tiny":
     cfg.model.max_len = 160  # held-out text examples are 128 characters + BOS/EOS
     cfg.data.update(batch_size=2, seq_len=136)

@@ -10,10 +10,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from moe_serve.data import tokenizer
+from moe_serve.data import tasks, tokenizer
 from moe_serve.data.corpus import DOMAINS
 
-_MIN_TEXT_TOKENS = 16  # a shorter leftover at the end of a row is left as padding
+_MIN_TEXT_TOKENS = 16  # a shorter leftover at the end of a row is not given to text
+_FILL_TRIES = 4  # task draws tried for a row's leftover before it is left as padding
 
 
 class Batch(NamedTuple):
@@ -65,26 +66,32 @@ def _cut_text(ex, tokens):
   return ex.__class__(ex.domain, ex.prompt, answer)
 
 
-def sample_examples(corpus, rng, mixture, batch_size, seq_len):
-  """Draws examples by domain `mixture` weights until the rows are full, text filling leftovers."""
+def sample_examples(corpus, rng, mixture, batch_size, seq_len, text_chars):
+  """Draws examples by domain `mixture` weights until the rows are full.
+
+  Text windows are `text_chars` characters (cut to the room left in the row). When a draw does
+  not fit, a few task examples are tried for the leftover before the row is closed: filling it
+  with text instead would let text dominate the loss (task loss sits on short answers only).
+  """
   names = sorted(mixture)
   probs = np.asarray([mixture[d] for d in names], np.float64)
   probs /= probs.sum()
+  task_names = [d for d in names if d in tasks.TASK_DOMAINS and mixture[d] > 0]
   examples = []
   for _ in range(batch_size):
     free = seq_len
     while True:
-      domain = names[int(rng.choice(len(names), p=probs))]
-      ex = corpus.sample(rng, domain, text_chars=seq_len)
+      ex = corpus.sample(rng, names[int(rng.choice(len(names), p=probs))], text_chars)
       if not ex.is_task:
-        if free < _MIN_TEXT_TOKENS:
+        ex = _cut_text(ex, free) if free >= _MIN_TEXT_TOKENS else None
+      for _ in range(_FILL_TRIES if task_names else 0):
+        if ex is not None and len(encode_example(ex)[0]) <= free:
           break
-        ex = _cut_text(ex, free)
-      used = len(encode_example(ex)[0])
-      if used > free:
+        ex = corpus.sample(rng, task_names[int(rng.integers(len(task_names)))], text_chars)
+      if ex is None or len(encode_example(ex)[0]) > free:
         break  # the rest of this row stays padding
       examples.append(ex)
-      free -= used
+      free -= len(encode_example(ex)[0])
   return examples
 
 
@@ -92,7 +99,7 @@ def train_batch(corpus, data_cfg, step):
   """The training batch of `step`: a pure function of (corpus seed, data config, step)."""
   rng = np.random.default_rng([corpus.seed, int(step)])
   examples = sample_examples(corpus, rng, dict(data_cfg.mixture), data_cfg.batch_size,
-                             data_cfg.seq_len)
+                             data_cfg.seq_len, data_cfg.text_chars)
   return pack(examples, data_cfg.batch_size, data_cfg.seq_len)
 
 

@@ -6,7 +6,7 @@ import pytest
 from moe_serve.data import batches, corpus, eval_prompts, tasks, text, tokenizer
 
 _DATA = ml_collections.ConfigDict(dict(
-    seed=0, batch_size=4, seq_len=128,
+    seed=0, batch_size=4, seq_len=128, text_chars=64,
     mixture=dict(add=1.0, reverse=1.0, sort=1.0, lookup=1.0, prose=0.3, code=0.3)))
 
 
@@ -73,7 +73,7 @@ def test_pack_loss_on_answers_only(corp):
   assert b.targets_BxL[0, n - 1] == tokenizer.EOS
   np.testing.assert_array_equal(b.tokens_BxL[0, 1:n], b.targets_BxL[0, :n - 1])
   full = batches.train_batch(corp, _DATA, 0)
-  assert (full.segment_ids_BxL >= 0).mean() > 0.9  # text fills the rows
+  assert (full.segment_ids_BxL >= 0).mean() > 0.8  # leftovers are mostly refilled with tasks
 
 
 def test_committed_eval_set_is_heldout():
