@@ -38,10 +38,23 @@ def _prefill_chunks(model_cfg, step, params, cache, toks_BxL, chunk, slots):
   return np.concatenate(out, 1), cache
 
 
-@pytest.mark.parametrize("variant", ["default", "moe_every2_shared_untied"])
+# Router configs for which contract 1 holds exactly (tests/model/test_moe.py and docs/routing.md
+# explain the others): dropless with every backend and the hash router; `sequence` scope with a
+# factor of E/k, where no instance can drop (a decode step's one-token instances never drop).
+ROUTER_VARIANTS = {
+    "none_gather": dict(capacity_scope="none", dispatch="gather"),
+    "none_ragged": dict(capacity_scope="none", dispatch="ragged"),
+    "hash_none": dict(kind="hash", capacity_scope="none"),
+    "sequence_token_factor_E_over_k": dict(capacity_scope="sequence", priority="token",
+                                           dispatch="gather", capacity_factor_prefill=2.0),
+}
+
+
+@pytest.mark.parametrize("variant", ["default", "moe_every2_shared_untied", *ROUTER_VARIANTS])
 def test_token_by_token_decode_matches_full_forward(tiny_cfg, variant):
-  if variant != "default":
+  if variant == "moe_every2_shared_untied":
     tiny_cfg.model.update(moe_every=2, shared_expert=True, tie_embeddings=False)
+  tiny_cfg.model.router.update(ROUTER_VARIANTS.get(variant, {}))
   m = tiny_cfg.model
   params, toks = _setup(tiny_cfg)
   full, _ = api.forward(m, params, toks)
@@ -72,7 +85,13 @@ def test_chunked_prefill_matches_single_shot(tiny_cfg, chunk):
   np.testing.assert_array_equal(np.asarray(cache["lengths"]), [12, 0, 12])
 
 
-def test_changing_a_later_token_never_changes_earlier_logits(tiny_cfg):
+# Causal routers: `sequence` scope with `token` priority is causal even while it drops tokens
+# (factor 0.5); `batch` with `token` is causal only in flat step order, which puts a later
+# position of row 0 before earlier positions of row 1, so it is not listed.
+@pytest.mark.parametrize("router", [{}, dict(capacity_scope="sequence", priority="token",
+                                             capacity_factor_prefill=0.5)])
+def test_changing_a_later_token_never_changes_earlier_logits(tiny_cfg, router):
+  tiny_cfg.model.router.update(router)
   m = tiny_cfg.model
   params, toks = _setup(tiny_cfg, seed=5)
   base_logits, _ = api.forward(m, params, toks)
