@@ -88,9 +88,12 @@ def put(tree, shardings):
 
   Every process passes the same full host values; each keeps only its devices' shards, which is
   how inputs enter a multi-process jit. Arrays already carrying the sharding pass through
-  untouched (so a donated cache stays the same buffer).
+  untouched (so a donated cache stays the same buffer); ShapeDtypeStructs (for lowering) get
+  the sharding attached.
   """
   def one(x, s):
+    if isinstance(x, jax.ShapeDtypeStruct):
+      return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
     if isinstance(x, jax.Array):
       if x.sharding == s:
         return x
