@@ -1,0 +1,128 @@
+r"""Times one MoE layer per dispatch backend against a dense SwiGLU FFN of equal active FLOPs.
+
+  python benchmarks/dispatch.py                         # T in {64, 512, 4096}, E in {8, 64}
+  python benchmarks/dispatch.py --tokens=4096 --experts=8 --repeats=20
+  python benchmarks/dispatch.py --append_to=benchmarks/RESULTS.md
+
+The MoE layer is the whole jitted path: router matmul, `routing.route`, dispatch and experts.
+Dropping backends (`einsum`, `gather`) use top-k `batch` scope with capacity factor 1.25 and
+`token` priority; `ragged` is dropless (`none`). The dense FFN has hidden size k * d_ff_expert, so
+it does the same matmul FLOPs as the k experts each token activates. Each figure is the median
+of `--repeats` timed calls after 2 warm-up calls.
+"""
+import datetime
+import platform
+import statistics
+import subprocess
+import time
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from moe_serve.model import dispatch, layers, routing
+
+_TOKENS = flags.DEFINE_list("tokens", ["64", "512", "4096"], "flat token counts T")
+_EXPERTS = flags.DEFINE_list("experts", ["8", "64"], "expert counts E")
+_D_MODEL = flags.DEFINE_integer("d_model", 256, "model width D")
+_D_FF = flags.DEFINE_integer("d_ff_expert", 512, "expert hidden width F")
+_K = flags.DEFINE_integer("k", 2, "experts per token")
+_FACTOR = flags.DEFINE_float("capacity_factor", 1.25, "capacity factor of the dropping backends")
+_REPEATS = flags.DEFINE_integer("repeats", 10, "timed calls per case (median reported)")
+_APPEND = flags.DEFINE_string("append_to", None, "append the markdown table to this file")
+
+CASES = (("dense", None, None), ("einsum", "einsum", "batch"), ("gather", "gather", "batch"),
+         ("ragged (dropless)", "ragged", "none"))
+
+
+def _router_cfg(backend, scope):
+  return ml_collections.ConfigDict(dict(
+      kind="topk", k=_K.value, renormalize=True, capacity_scope=scope,
+      capacity_factor_prefill=_FACTOR.value, capacity_factor_decode=_FACTOR.value,
+      group_size=64, min_capacity=1, priority="token", dispatch=backend, jitter=0.0))
+
+
+def moe_layer(r, num_experts, num_tokens):
+  """jit((x [T, D], w_router [D, E], ExpertWeights) -> [T, D]): route + dispatch, no Flax."""
+  capacity = routing.buffer_capacity(r, num_experts, num_tokens)
+
+  def f(x_TxD, w_router_DxE, w):
+    seg_T = jnp.zeros((num_tokens,), jnp.int32)
+    rt = routing.route(x_TxD @ w_router_DxE, seg_T, r)
+    return dispatch.run(r.dispatch, x_TxD, rt, w, capacity)
+  return jax.jit(f)
+
+
+def dense_ffn(x_TxD, w_gate_DxF, w_up_DxF, w_down_FxD):
+  return (jax.nn.silu(x_TxD @ w_gate_DxF) * (x_TxD @ w_up_DxF)) @ w_down_FxD
+
+
+def _median_ms(fn, args, repeats):
+  for _ in range(2):
+    jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t0)
+  return 1e3 * statistics.median(times)
+
+
+def run_case(num_tokens, num_experts, repeats):
+  """{case name: median ms} for one (T, E)."""
+  d, f, k = _D_MODEL.value, _D_FF.value, _K.value
+  keys = jax.random.split(jax.random.key(0), 8)
+  x = jax.random.normal(keys[0], (num_tokens, d))
+  w_router = jax.random.normal(keys[1], (d, num_experts)) * d**-0.5
+  w = dispatch.ExpertWeights(jax.random.normal(keys[2], (num_experts, d, f)) * d**-0.5,
+                             jax.random.normal(keys[3], (num_experts, d, f)) * d**-0.5,
+                             jax.random.normal(keys[4], (num_experts, f, d)) * f**-0.5)
+  dense_w = (jax.random.normal(keys[5], (d, k * f)) * d**-0.5,
+             jax.random.normal(keys[6], (d, k * f)) * d**-0.5,
+             jax.random.normal(keys[7], (k * f, d)) * (k * f)**-0.5)
+  out = {}
+  for name, backend, scope in CASES:
+    if backend is None:
+      out[name] = _median_ms(jax.jit(dense_ffn), (x, *dense_w), repeats)
+    else:
+      fn = moe_layer(_router_cfg(backend, scope), num_experts, num_tokens)
+      out[name] = _median_ms(fn, (x, w_router, w), repeats)
+  return out
+
+
+def _machine():
+  try:
+    lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    model = next(l.split(":", 1)[1].strip() for l in lines.splitlines() if "Model name" in l)
+  except (OSError, subprocess.CalledProcessError, StopIteration):
+    model = platform.processor() or "unknown CPU"
+  return f"{model}, {jax.devices()[0].platform} x {jax.device_count()}, jax {jax.__version__}"
+
+
+def main(argv):
+  del argv
+  layers.dtype_of("float32")  # float32 throughout
+  header = ["T", "E"] + [n for n, _, _ in CASES] + ["best dropping / dense"]
+  rows = []
+  for t in map(int, _TOKENS.value):
+    for e in map(int, _EXPERTS.value):
+      ms = run_case(t, e, _REPEATS.value)
+      best = min(ms["einsum"], ms["gather"])
+      rows.append([str(t), str(e)] + [f"{ms[n]:.2f}" for n, _, _ in CASES] +
+                  [f"{best / ms['dense']:.2f}x"])
+      print(" | ".join(rows[-1]), flush=True)
+  table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  table += ["| " + " | ".join(r) + " |" for r in rows]
+  text = (f"\n### dispatch.py, {datetime.date.today().isoformat()}\n\n"
+          f"Machine: {_machine()}. D={_D_MODEL.value}, F={_D_FF.value}, k={_K.value}, "
+          f"capacity factor {_FACTOR.value} (batch scope, token priority), float32; "
+          f"median of {_REPEATS.value} calls, ms per layer call.\n\n" + "\n".join(table) + "\n")
+  print(text)
+  if _APPEND.value:
+    with open(_APPEND.value, "a", encoding="utf-8") as fh:
+      fh.write(text)
+
+
+if __name__ == "__main__":
+  app.run(main)
