@@ -1,10 +1,13 @@
 """Quality through the serving path: exact match of greedy task answers, NLL of text continuations.
 
-The evaluator talks to a *runner* with two methods, the one seam where the serving engine plugs in:
-  generate(prompts_ids, max_new_tokens) -> completions (token lists, cut after EOS)
+The evaluator talks to a *runner* with two methods (the seam between quality and serving):
+  generate(prompts_ids, max_new_tokens, domains=None) -> completions (token lists, EOS kept)
   score(prompts_ids, continuations_ids) -> per-token log-probabilities of each continuation
-`StepRunner` implements both with the jitted engine step (parallel/steps.py): chunked prefill of a
-group of prompts into the slots, then greedy decode, finished slots going idle (segment id -1).
+`EngineRunner` generates through the serving engine (continuous batching, greedy sampling);
+`StepRunner` drives the same jitted engine step (parallel/steps.py) directly: chunked prefill of
+a group of prompts into the slots, then greedy decode, finished slots going idle (segment id -1).
+Scoring needs the logits of given tokens, which the engine does not expose: both score with the
+step (EngineRunner through a StepRunner).
 """
 import collections
 
@@ -49,8 +52,9 @@ class StepRunner:
     for start in range(0, len(items), self.num_slots):
       yield items[start:start + self.num_slots]
 
-  def generate(self, prompts_ids, max_new_tokens):
+  def generate(self, prompts_ids, max_new_tokens, domains=None):
     """Greedy completions; each stops after its first EOS (kept) or after max_new_tokens."""
+    del domains  # the step has no use for them
     s = self.num_slots
     results = []
     for group in self._groups(prompts_ids):
@@ -93,6 +97,36 @@ class StepRunner:
     return out
 
 
+class EngineRunner:
+  """Generation through the serving engine (moe_serve/serving); scoring through the step.
+
+  `cfg` is a serving config (configs/serve_default.py) whose `model` section is the model's.
+  All requests arrive at time 0 and are served greedily; the engine is built and warmed up once.
+  """
+
+  def __init__(self, cfg, params):
+    from moe_serve.serving import run as serve_run  # pylint: disable=import-outside-toplevel
+    self.engine = serve_run.build_engine(cfg, params=params)
+    self.engine.warmup()
+    self._scorer = StepRunner(cfg.model, params, num_slots=cfg.serve.max_num_seqs,
+                              chunk=max(cfg.serve.buckets.chunk_lens))
+
+  def generate(self, prompts_ids, max_new_tokens, domains=None):
+    from moe_serve.serving import request  # pylint: disable=import-outside-toplevel
+    domains = domains or [self.engine.limits.domains[0]] * len(prompts_ids)
+    reqs = [request.Request(id=i, prompt=p, max_new_tokens=max_new_tokens, domain=d)
+            for i, (p, d) in enumerate(zip(prompts_ids, domains))]
+    records = {r["id"]: r for r in self.engine.run(reqs).requests}
+    rejected = [r for r in records.values() if r["status"] != "finished"]
+    if rejected:
+      raise ValueError(f"the engine rejected {len(rejected)} eval requests, e.g. "
+                       f"{rejected[0]['reason']}; fix the serving config for this model")
+    return [records[i]["tokens"] for i in range(len(reqs))]
+
+  def score(self, prompts_ids, continuations_ids):
+    return self._scorer.score(prompts_ids, continuations_ids)
+
+
 def completion_text(ids):
   """(text before the first EOS, whether an EOS was produced)."""
   ids = list(ids)
@@ -112,7 +146,8 @@ def evaluate(runner, examples, max_new_tokens=MAX_NEW_TOKENS):
   text = [ex for ex in examples if ex.domain not in tasks.TASK_DOMAINS]
   records = []
   if task:
-    completions = runner.generate([tokenizer.encode(ex.prompt) for ex in task], max_new_tokens)
+    completions = runner.generate([tokenizer.encode(ex.prompt) for ex in task], max_new_tokens,
+                                  [ex.domain for ex in task])
     for ex, ids in zip(task, completions):
       got, stopped = completion_text(ids)
       records.append({"domain": ex.domain, "prompt": ex.prompt, "answer": ex.answer,
@@ -133,3 +168,10 @@ def evaluate(runner, examples, max_new_tokens=MAX_NEW_TOKENS):
   return {"exact_match": exact,
           "exact_match_mean": float(np.mean(list(exact.values()))) if exact else None,
           "nll": nll, "count": {d: len(rs) for d, rs in by_domain.items()}, "records": records}
+
+
+def evaluate_served(serve_cfg, params, per_domain=None, path=None):
+  """`evaluate` on the committed eval set (first `per_domain` rows per domain) via the engine."""
+  from moe_serve.data import eval_prompts  # pylint: disable=import-outside-toplevel
+  examples = eval_prompts.load(path or eval_prompts.DEFAULT_PATH, per_domain=per_domain)
+  return evaluate(EngineRunner(serve_cfg, params), examples)

@@ -53,11 +53,21 @@ def test_generate_is_greedy_and_stops_at_eos(tiny_cfg):
     assert len(out) == 6 or out[-1] == tokenizer.EOS
 
 
+def test_engine_generates_what_the_step_loop_does():
+  from configs import serve_default  # pylint: disable=import-outside-toplevel
+  cfg = serve_default.get_config("size=tiny")
+  params = api.init_params(cfg.model, jax.random.key(0))
+  prompts = [tokenizer.encode(p) for p in ("12+34=", "sort: dcba=", "reverse: abc=", "a")]
+  via_engine = quality.EngineRunner(cfg, params).generate(prompts, 6)
+  via_step = quality.StepRunner(cfg.model, params, num_slots=8, chunk=8).generate(prompts, 6)
+  assert via_engine == via_step  # dropless routing: batch composition cannot change tokens
+
+
 class _FakeRunner:
   def __init__(self, completions):
     self.completions = completions
 
-  def generate(self, prompts_ids, max_new_tokens):
+  def generate(self, prompts_ids, max_new_tokens, domains=None):
     return [tokenizer.encode(c, bos=False)[:max_new_tokens] for c in self.completions]
 
   def score(self, prompts_ids, continuations_ids):
@@ -71,8 +81,8 @@ def test_exact_match_needs_answer_then_eos():
               corpus.Example("prose", "The", " end")]
 
   class Runner(_FakeRunner):
-    def generate(self, prompts_ids, max_new_tokens):
-      outs = super().generate(prompts_ids, max_new_tokens)
+    def generate(self, prompts_ids, max_new_tokens, domains=None):
+      outs = super().generate(prompts_ids, max_new_tokens, domains)
       return [[tokenizer.EOS if t == ord(eos) + tokenizer.OFFSET else t for t in o] for o in outs]
 
   result = quality.evaluate(Runner(["2" + eos, "4", "ab" + eos + "zz", "bcd" + eos]), examples)

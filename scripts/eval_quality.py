@@ -1,0 +1,42 @@
+r"""Quality of a bundled model on the committed eval set, served through the engine step.
+
+  python scripts/eval_quality.py --model_dir=models/default --capacity_scope=none \
+      --out=models/default/quality.json
+
+Writes exact match per task domain and continuation NLL per text domain, for the whole eval set
+and for the fixed subset (first --subset rows per domain) that tests/test_bundled.py checks.
+"""
+import json
+import time
+
+from absl import app, flags
+
+from moe_serve import bundled
+from moe_serve.metrics import quality
+
+_DIR = flags.DEFINE_string("model_dir", bundled.DEFAULT_DIR, "Bundled model directory.")
+_SCOPE = flags.DEFINE_string("capacity_scope", "none", "Router capacity scope when serving.")
+_SUBSET = flags.DEFINE_integer("subset", 16, "Rows per domain of the fixed test subset.")
+_OUT = flags.DEFINE_string("out", None, "Write the summary JSON here.")
+
+
+def _summary(result):
+  return {k: v for k, v in result.items() if k != "records"}
+
+
+def main(argv):
+  del argv
+  cfg, params = bundled.load(_DIR.value, capacity_scope=_SCOPE.value)
+  t0 = time.perf_counter()
+  full = quality.evaluate_model(cfg.model, params)
+  subset = quality.evaluate_model(cfg.model, params, per_domain=_SUBSET.value)
+  out = {"capacity_scope": _SCOPE.value, "full": _summary(full),
+         f"subset_{_SUBSET.value}": _summary(subset), "eval_s": time.perf_counter() - t0}
+  print(json.dumps(out, indent=2, sort_keys=True))
+  if _OUT.value:
+    with open(_OUT.value, "w", encoding="utf-8") as f:
+      f.write(json.dumps(out, indent=2, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+  app.run(main)
