@@ -91,7 +91,7 @@ def test_cost_model_logs_are_byte_identical_and_nothing_compiles_after_warmup(ti
   cfg = tiny_serve_cfg()
   cfg.workload.update(num_requests=24, num_priorities=3)
   cfg.workload.arrival.rate = 200.0
-  cfg.serve.buckets.update(decode_rows=(4, 8), prefill_rows=(0, 2), chunk_lens=(4, 8))
+  cfg.serve.buckets.update(decode_rows=(4, 8), prefill_rows=(0, 2))  # 4 step shapes
   files = {}
   for name in ("a", "b"):
     engine = Engine(cfg, step_fn, params, api.init_cache(cfg.model, 8), clock_lib.Clock(cfg.clock))
