@@ -15,9 +15,13 @@ from moe_serve.parallel import steps
 DEMO_PROMPTS = ("12+34=", "reverse: moe_serve", "def add(a, b):", "The experts ", "sort: dcba")
 
 
-def _prefill_batches(prompts_ids, chunk):
-  """Yields StepBatches prefilling every prompt (slot i = prompt i) chunk by chunk."""
-  n = len(prompts_ids)
+def _prefill_batches(prompts_ids, chunk, rows=None):
+  """Yields StepBatches prefilling every prompt (slot i = prompt i) chunk by chunk.
+
+  `rows` >= len(prompts_ids) pads every step with idle rows (a sharded step needs a multiple of
+  the mesh's data axis).
+  """
+  n = rows or len(prompts_ids)
   idle = parts.decode_part(np.zeros(n), np.arange(n), np.zeros(n), -np.ones(n))
   longest = max(len(p) for p in prompts_ids)
   for start in range(0, longest, chunk):
@@ -31,37 +35,50 @@ def _prefill_batches(prompts_ids, chunk):
     yield parts.StepBatch(idle, parts.chunk_part(toks, np.arange(n), np.full(n, start), lens, seg))
 
 
-def run(cfg, log=print):
-  """Runs the demo; returns a dict of the figures it printed."""
+def run(cfg, log=print, mesh=None):
+  """Runs the demo (sharded over `mesh` if given); returns a dict of the figures it printed."""
   m = cfg.model
   n = min(cfg.generate.num_prompts, len(DEMO_PROMPTS))
+  data = 1 if mesh is None else mesh.shape["data"]
+  rows = -(-n // data) * data  # slots and step rows, padded with idle rows to fill `data`
   prompts = [tokenizer.encode(p) for p in DEMO_PROMPTS[:n]]
   if max(len(p) for p in prompts) + cfg.generate.max_new_tokens > m.max_len:
     raise ValueError(f"prompt + generate.max_new_tokens={cfg.generate.max_new_tokens} exceeds "
                      f"model.max_len={m.max_len}")
-  params = api.init_params(m, jax.random.key(cfg.seed))
+  if mesh is None:
+    params = api.init_params(m, jax.random.key(cfg.seed))
+    step, new_cache = steps.make_step_fn(m), lambda: api.init_cache(m, rows)
+  else:
+    rules = cfg.logical_axis_rules
+    params = steps.make_init_fn(m, mesh, rules)(cfg.seed)
+    step = steps.make_step_fn(m, mesh, rules)
+    make_cache = steps.make_cache_fn(m, mesh, rules)
+    new_cache = lambda: make_cache(rows)
   total, active = api.count_params(m, params)
   log(f"parameters: {total:,} total, {active:,} active per token "
       f"({m.num_experts} experts, top-{m.router.k}; random init)")
-  step = steps.make_step_fn(m)
-  cache = api.init_cache(m, n)
+  cache = new_cache()
 
   def prefill(cache):
     last = [None] * n
-    for batch in _prefill_batches(prompts, cfg.generate.chunk):
+    for batch in _prefill_batches(prompts, cfg.generate.chunk, rows):
       logits, cache, _ = step(params, cache, batch)
       lens = np.asarray(batch.prefill.segment_ids_BxL >= 0).sum(1)
       for i in np.nonzero(lens)[0]:
-        last[i] = logits["prefill"][i, lens[i] - 1]
+        last[i] = np.asarray(logits["prefill"])[i, lens[i] - 1]
     return np.stack([np.asarray(x) for x in last]).argmax(-1), cache
 
   def decode(cache, first):
     out, tok, pos = [first], first, np.array([len(p) for p in prompts])
+    pad = rows - n
+    seg = np.concatenate([np.arange(n), -np.ones(pad)])
     for _ in range(cfg.generate.max_new_tokens - 1):
-      batch = parts.StepBatch(parts.decode_part(tok, np.arange(n), pos, np.arange(n)),
-                              parts.empty_part(0, cfg.generate.chunk))
+      batch = parts.StepBatch(
+          parts.decode_part(np.concatenate([tok, np.zeros(pad)]), np.arange(rows),
+                            np.concatenate([pos, np.zeros(pad)]), seg),
+          parts.empty_part(0, cfg.generate.chunk))
       logits, cache, _ = step(params, cache, batch)
-      tok, pos = np.asarray(logits["decode"]).argmax(-1), pos + 1
+      tok, pos = np.asarray(logits["decode"])[:n].argmax(-1), pos + 1
       out.append(tok)
     return np.stack(out, 1), cache
 
@@ -70,7 +87,7 @@ def run(cfg, log=print):
   decode(warm_cache, first)
   compile_s = time.perf_counter() - t0
   t0 = time.perf_counter()
-  first, cache = prefill(api.init_cache(m, n))
+  first, cache = prefill(new_cache())
   prefill_s = time.perf_counter() - t0
   t0 = time.perf_counter()
   generated, cache = decode(cache, first)
