@@ -162,9 +162,9 @@ def validate_routing_rules(r):
       raise ConfigError(
           f"model.router.{name}={r[name]!r} must be a multiple of 0.001 (capacities are computed "
           f"exactly in thousandths); use e.g. {round(milli) / 1000}")
-  if r.kind == "soft":
-    raise ConfigError("model.router.kind='soft' (Soft MoE) is not implemented yet; use 'topk', "
-                      "'hash' or 'expert_choice'")
+  if r.kind == "soft" and r.capacity_scope not in ("batch", "group"):
+    raise ConfigError(f"model.router.kind='soft' mixes the tokens of static instances and needs "
+                      f"capacity_scope 'batch' or 'group', got {r.capacity_scope!r}")
   if r.kind == "expert_choice" and r.capacity_scope == "none":
     raise ConfigError("model.router.kind='expert_choice' needs a capacity (experts pick that many "
                       "tokens), got capacity_scope='none'; use 'batch', 'group' or 'sequence'")
