@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from moe_serve.model import dispatch, layers, routing
+from moe_serve.model import dispatch, dispatch_soft, layers, routing
 
 _warned_non_causal = set()
 
@@ -73,6 +73,8 @@ class MoE(nn.Module):
     warn_if_non_causal(r)  # at trace time, once per process and router setting
     t = x_TxD.shape[0]
     valid_T = segment_ids_T >= 0
+    if r.kind == "soft":
+      return self._soft(x_TxD, segment_ids_T, record)
     w_router_DxE = layers.param_with_axes(self, "w_router", (m.d_model, m.num_experts),
                                           ("router_embed", "router_exp"))
     router_in_TxD = x_TxD.astype(jnp.float32)
@@ -97,6 +99,26 @@ class MoE(nn.Module):
     self.sow("aux", "expert_load", load_E)
     self.sow("aux", "drop_rate", routing.drop_rate(rt, segment_ids_T,
                                                    r.kind == "expert_choice"))
+    if record:
+      self.sow("routing", "routing", rt)
+    return y_TxD
+
+  def _soft(self, x_TxD, segment_ids_T, record):
+    """Soft MoE (dispatch_soft.py): nothing is dropped and there are no Switch losses, so
+    lb_loss, z_loss and drop_rate are sown as zeros (the trainer's sums stay valid)."""
+    m, r = self.cfg, self.cfg.router
+    phi, scale = dispatch_soft.SoftRouter(m.num_experts, r.k, name="soft_router")(m.d_model)
+    w = Experts(m.num_experts, m.d_model, m.d_ff_expert, name="experts")()
+    group = x_TxD.shape[0] if r.capacity_scope == "batch" else r.group_size
+    x = x_TxD.astype(layers.dtype_of(m.dtype))
+    y_TxD, rt = dispatch_soft.soft_moe(x, segment_ids_T, phi, scale, w, max(group, 1))
+    y_TxD = y_TxD.astype(x_TxD.dtype)
+    if m.shared_expert:
+      y_TxD = y_TxD + layers.SwiGLU(m.d_ff_expert, m.dtype, name="shared_expert")(x_TxD)
+    zero = jnp.zeros((), jnp.float32)
+    for name, value in (("lb_loss", zero), ("z_loss", zero), ("drop_rate", zero),
+                        ("expert_load", jnp.full((m.num_experts,), 1.0 / m.num_experts))):
+      self.sow("aux", name, value)
     if record:
       self.sow("routing", "routing", rt)
     return y_TxD

@@ -55,8 +55,8 @@ def instance_capacities(cfg, num_experts, num_tokens, num_decode):
   inst_T = np.arange(num_tokens) // max(size, 1)
   num_inst = int(inst_T[-1]) + 1 if num_tokens else 0
   f_T = position_factors_milli(cfg, num_tokens, num_decode)
-  sums_I = np.array([int(f_T[inst_T == i].sum()) for i in range(num_inst)], np.int64)
   sizes_I = np.bincount(inst_T, minlength=num_inst)
+  sums_I = np.add.reduceat(f_T, np.cumsum(sizes_I) - sizes_I) if num_tokens else f_T[:0]
   return inst_T, capacity(cfg.k, num_experts, sums_I, cfg.min_capacity), sizes_I
 
 
@@ -204,7 +204,7 @@ def route(logits_TxE, segment_ids_T, cfg, num_decode=0, token_ids_T=None):
   if cfg.kind in ("topk", "hash"):
     return _route_topk(logits_TxE, segment_ids_T, cfg, num_decode, token_ids_T)
   raise ValueError(f"model.router.kind={cfg.kind!r} has no routing here; use topk, hash or "
-                   "expert_choice (soft is not implemented yet)")
+                   "expert_choice (soft goes through dispatch_soft.soft_moe)")
 
 
 def drop_rate(routing, segment_ids_T, expert_choice=False):
