@@ -70,6 +70,7 @@ class Engine:
     self.limits = request_lib.limits_from_config(cfg)
     self.eos_id = None if s.ignore_eos else int(s.eos_id)
     self.record_routing = bool(s.record_routing)
+    self.want_prompt_logprobs = bool(s.prompt_logprobs)
     self._warned_routing = False
     self.done = 0  # requests finished or rejected so far in `run` (for progress bars)
 
@@ -84,6 +85,9 @@ class Engine:
                             np.zeros(r, np.uint32), np.zeros(r, np.int32), np.zeros(r, np.float32),
                             np.zeros(r, np.int32), np.ones(r, np.float32))
       jax.block_until_ready(out)
+      if self.want_prompt_logprobs and p:
+        jax.block_until_ready(sampling.prompt_logprobs(logits["prefill"], np.zeros((p, c),
+                                                                                    np.int32)))
 
   # ------------------------------------------------------------------ batch building
   def _build(self, plan):
@@ -130,6 +134,22 @@ class Engine:
     elif len(seq.outputs) >= seq.req.max_new_tokens:
       self.sched.finish(seq, "length")
       self.done += 1
+
+  def _prompt_logprobs(self, logits, plan, shape):
+    """Appends log p(prompt[q] | prompt[:q]) for the prompt positions q this step's chunks scored
+    (each once: a recomputed prefix after preemption is not scored again)."""
+    targets = np.full(shape[1:], -1, np.int32)
+    for j, (seq, n) in enumerate(plan.prefill):
+      lo = max(seq.num_computed, len(seq.prompt_logprobs))  # chunk position i predicts lo + i + 1
+      hi = min(seq.num_computed + n, len(seq.req.prompt) - 1)
+      offs = lo - seq.num_computed
+      targets[j, offs:offs + max(hi - lo, 0)] = seq.req.prompt[lo + 1:hi + 1]
+    if (targets < 0).all():
+      return
+    lp = np.asarray(sampling.prompt_logprobs(logits["prefill"], targets))
+    for j, (seq, n) in enumerate(plan.prefill):
+      keep = targets[j] >= 0
+      seq.prompt_logprobs.extend(lp[j][keep].tolist())
 
   def _drops(self, aux, batch, plan):
     if not self.record_routing:
@@ -181,6 +201,8 @@ class Engine:
       toks, lps = jax.device_get(sampling.sample(logits["decode"], logits["prefill"], *samp))
       wall_step = time.perf_counter() - t_dev
       drops = self._drops(aux, batch, plan)
+      if self.want_prompt_logprobs:
+        self._prompt_logprobs(logits, plan, shape)
       n_dec = len(plan.decode)
       tokens = shape[0] + shape[1] * shape[2]
       now = clock.advance(clock.step_duration(tokens, kv, wall_step))
@@ -221,7 +243,8 @@ class Engine:
           first_token=seq.token_times[0], finish=seq.token_times[-1],
           prompt_len=len(r.prompt), output_len=len(seq.outputs), finish_reason=seq.finish_reason,
           preemptions=seq.preemptions, tokens=seq.outputs, logprobs=seq.logprobs,
-          token_times=seq.token_times, drops=seq.drops))
+          token_times=seq.token_times, drops=seq.drops,
+          prompt_logprobs=seq.prompt_logprobs if seq.prompt_logprobs else None))
     for r, reason in rejected:
       rid = int(r.id) if isinstance(r.id, (int, np.integer)) else repr(r.id)
       out.append(dict(id=rid, status="rejected", reason=reason, domain=r.domain,

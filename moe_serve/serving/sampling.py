@@ -41,3 +41,11 @@ def sample(decode_BxV, prefill_PxCxV, last_P, seeds_R, positions_R, temperature_
   logits_RxV = jnp.concatenate([decode_BxV, pre_PxV], axis=0).astype(jnp.float32)
   return jax.vmap(_sample_row)(logits_RxV, seeds_R.astype(jnp.uint32), positions_R,
                                temperature_R, top_k_R, top_p_R)
+
+
+@jax.jit
+def prompt_logprobs(prefill_PxCxV, targets_PxC):
+  """log p(targets_PxC[p, i] | tokens up to chunk position i) [P, C]; target < 0 gives 0."""
+  logprobs_PxCxV = jax.nn.log_softmax(prefill_PxCxV.astype(jnp.float32), axis=-1)
+  picked = jnp.take_along_axis(logprobs_PxCxV, jnp.maximum(targets_PxC, 0)[..., None], axis=-1)
+  return jnp.where(targets_PxC >= 0, picked[..., 0], 0.0)

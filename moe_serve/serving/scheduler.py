@@ -53,6 +53,7 @@ class Seq:
   admitted_at: float | None = None  # first admission
   finish_reason: str | None = None
   drops: list | None = None  # per MoE layer, when routing is recorded
+  prompt_logprobs: list = dataclasses.field(default_factory=list)  # when serve.prompt_logprobs
 
   def __lt__(self, other):  # heap ties never happen (keys are unique); keep heapq total
     return self.key < other.key

@@ -3,6 +3,7 @@
 Fixed step shapes (one bucket) and dropless routing (the tiny config's capacity_scope='none'),
 so a request's logits do not depend on what else runs (DESIGN.md section 4, contract 2).
 """
+import jax
 import numpy as np
 
 from moe_serve.model import api
@@ -120,3 +121,19 @@ def test_routing_records_attribute_drops_to_requests(tmp_path):
   assert len(per_layer_steps) == cfg.model.num_layers  # every tiny layer is MoE
   np.testing.assert_array_equal(per_layer_req, per_layer_steps)
   assert per_layer_steps.sum() > 0  # capacity factor 0.5 must drop something
+
+
+def test_prompt_logprobs_match_a_full_forward(tiny_model):
+  step_fn, params = tiny_model
+  cfg = _fixed_cfg(prompt_logprobs=True, kv_num_blocks=5)  # tight: forces a recompute
+  reqs = [_req(i, 13 + 4 * i, 12, 0.0) for i in range(4)]
+  log = _engine(cfg, tiny_model).run(reqs)
+  assert sum(r["preemptions"] for r in log.requests) > 0
+  longest = max(len(r.prompt) for r in reqs)
+  padded = np.asarray([list(r.prompt) + [0] * (longest - len(r.prompt)) for r in reqs])
+  lp_BxLxV = np.asarray(jax.nn.log_softmax(api.forward(cfg.model, params, padded)[0], -1))
+  for req, rec, lp in zip(reqs, log.requests, lp_BxLxV):  # causal: right padding changes nothing
+    want = lp[np.arange(len(req.prompt) - 1), np.asarray(req.prompt[1:])]
+    assert len(rec["prompt_logprobs"]) == len(req.prompt) - 1
+    # Cached chunked attention sums in another order than the full forward (test_decoder.py).
+    np.testing.assert_allclose(rec["prompt_logprobs"], want, atol=1e-5, rtol=0)
