@@ -91,8 +91,9 @@ class MoE(nn.Module):
     if m.shared_expert:
       y_TxD = y_TxD + layers.SwiGLU(m.d_ff_expert, m.dtype, name="shared_expert")(x_TxD)
 
-    top_k_TxK = jax.lax.top_k(logits_TxE, min(r.k, m.num_experts))[1]
-    choice_TxK = top_k_TxK if r.kind == "expert_choice" else rt.expert_index
+    choice_TxK = rt.expert_index
+    if r.kind == "expert_choice":  # its record has K = E: balance the router's own top-k instead
+      choice_TxK = jax.lax.top_k(logits_TxE, r.k)[1]
     lb_loss, z_loss, load_E = router_losses(logits_TxE, choice_TxK, valid_T)
     self.sow("aux", "lb_loss", lb_loss)
     self.sow("aux", "z_loss", z_loss)
