@@ -12,9 +12,11 @@ of `--repeats` rounds after 2 warm-up calls; a round calls every case once (inte
 the ratio column is the median over rounds of (best dropping backend / dense) in the same round.
 """
 import datetime
+import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 
 from absl import app, flags
@@ -102,7 +104,8 @@ def _machine():
     model = next(l.split(":", 1)[1].strip() for l in lines.splitlines() if "Model name" in l)
   except (OSError, subprocess.CalledProcessError, StopIteration):
     model = platform.processor() or "unknown CPU"
-  return f"{model}, {jax.devices()[0].platform} x {jax.device_count()}, jax {jax.__version__}"
+  cores = len(os.sched_getaffinity(0))
+  return f"{model}, {cores} cores, jax {jax.__version__} on {jax.devices()[0].platform}"
 
 
 def main(argv):
@@ -121,8 +124,9 @@ def main(argv):
       print(" | ".join(rows[-1]), flush=True)
   table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   table += ["| " + " | ".join(r) + " |" for r in rows]
-  text = (f"\n### dispatch.py, {datetime.date.today().isoformat()}\n\n"
-          f"Machine: {_machine()}. D={_D_MODEL.value}, F={_D_FF.value}, k={_K.value}, "
+  command = "python benchmarks/dispatch.py " + " ".join(sys.argv[1:])
+  text = (f"\n## MoE dispatch backends ({datetime.date.today().isoformat()}, {_machine()})\n\n"
+          f"`{command.strip()}`; D={_D_MODEL.value}, F={_D_FF.value}, k={_K.value}, "
           f"capacity factor {_FACTOR.value} (batch scope, token priority), float32; "
           f"median of {_REPEATS.value} interleaved rounds, ms per layer call.\n\n" + "\n".join(table) + "\n")
   print(text)
