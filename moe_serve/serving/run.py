@@ -25,8 +25,12 @@ from moe_serve.serving import workload
 from moe_serve.serving.engine import Engine
 
 
-def make_step_fn(cfg):
+def make_step_fn(cfg, mesh=None):
   """The jitted step from parallel/steps.py; asks for routing records when configured."""
+  if mesh is not None:
+    if cfg.serve.record_routing:
+      warnings.warn("serve.record_routing is not available on a mesh yet; no per-request drops")
+    return steps.make_step_fn(cfg.model, mesh, cfg.logical_axis_rules)
   if not cfg.serve.record_routing:
     return steps.make_step_fn(cfg.model)
   if "record_routing" in inspect.signature(steps.make_step_fn).parameters:
@@ -40,16 +44,20 @@ def make_step_fn(cfg):
   return steps.make_step_fn(cfg.model)
 
 
-def build_engine(cfg, step_fn=None, params=None, cache=None):
-  """An Engine for `cfg`; pass step_fn/params/cache to serve a sharded or trained model.
+def build_engine(cfg, step_fn=None, params=None, cache=None, mesh=None):
+  """An Engine for `cfg`; pass `params` to serve a trained model, `mesh` to shard it (then the
+  step, parameters and cache come from parallel/steps.py's sharded builders).
 
-  Without `params` the model is randomly initialised from cfg.seed.
+  Without `params` the model is randomly initialised from cfg.seed (the same values on any mesh).
   """
-  step_fn = step_fn or make_step_fn(cfg)
+  m, rules = cfg.model, cfg.logical_axis_rules
+  step_fn = step_fn or make_step_fn(cfg, mesh)
   if params is None:
-    params = api.init_params(cfg.model, jax.random.key(cfg.seed))
+    params = (steps.make_init_fn(m, mesh, rules)(cfg.seed) if mesh is not None
+              else api.init_params(m, jax.random.key(cfg.seed)))
   if cache is None:
-    cache = api.init_cache(cfg.model, cfg.serve.max_num_seqs)
+    cache = (steps.make_cache_fn(m, mesh, rules)(cfg.serve.max_num_seqs) if mesh is not None
+             else api.init_cache(m, cfg.serve.max_num_seqs))
   return Engine(cfg, step_fn, params, cache, clock_lib.Clock(cfg.clock))
 
 

@@ -109,6 +109,7 @@ def test_cost_model_logs_are_byte_identical_and_nothing_compiles_after_warmup(ti
 
 def test_routing_records_attribute_drops_to_requests(tmp_path):
   cfg = tiny_serve_cfg(record_routing=True)
+  cfg.serve.buckets.update(FIXED)  # one step shape: one compile of this routing-recording step
   cfg.model.router.update(capacity_scope="batch", capacity_factor_prefill=0.5,
                           capacity_factor_decode=0.5)
   cfg.workload.update(num_requests=6)

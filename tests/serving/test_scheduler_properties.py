@@ -81,7 +81,7 @@ def check_log(cfg, requests, log):
 _BUCKETS = st.sampled_from([((4,), (0, 1), (4,)), ((2, 4), (2,), (2, 4)), ((4,), (1, 3), (3,))])
 
 
-@hypothesis.settings(max_examples=30, deadline=None, derandomize=True,
+@hypothesis.settings(max_examples=20, deadline=None, derandomize=True,
                      suppress_health_check=[hypothesis.HealthCheck.too_slow])
 @hypothesis.given(
     policy=st.sampled_from(["fcfs", "priority", "sjf"]),
