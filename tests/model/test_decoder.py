@@ -39,10 +39,10 @@ def _prefill_chunks(model_cfg, step, params, cache, toks_BxL, chunk, slots):
 
 
 # Router configs for which contract 1 holds exactly (tests/model/test_moe.py and docs/routing.md
-# explain the others): dropless with every backend and the hash router; `sequence` scope with a
-# factor of E/k, where no instance can drop (a decode step's one-token instances never drop).
+# explain the others): dropless (einsum by default, ragged; gather runs in the sequence variant)
+# and the hash router; `sequence` scope with a factor of E/k, where no instance can drop (a
+# decode step's one-token instances never drop).
 ROUTER_VARIANTS = {
-    "none_gather": dict(capacity_scope="none", dispatch="gather"),
     "none_ragged": dict(capacity_scope="none", dispatch="ragged"),
     "hash_none": dict(kind="hash", capacity_scope="none"),
     "sequence_token_factor_E_over_k": dict(capacity_scope="sequence", priority="token",
