@@ -66,7 +66,9 @@ class Engine:
     s = cfg.serve
     self.cfg, self.step_fn, self.params, self.cache, self.clock = cfg, step_fn, params, cache, clock
     self.buckets = Buckets.from_config(s.buckets)
-    self.sched = Scheduler(s, max(self.buckets.prefill_rows), max(self.buckets.chunk_lens))
+    self._new_scheduler = lambda: Scheduler(s, max(self.buckets.prefill_rows),
+                                            max(self.buckets.chunk_lens))
+    self.sched = self._new_scheduler()
     self.limits = request_lib.limits_from_config(cfg)
     self.eos_id = None if s.ignore_eos else int(s.eos_id)
     self.record_routing = bool(s.record_routing)
@@ -171,7 +173,12 @@ class Engine:
 
   # ------------------------------------------------------------------ the loop
   def run(self, requests, on_step=None) -> RunLog:
-    """Serves `requests` (any order) to completion; returns the records. `on_step(engine, rec)`."""
+    """Serves `requests` (any order) to completion; returns the records. `on_step(engine, rec)`.
+
+    Each run starts at virtual time 0 with an empty scheduler; the cache keeps whatever earlier
+    runs wrote (harmless: attention never reads past a request's own positions).
+    """
+    self.sched, self.clock.now = self._new_scheduler(), 0.0
     seen, rejected, accepted = set(), [], []
     for req in requests:
       reason = request_lib.check(req, self.limits, seen)
@@ -192,6 +199,7 @@ class Engine:
       t_host = time.perf_counter()
       start = clock.now
       plan = sched.schedule(start)
+      blocks_in_step = sched.blocks_used  # before this step's finishes free theirs
       if not plan.decode and not plan.prefill:
         raise RuntimeError(f"scheduler made no progress at t={start} (waiting "
                            f"{len(sched.waiting)}, running {len(sched.running)}): a bug")
@@ -199,10 +207,10 @@ class Engine:
       t_dev = time.perf_counter()
       logits, self.cache, aux = self.step_fn(self.params, self.cache, batch)
       toks, lps = jax.device_get(sampling.sample(logits["decode"], logits["prefill"], *samp))
-      wall_step = time.perf_counter() - t_dev
-      drops = self._drops(aux, batch, plan)
+      drops = self._drops(aux, batch, plan)  # device->host copies: timed with the step
       if self.want_prompt_logprobs:
         self._prompt_logprobs(logits, plan, shape)
+      wall_step = time.perf_counter() - t_dev
       n_dec = len(plan.decode)
       tokens = shape[0] + shape[1] * shape[2]
       now = clock.advance(clock.step_duration(tokens, kv, wall_step))
@@ -220,7 +228,7 @@ class Engine:
                  decode=n_dec, prefill_rows=len(plan.prefill),
                  prefill_tokens=sum(n for _, n in plan.prefill), attended_kv=kv,
                  slots_used=len(sched.running) + sum(1 for s in in_step if s.finish_reason),
-                 kv_blocks_used=sched.blocks_used, waiting=len(sched.waiting),
+                 kv_blocks_used=blocks_in_step, waiting=len(sched.waiting),
                  requests=[s.req.id for s in in_step], domains=[s.req.domain for s in in_step],
                  admitted=[s.req.id for s in plan.admitted],
                  preempted=[s.req.id for s in plan.preempted],
