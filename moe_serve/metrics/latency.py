@@ -10,7 +10,8 @@ From per-request records (the engine's `requests` log; times in seconds of virtu
 - goodput = completed requests meeting every given SLO / duration (TPOT counts as 0 for a
   one-token output, as vLLM does). None when no SLO is given.
 Each distribution reports mean, median, p90 and p99 (numpy linear-interpolated percentiles, as
-vLLM) in milliseconds; None when empty. `summarize` repeats everything per domain.
+vLLM) in milliseconds; None when empty. `summarize` repeats everything per domain and per request
+class (priority value).
 """
 import collections
 
@@ -74,4 +75,8 @@ def summarize(records, slo_ttft_ms=None, slo_tpot_ms=None):
   domains = sorted({r["domain"] for r in done})
   out["per_domain"] = {d: _block([r for r in done if r["domain"] == d], duration, slo_ttft_ms,
                                  slo_tpot_ms) for d in domains}
+  # Request classes: the priority value (JSON keys are strings).
+  classes = sorted({r.get("priority", 0) for r in done})
+  out["per_priority"] = {str(c): _block([r for r in done if r.get("priority", 0) == c], duration,
+                                        slo_ttft_ms, slo_tpot_ms) for c in classes}
   return out

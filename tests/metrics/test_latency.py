@@ -62,6 +62,14 @@ def test_per_domain_uses_the_run_duration():
   assert d["y"]["tpot_ms"]["mean"] is None and d["y"]["itl_ms"]["p99"] is None
 
 
+def test_per_priority_class():
+  recs = [dict(r, priority=i % 2) for i, r in enumerate(RECORDS)]
+  p = latency.summarize(recs)["per_priority"]
+  assert sorted(p) == ["0", "1"]
+  assert p["0"]["completed"] == 2 and p["0"]["ttft_ms"]["mean"] == approx(300)  # requests 0, 2
+  assert p["1"]["completed"] == 1 and p["1"]["ttft_ms"]["mean"] == approx(1000)
+
+
 def test_empty_run():
   s = latency.summarize([RECORDS[3]])
   assert s["completed"] == 0 and s["request_throughput"] is None and s["ttft_ms"]["mean"] is None

@@ -117,6 +117,16 @@ def test_tight_kv_budget_preempts_and_resumes(batching):
   assert any(s["preempted"] for s in log.steps)
 
 
+def test_an_engine_runs_twice_the_same():
+  cfg = _cfg("sjf", "continuous", 3, 8, 4, ((4,), (0, 2), (4,)), 0, ignore_eos=False)
+  requests = _requests([(5, 9), (9, 4), (3, 12), (7, 7)], [0.0, 0.0, 0.01, 0.02], [0] * 4, 3)
+  model = fakes.FakeModel(3, cfg.model.max_len, VOCAB)
+  engine = Engine(cfg, model, None, model.init_cache(), clock_lib.Clock(cfg.clock))
+  first, second = engine.run(requests), engine.run(requests)
+  check_log(cfg, requests, first)
+  assert first.requests == second.requests and first.steps == second.steps
+
+
 def test_static_batching_admits_only_when_idle():
   cfg = _cfg("fcfs", "static", 2, 64, 16, ((2,), (0, 2), (4,)), 0, ignore_eos=True)
   requests = _requests([(4, 5)] * 5, [0.0, 0.0, 0.0, 0.0, 0.0], [0] * 5, 1)
