@@ -20,7 +20,7 @@ import pytest
 from moe_serve import config as config_lib
 from moe_serve.model import api, parts
 from moe_serve.parallel import mesh as mesh_lib
-from moe_serve.parallel import steps
+from moe_serve.parallel import sharding, steps
 from tests.parallel import workload
 
 ATOL = 5e-5
@@ -56,13 +56,18 @@ def _mesh(cfg, sizes):
 _BUILT = {}
 
 
-def _build(cfg, sizes):
-  """(mesh, params, step fn, cache fn) per mesh, built once: compiling dominates these tests."""
+def _build(cfg, sizes, ref_params):
+  """(mesh, params, step fn, cache fn) per mesh, built once: compiling dominates these tests.
+
+  Parameters are the reference's, placed with the mesh's shardings (sharded init is checked
+  separately, once, to save a compilation per mesh).
+  """
   if sizes not in _BUILT:
     m, rules = cfg.model, cfg.logical_axis_rules
     mesh = _mesh(cfg, sizes)
-    _BUILT[sizes] = (mesh, steps.make_init_fn(m, mesh, rules)(0),
-                     steps.make_step_fn(m, mesh, rules), steps.make_cache_fn(m, mesh, rules))
+    params = sharding.put(ref_params, sharding.param_shardings(m, mesh, rules))
+    _BUILT[sizes] = (mesh, params, steps.make_step_fn(m, mesh, rules),
+                     steps.make_cache_fn(m, mesh, rules))
   return _BUILT[sizes]
 
 
@@ -70,10 +75,7 @@ def _build(cfg, sizes):
 def test_sharded_workload_matches_one_device(cfg, reference, sizes):
   m, rules = cfg.model, cfg.logical_axis_rules
   ref_params, prompts, ref_toks, ref_logits = reference
-  _, params, step, make_cache = _build(cfg, sizes)
-  # sharded init gives the same bits as unsharded init (partitionable threefry)
-  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
-    np.testing.assert_array_equal(np.asarray(a), b)
+  _, params, step, make_cache = _build(cfg, sizes, ref_params)
   toks, logits = workload.run(step, params, make_cache(workload.SLOTS), prompts, NEW_TOKENS)
   np.testing.assert_array_equal(toks, ref_toks)
   if sizes == (1, 1, 1):
@@ -82,20 +84,32 @@ def test_sharded_workload_matches_one_device(cfg, reference, sizes):
     np.testing.assert_allclose(logits, ref_logits, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("sizes", [(2, 2, 2), (1, 8, 1)], ids=lambda s: "x".join(map(str, s)))
+def test_sharded_init_is_bitwise_the_unsharded_init(cfg, reference, sizes):
+  """Partitionable threefry: every shard gets the bits it would have had unsharded."""
+  mesh = _mesh(cfg, sizes)
+  params = steps.make_init_fn(cfg.model, mesh, cfg.logical_axis_rules)(0)
+  shardings = sharding.param_shardings(cfg.model, mesh, cfg.logical_axis_rules)
+  for a, b, s in zip(jax.tree.leaves(params), jax.tree.leaves(reference[0]),
+                     jax.tree.leaves(shardings)):
+    assert a.sharding == s
+    np.testing.assert_array_equal(np.asarray(a), b)
+
+
 def test_forward_sharded_matches_one_device(cfg, reference):
   m, rules = cfg.model, cfg.logical_axis_rules
   ref_params = reference[0]
   toks = np.stack([p[:3] for p in reference[1]])
   want, _ = steps.make_forward_fn(m)(ref_params, toks)
-  mesh, params, _, _ = _build(cfg, (2, 2, 2))
+  mesh, params, _, _ = _build(cfg, (2, 2, 2), reference[0])
   got, aux = steps.make_forward_fn(m, mesh, rules)(params, toks)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=ATOL, rtol=0)
   assert aux["expert_load"].shape == (m.num_layers, m.num_experts)
 
 
-def test_cache_is_sharded_and_donated(cfg):
+def test_cache_is_sharded_and_donated(cfg, reference):
   m = cfg.model
-  _, params, step, make_cache = _build(cfg, (2, 2, 2))
+  _, params, step, make_cache = _build(cfg, (2, 2, 2), reference[0])
   cache = make_cache(workload.SLOTS)
   k = cache["layers"][0]["k"]
   assert k.sharding.spec == jax.sharding.PartitionSpec("data", None, "tensor", None)
@@ -112,9 +126,9 @@ def test_cache_is_sharded_and_donated(cfg):
   assert logits["decode"].sharding.is_fully_replicated
 
 
-def test_indivisible_inputs_fail_early_with_numbers(cfg):
+def test_indivisible_inputs_fail_early_with_numbers(cfg, reference):
   m, rules = cfg.model, cfg.logical_axis_rules
-  mesh, params, step, make_cache = _build(cfg, (2, 2, 2))
+  mesh, params, step, make_cache = _build(cfg, (2, 2, 2), reference[0])
   with pytest.raises(config_lib.ConfigError, match=r"KV cache \['layers'\]\[0\]\['k'\] has shape "
                                                    r"\(3, 64, 2, 8\): dim 0 = 3 is not divisible "
                                                    r"by mesh axes \('data',\) of size 2"):
