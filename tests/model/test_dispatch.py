@@ -137,12 +137,13 @@ def test_buffers_carry_expert_sharding_constraints(tiny_cfg):
   x, logits, seg = x[:32], logits[:32], seg[:32]
   cap = routing.buffer_capacity(r, E, 32)
 
+  w = _weights()
   for backend in ("einsum", "gather"):
-    def f(x, logits, seg, backend=backend):
+    def f(x, logits, seg, w, backend=backend):
       with nn.logical_axis_rules(rules):
-        return dispatch.run(backend, x, routing.route(logits, seg, r), _weights(), cap)
+        return dispatch.run(backend, x, routing.route(logits, seg, r), w, cap)
     with jax.set_mesh(mesh):
-      hlo = jax.jit(f).lower(x, logits, seg).as_text()
+      hlo = jax.jit(f).lower(x, logits, seg, w).as_text()
     # Both [E, C, D] = [4, cap, 16] buffers (experts' inputs and outputs) split over `expert`,
     # the tokens [T, D] over `data` (Shardy constraints in the lowered module).
     buffers = f'[{{"expert"}}, {{}}, {{}}]> : tensor<4x{cap}x16xf32>'
@@ -150,3 +151,13 @@ def test_buffers_carry_expert_sharding_constraints(tiny_cfg):
     lines = [l for l in hlo.splitlines() if "sdy.sharding_constraint" in l]
     assert sum(buffers in l for l in lines) == 2, (backend, lines)
     assert sum(tokens in l for l in lines) >= 2, (backend, lines)
+    # Sharded experts: batched expert matmuls (no per-expert loop) so SPMD can split them.
+    assert "stablehlo.while" not in hlo, backend
+  assert "stablehlo.while" in jax.jit(f).lower(x, logits, seg, w).as_text()  # no mesh: loop
+
+
+def test_expert_loop_equals_batched_experts():
+  x_ExCxD = jax.random.normal(jax.random.key(7), (E, 5, D))
+  loop = dispatch.expert_buffers(_weights(), x_ExCxD, loop=True)
+  batched = dispatch.expert_buffers(_weights(), x_ExCxD, loop=False)
+  np.testing.assert_allclose(np.asarray(loop), np.asarray(batched), atol=ATOL, rtol=RTOL)
