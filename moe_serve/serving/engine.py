@@ -172,8 +172,12 @@ class Engine:
     return [int(x) for x in routing_metrics.drops_per_layer(kept, seg_T)]
 
   # ------------------------------------------------------------------ the loop
-  def run(self, requests, on_step=None) -> RunLog:
+  def run(self, requests, on_step=None, tracer=None, stop_after=None) -> RunLog:
     """Serves `requests` (any order) to completion; returns the records. `on_step(engine, rec)`.
+
+    `tracer` (serving/trace.py) records chosen requests' distributions and routing. With
+    `stop_after` (request ids), the run ends as soon as those requests are finished or rejected;
+    requests still in flight then are recorded with status "unfinished".
 
     Each run starts at virtual time 0 with an empty scheduler; the cache keeps whatever earlier
     runs wrote (harmless: attention never reads past a request's own positions).
@@ -189,7 +193,10 @@ class Engine:
     pending = sorted((r for r, _ in accepted), key=lambda r: (r.arrival, r.id))
     seqs, steps, wall = [], [], []
     clock, sched, nxt = self.clock, self.sched, 0
+    stop_ids = None if stop_after is None else set(int(i) for i in stop_after)
     while nxt < len(pending) or sched.has_work():
+      if stop_ids is not None and stop_ids <= self._ended(seqs, rejected):
+        break
       while nxt < len(pending) and pending[nxt].arrival <= clock.now:
         seqs.append(sched.add(pending[nxt]))
         nxt += 1
@@ -210,6 +217,8 @@ class Engine:
       drops = self._drops(aux, batch, plan)  # device->host copies: timed with the step
       if self.want_prompt_logprobs:
         self._prompt_logprobs(logits, plan, shape)
+      if tracer is not None:
+        tracer.record(logits, aux, plan, shape)
       wall_step = time.perf_counter() - t_dev
       n_dec = len(plan.decode)
       tokens = shape[0] + shape[1] * shape[2]
@@ -241,10 +250,19 @@ class Engine:
     return RunLog(self._request_records(seqs, rejected), steps, wall)
 
   @staticmethod
+  def _ended(seqs, rejected):
+    return ({s.req.id for s in seqs if s.finish_reason} |
+            {r.id for r, _ in rejected if isinstance(r.id, (int, np.integer))})
+
+  @staticmethod
   def _request_records(seqs, rejected):
     out = []
     for seq in seqs:
       r = seq.req
+      if not seq.finish_reason:  # only after a run cut short by `stop_after`
+        out.append(dict(id=r.id, status="unfinished", reason=None, domain=r.domain,
+                        arrival=r.arrival, output_len=len(seq.outputs)))
+        continue
       out.append(dict(
           id=r.id, status="finished", reason=None, domain=r.domain, priority=r.priority,
           arrival=r.arrival, admitted=seq.admitted_at,

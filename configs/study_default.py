@@ -1,0 +1,64 @@
+r"""The default study (the README's first command): determinism, serving and quality of the bundled
+model against capacity scope x capacity factor at one load, N repeats of each target.
+
+  python scripts/sweep.py --config=configs/study_default.py --workdir=runs/study
+  python scripts/sweep.py --config=configs/study_default.py:size=tiny --workdir=runs/smoke
+
+Arg (big_vision style): `size=base` (the bundled trained model, models/default) or `size=tiny`
+(random-init tiny model: seconds, for tests). Single values: `--config.study.repeats=10`,
+`--config.study.load=60`. The grid is `sweep.axes`: (dotted config key, values) pairs.
+"""
+import ml_collections
+
+from configs import serve_default
+from moe_serve import bundled
+from moe_serve import config as config_lib
+
+
+def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, size="base")
+  tiny = arg.size == "tiny"
+  cfg = serve_default.get_config(f"size={arg.size}")
+  if not tiny:  # the bundled model's architecture (the router is the study's own, below)
+    cfg.model = bundled.load_config().model
+  else:
+    cfg.model.max_len = 160  # eval text examples: 64 + 64 characters with BOS
+  cfg.params_dir = "" if tiny else bundled.DEFAULT_DIR  # "" = random init from cfg.seed
+  cfg.model.router.update(kind="topk", priority="token", dispatch="gather", group_size=16)
+
+  # Fixed step shapes (one bucket) and a token budget that never splits a chunk: a request's
+  # steps then look the same alone and in traffic, so only routing can tell them apart.
+  b, p, c = (8, 2, 8) if tiny else (16, 2, 64)
+  cfg.serve.update(max_num_seqs=b, max_num_batched_tokens=b + p * c, record_routing=True,
+                   prompt_logprobs=True)
+  cfg.serve.buckets.update(decode_rows=(b,), prefill_rows=(p,), chunk_lens=(c,))
+  cfg.serve.kv_num_blocks = b * -(-cfg.model.max_len // cfg.serve.kv_block_size)
+
+  cfg.workload.update(num_requests=24 if tiny else 40)
+  cfg.workload.prompt_len.update(kind="uniform", low=8, high=c)
+  cfg.workload.output_len.update(kind="uniform", low=4 if tiny else 8, high=8 if tiny else 24)
+
+  cfg.study = ml_collections.ConfigDict(dict(
+      mode="traffic",  # traffic (random injection) | composition (controlled co-requests)
+      seed=0,
+      repeats=4 if tiny else 30,
+      target_domains=("add", "sort", "prose"),
+      targets_per_domain=1,
+      max_new_tokens=8 if tiny else 16,
+      load=float(40.0),  # background arrival rate, requests/s of virtual time
+      capacity_factor=1.0,  # sets the router's prefill and decode factors (None: leave them)
+      inject_after_s=0.3 if tiny else 0.4,  # let the background fill the engine first
+      inject_window_s=0.3,
+      co_requests=7,  # composition mode: co-requests per target, arriving with it
+      co_domains="mixed",  # composition mode: same (the target's domain) | mixed
+      co_max_new_tokens=16,
+      quality_per_domain=4 if tiny else 25,  # eval examples per domain (tasks and text)
+  ))
+  cfg.sweep = ml_collections.ConfigDict(dict(axes=(
+      ("model.router.capacity_scope", ("batch", "sequence", "none")),
+      ("study.capacity_factor", (1.0, 1.25, 2.0)),
+  )))
+  if tiny:
+    cfg.sweep.axes = (("model.router.capacity_scope", ("batch", "none")),
+                      ("study.capacity_factor", (1.0,)))
+  return cfg

@@ -1,0 +1,202 @@
+"""The repeat-in-traffic experiment for one setting (a full config), plus its serving and quality.
+
+For every target prompt (greedy, temperature 0): a solo reference (the target alone on an idle
+engine of the same configuration), then `study.repeats` repeats, each in different seeded traffic:
+- `traffic` mode: the target is injected at a seeded random time into seeded background traffic
+  (`workload` section: arrival process at the study's load, mixed domains);
+- `composition` mode: the target arrives at time 0 together with `study.co_requests` requests
+  whose prompts come from `study.co_domains` ("same" = the target's own domain), so batch
+  composition itself is the variable.
+All targets of a repeat share its traffic. Each repeat stops as soon as its targets finish.
+
+Then, with the same engine: a load run (the background workload served to completion) for
+throughput and latency, and the quality evaluation (task exact match, text NLL) with every eval
+request arriving at once, so quality is measured under co-batching. Clock: the config's (the
+default `cost_model` makes everything reproducible).
+"""
+import dataclasses
+import time
+
+import numpy as np
+
+from moe_serve.experiments import prompts
+from moe_serve.metrics import determinism as det
+from moe_serve.metrics import latency, quality
+from moe_serve.model.transformer import is_moe_layer
+from moe_serve.serving import run as serve_run
+from moe_serve.serving import trace as trace_lib
+from moe_serve.serving import workload
+
+TARGET_ID0 = 1_000_000  # targets' request ids; background traffic uses 0..num_requests-1
+CO_ID0 = 2_000_000
+
+
+def apply_capacity_factor(cfg):
+  """`study.capacity_factor`, when set, is the router's prefill and decode factor both."""
+  cf = cfg.study.get("capacity_factor")
+  if cf is not None:
+    cfg.model.router.capacity_factor_prefill = float(cf)
+    cfg.model.router.capacity_factor_decode = float(cf)
+  cfg.workload.arrival.rate = float(cfg.study.load)
+  return cfg
+
+
+class _Runner:
+  """quality.evaluate's runner protocol on an existing engine: all requests arrive at t=0."""
+
+  def __init__(self, engine, first_id):
+    self.engine, self.first_id = engine, first_id
+
+  def _serve(self, prompt_ids, max_new_tokens, domains):
+    from moe_serve.serving.request import Request  # pylint: disable=import-outside-toplevel
+    reqs = [Request(id=self.first_id + i, prompt=p, max_new_tokens=max_new_tokens, domain=d)
+            for i, (p, d) in enumerate(zip(prompt_ids, domains))]
+    recs = {r["id"]: r for r in self.engine.run(reqs).requests}
+    bad = [r for r in recs.values() if r["status"] != "finished"]
+    if bad:
+      raise ValueError(f"quality: the engine rejected {len(bad)} eval requests, e.g. "
+                       f"{bad[0].get('reason')}; fix the serving config for this model")
+    return [recs[r.id] for r in reqs]
+
+  def generate(self, prompt_ids, max_new_tokens, domains):
+    return [r["tokens"] for r in self._serve(prompt_ids, max_new_tokens, domains)]
+
+  def score(self, prompt_ids, continuation_ids):
+    """log p of each continuation token given its prefix, through the engine's prefill."""
+    recs = self._serve([list(p) + list(c) for p, c in zip(prompt_ids, continuation_ids)], 1,
+                       [self.engine.limits.domains[0]] * len(prompt_ids))
+    return [np.asarray(r["prompt_logprobs"][-len(c):]) for r, c in zip(recs, continuation_ids)]
+
+
+def _traces(tracer, runlog, ids):
+  recs = {r["id"]: r for r in runlog.requests}
+  out = {}
+  for rid in ids:
+    rec = recs[rid]
+    if rec["status"] != "finished":
+      raise RuntimeError(f"target {rid} ended as {rec['status']} ({rec.get('reason')})")
+    fed = rec["prompt_len"] + rec["output_len"] - 1
+    routing = tracer.routing_array(rid, fed) if tracer.routing[rid] else np.zeros((0, 0, 0))
+    out[rid] = det.Trace(rec["prompt_len"], tuple(rec["tokens"]), tuple(rec["logprobs"]),
+                         np.stack(tracer.dists[rid]), routing)
+  return out
+
+
+def _repeat_requests(cfg, targets, source, r):
+  """The traffic of repeat r: background + targets, or targets with co-requests (seeded)."""
+  st = cfg.study
+  rng = np.random.default_rng([st.seed, r])
+  if st.mode == "traffic":
+    wl = cfg.workload.copy_and_resolve_references()
+    wl.seed = st.seed * 10_000 + r
+    background = workload.generate(wl, source)
+    times = rng.uniform(st.inject_after_s, st.inject_after_s + st.inject_window_s, len(targets))
+    return background + [dataclasses.replace(t, arrival=float(a)) for t, a in zip(targets, times)]
+  out = list(targets)
+  for i, t in enumerate(targets):
+    domains = [t.domain] if st.co_domains == "same" else list(cfg.workload.mix.keys())
+    out += prompts.co_requests(source, domains, st.co_requests, rng, st.co_max_new_tokens,
+                               CO_ID0 + i * st.co_requests)
+  return out
+
+
+def make_engine(cfg, params):
+  """The setting's engine, warmed up (every later step reuses its compiled shapes)."""
+  engine = serve_run.build_engine(cfg, params=params)
+  engine.warmup()
+  return engine
+
+
+def repeat_in_traffic(cfg, engine, source):
+  """Solo references and `study.repeats` repeats of every target; returns
+  (per-target summaries {id: dict}, aggregate dict)."""
+  st, m = cfg.study, cfg.model
+  targets = prompts.target_requests(st.target_domains, st.targets_per_domain, st.max_new_tokens,
+                                    TARGET_ID0)
+  ids = [t.id for t in targets]
+
+  # ----------------------------------------------------------------- solo references
+  solo = {}
+  for t in targets:
+    tracer = trace_lib.Tracer([t.id])
+    solo.update(_traces(tracer, engine.run([t], tracer=tracer), [t.id]))
+
+  # ----------------------------------------------------------------- repeats in traffic
+  runs = {rid: [] for rid in ids}
+  traffic_drops = []
+  for r in range(st.repeats):
+    tracer = trace_lib.Tracer(ids)
+    runlog = engine.run(_repeat_requests(cfg, targets, source, r), tracer=tracer, stop_after=ids)
+    for rid, tr in _traces(tracer, runlog, ids).items():
+      runs[rid].append(tr)
+    num_moe = sum(is_moe_layer(m, i) for i in range(m.num_layers))
+    traffic_drops.append(det.traffic_drop_rate(runlog.steps, m.router.k, num_moe))
+
+  per_target = {}
+  for t in targets:
+    s = det.summarize(solo[t.id], runs[t.id])
+    s.update(domain=t.domain, solo_completion=quality.completion_text(solo[t.id].tokens)[0])
+    per_target[str(t.id)] = s
+  agg = _aggregate(per_target)
+  agg["traffic_drop_rate"] = (float(np.mean(traffic_drops))
+                              if all(x is not None for x in traffic_drops) else None)
+  return per_target, agg
+
+
+def run(cfg, params, log=print):
+  """Runs one setting; returns the result dict (setting, determinism, per target, serving,
+  quality, wall_s)."""
+  cfg = apply_capacity_factor(cfg.copy_and_resolve_references())
+  st, m = cfg.study, cfg.model
+  t0 = time.perf_counter()
+  engine = make_engine(cfg, params)
+  source = prompts.EvalPromptSource()
+  per_target, agg = repeat_in_traffic(cfg, engine, source)
+
+  # ----------------------------------------------------------------- serving and quality
+  load_log = engine.run(workload.generate(cfg.workload, source))
+  serving = latency.summarize(load_log.requests)
+  step_s = [w["step_s"] for w in load_log.wall]
+  serving["step_wall_ms_median"] = float(np.median(step_s) * 1e3) if step_s else None
+  serving["output_tok_per_wall_s"] = (serving["output_tokens"] / sum(step_s)) if step_s else None
+  examples = prompts.eval_examples(st.quality_per_domain)
+  q = quality.evaluate(_Runner(engine, CO_ID0 * 2), examples, st.max_new_tokens)
+  q.pop("records")
+  r = m.router
+  setting = dict(scope=r.capacity_scope, capacity_factor=r.capacity_factor_decode,
+                 priority=r.priority, router=r.kind, k=r.k, load=st.load, mode=st.mode,
+                 co_domains=st.co_domains if st.mode == "composition" else None)
+  result = dict(setting=setting, determinism=agg, per_target=per_target, serving=_serving_fields(serving),
+                quality=q, wall_s=time.perf_counter() - t0)
+  log(f"  unique completions (mean over targets) {agg['unique_completions_mean']:.2f}, "
+      f"agree with solo {agg['agree_with_solo']:.2f}, exact match "
+      f"{q['exact_match_mean']:.3f}, {result['wall_s']:.0f}s")
+  return result
+
+
+def _aggregate(per_target):
+  vals = list(per_target.values())
+  mean = lambda k: float(np.mean([v[k] for v in vals]))
+  return dict(
+      unique_completions_mean=mean("unique_completions"),
+      unique_completions_max=max(v["unique_completions"] for v in vals),
+      agree_with_solo=mean("agree_with_solo"),
+      bitwise_with_solo=mean("bitwise_with_solo"),
+      max_kl=max(v["max_kl"] for v in vals),
+      max_abs_dlogprob=max(v["max_abs_dlogprob"] for v in vals),
+      routing_diff_fraction=mean("routing_diff_fraction"),
+      target_drop_rate=mean("target_drop_rate"),
+  )
+
+
+def _serving_fields(s):
+  return dict(request_throughput=s["request_throughput"], output_throughput=s["output_throughput"],
+              ttft_ms_median=s["ttft_ms"]["median"], ttft_ms_p90=s["ttft_ms"]["p90"],
+              tpot_ms_median=s["tpot_ms"]["median"], tpot_ms_p90=s["tpot_ms"]["p90"],
+              e2el_ms_median=s["e2el_ms"]["median"], completed=s["completed"],
+              step_wall_ms_median=s["step_wall_ms_median"],
+              output_tok_per_wall_s=s["output_tok_per_wall_s"],
+              per_domain={d: dict(output_throughput=b["output_throughput"],
+                                  ttft_ms_median=b["ttft_ms"]["median"],
+                                  tpot_ms_median=b["tpot_ms"]["median"])
+                          for d, b in s["per_domain"].items()})

@@ -1,0 +1,85 @@
+"""PNG plots of a sweep's rows (see report.py): one line per capacity scope in every panel."""
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=wrong-import-position
+
+
+def _lines(ax, rows, x, y, title, ylabel):
+  for scope in sorted({r["scope"] for r in rows}):
+    pts = sorted((r[x], r[y]) for r in rows if r["scope"] == scope and r.get(y) is not None)
+    if pts:
+      ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"scope={scope}")
+  ax.set_xlabel({"capacity_factor": "capacity factor", "load": "load (requests/s)"}.get(x, x))
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+
+
+def _save(fig, out_dir, name):
+  path = os.path.join(out_dir, name)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def _slice(rows, fixed_key):
+  """Rows at the most common value of `fixed_key` (so a line varies only along its x axis)."""
+  values = [r[fixed_key] for r in rows]
+  mode = max(set(values), key=values.count)
+  return [r for r in rows if r[fixed_key] == mode], mode
+
+
+def write_all(rows, out_dir):
+  """Writes every plot; returns their paths."""
+  os.makedirs(out_dir, exist_ok=True)
+  paths = []
+  at_load, load = _slice(rows, "load")
+  at_cf, cf = _slice(rows, "capacity_factor")
+
+  fig, ax = plt.subplots(figsize=(5.5, 4))
+  n = max(r["repeats"] for r in rows)
+  _lines(ax, at_load, "capacity_factor", "unique_completions_mean",
+         f"Unique completions of {n} repeats (load {load:g}/s)", "unique completions (mean/target)")
+  paths.append(_save(fig, out_dir, "unique_vs_capacity_factor.png"))
+
+  fig, ax = plt.subplots(figsize=(5.5, 4))
+  _lines(ax, at_cf, "load", "agree_with_solo", f"Agreement with solo (cf {cf:g})",
+         "fraction of repeats equal to solo")
+  paths.append(_save(fig, out_dir, "agreement_vs_load.png"))
+
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  _lines(axes[0], at_load, "capacity_factor", "exact_match_mean", "Task exact match",
+         "exact match (mean over task domains)")
+  nll_keys = sorted(k for k in rows[0] if k.startswith("nll_"))
+  for key in nll_keys:
+    _lines(axes[1], [dict(r, scope=f"{r['scope']} {key[4:]}") for r in at_load],
+           "capacity_factor", key, "Continuation NLL", "nats/token")
+  paths.append(_save(fig, out_dir, "quality_vs_capacity_factor.png"))
+
+  fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+  for ax, (key, label) in zip(axes, (("output_throughput", "output tok/s (virtual)"),
+                                     ("ttft_ms_median", "TTFT p50 (ms)"),
+                                     ("tpot_ms_median", "TPOT p50 (ms)"))):
+    _lines(ax, at_cf, "load", key, f"{label}, cf {cf:g}", label)
+  paths.append(_save(fig, out_dir, "serving_vs_load.png"))
+
+  em_keys = sorted(k for k in rows[0] if k.startswith("exact_match_") and k != "exact_match_mean")
+  if em_keys:
+    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(rows)), 4))
+    width = 0.8 / len(em_keys)
+    for i, key in enumerate(em_keys):
+      ax.bar([j + i * width for j in range(len(rows))], [r.get(key) or 0 for r in rows], width,
+             label=key[len("exact_match_"):])
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(rows))])
+    ax.set_xticklabels([f"{r['scope']}\ncf {r['capacity_factor']:g}\nload {r['load']:g}"
+                        for r in rows], fontsize=7)
+    ax.set_ylabel("exact match")
+    ax.set_title("Per-domain exact match per setting")
+    ax.legend(fontsize=8)
+    paths.append(_save(fig, out_dir, "per_domain_exact_match.png"))
+  return paths

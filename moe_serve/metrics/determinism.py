@@ -1,0 +1,95 @@
+"""Determinism of one request served in traffic, against its solo reference (DESIGN.md section 3).
+
+A `Trace` is what the engine's tracer saw of one request: the output tokens, their log-probs,
+the full next-token log-distribution at each output position, and the kept experts of each
+position it fed through the model (`[positions, layers, K]`, -1 = dropped).
+
+Comparisons are made over the *common prefix*: outputs before the first divergent position have
+the same inputs in both runs, and so does the divergent position itself (its context is equal),
+so its distribution is compared too. Routing is compared over the positions fed with identical
+inputs: the prompt and the outputs before the divergence.
+"""
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Trace(NamedTuple):
+  prompt_len: int
+  tokens: tuple  # output tokens
+  logprobs: tuple  # log-prob of each output token, as sampled
+  dists: np.ndarray  # [outputs, V] log-probabilities
+  routing: np.ndarray  # [fed positions, layers, K] kept expert index, -1 = dropped
+
+
+def first_divergence(a, b):
+  """Index of the first differing output token, or None if equal (length counts as a token)."""
+  for i, (x, y) in enumerate(zip(a, b)):
+    if x != y:
+      return i
+  return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def compare(solo: Trace, run: Trace):
+  """Per-repeat determinism figures of `run` against `solo` (a dict of plain numbers)."""
+  div = first_divergence(solo.tokens, run.tokens)
+  n_common = min(len(solo.tokens), len(run.tokens))
+  upto = n_common if div is None else min(div + 1, n_common)  # positions with equal contexts
+  p, q = solo.dists[:upto].astype(np.float64), run.dists[:upto].astype(np.float64)
+  kl = (np.exp(p) * (p - q)).sum(-1) if upto else np.zeros(0)
+  solo_tok = np.asarray(solo.tokens[:upto])
+  dlogprob = np.abs(np.take_along_axis(q - p, solo_tok[:, None], 1)[:, 0]) if upto else kl
+  fed = solo.prompt_len + (n_common - 1 if div is None else div)  # positions with equal inputs
+  fed = min(fed, len(solo.routing), len(run.routing))
+  routing_diff = _routing_sets_differ(solo.routing[:fed], run.routing[:fed])
+  return dict(
+      identical_tokens=div is None,
+      bitwise=div is None and tuple(solo.logprobs) == tuple(run.logprobs),
+      first_divergence=div,
+      max_kl=float(kl.max()) if kl.size else 0.0,
+      max_abs_dlogprob=float(dlogprob.max()) if dlogprob.size else 0.0,
+      routing_diff_fraction=float(routing_diff.mean()) if routing_diff.size else 0.0,
+      drop_rate=drop_rate(run.routing),
+  )
+
+
+def _routing_sets_differ(a_PxLxK, b_PxLxK):
+  """[P, L] bool: the sets of kept experts differ at (position, layer)."""
+  if a_PxLxK.size == 0:
+    return np.zeros((0, 0), bool)
+  sort = lambda x: np.sort(x, axis=-1)  # -1 (dropped) sorts first, so sets compare as rows
+  return (sort(a_PxLxK) != sort(b_PxLxK)).any(-1)
+
+
+def drop_rate(routing_PxLxK):
+  """Fraction of a request's (position, layer, choice) pairs that were dropped."""
+  return float((routing_PxLxK < 0).mean()) if routing_PxLxK.size else 0.0
+
+
+def summarize(solo: Trace, runs):
+  """Aggregate over N repeats of one target: unique completions, agreement with solo, worst
+  divergences and mean routing difference / drop rate."""
+  per = [compare(solo, r) for r in runs]
+  divs = [d["first_divergence"] for d in per if d["first_divergence"] is not None]
+  return dict(
+      repeats=len(runs),
+      unique_completions=len({tuple(r.tokens) for r in runs}),
+      agree_with_solo=float(np.mean([d["identical_tokens"] for d in per])),
+      bitwise_with_solo=float(np.mean([d["bitwise"] for d in per])),
+      first_divergence_min=min(divs) if divs else None,
+      first_divergence_mean=float(np.mean(divs)) if divs else None,
+      max_kl=max(d["max_kl"] for d in per),
+      max_abs_dlogprob=max(d["max_abs_dlogprob"] for d in per),
+      routing_diff_fraction=float(np.mean([d["routing_diff_fraction"] for d in per])),
+      target_drop_rate=float(np.mean([d["drop_rate"] for d in per])),
+      solo_drop_rate=drop_rate(solo.routing),
+  )
+
+
+def traffic_drop_rate(step_records, k, num_moe_layers):
+  """Dropped (token, choice) pairs over all real tokens of a run's steps (None if not recorded)."""
+  drops = [s["drops"] for s in step_records if s.get("drops") is not None]
+  if not drops or not num_moe_layers:
+    return None
+  tokens = sum(s["decode"] + s["prefill_tokens"] for s in step_records if s.get("drops") is not None)
+  return float(np.sum(drops) / max(1, tokens * k * num_moe_layers))
