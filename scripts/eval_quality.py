@@ -1,16 +1,18 @@
-r"""Quality of a bundled model on the committed eval set, served through the engine step.
+r"""Quality of a bundled model on the committed eval set, served through the serving engine.
 
   python scripts/eval_quality.py --model_dir=models/default --capacity_scope=none \
       --out=models/default/quality.json
 
 Writes exact match per task domain and continuation NLL per text domain, for the whole eval set
 and for the fixed subset (first --subset rows per domain) that tests/test_bundled.py checks.
+The engine runs configs/serve_default.py with the bundled model in place of the base model.
 """
 import json
 import time
 
 from absl import app, flags
 
+from configs import serve_default
 from moe_serve import bundled
 from moe_serve.metrics import quality
 
@@ -27,9 +29,11 @@ def _summary(result):
 def main(argv):
   del argv
   cfg, params = bundled.load(_DIR.value, capacity_scope=_SCOPE.value)
+  serve_cfg = serve_default.get_config()
+  serve_cfg.model = cfg.model
   t0 = time.perf_counter()
-  full = quality.evaluate_model(cfg.model, params)
-  subset = quality.evaluate_model(cfg.model, params, per_domain=_SUBSET.value)
+  full = quality.evaluate_served(serve_cfg, params)
+  subset = quality.evaluate_served(serve_cfg, params, per_domain=_SUBSET.value)
   out = {"capacity_scope": _SCOPE.value, "full": _summary(full),
          f"subset_{_SUBSET.value}": _summary(subset), "eval_s": time.perf_counter() - t0}
   print(json.dumps(out, indent=2, sort_keys=True))
