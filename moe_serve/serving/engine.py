@@ -78,8 +78,13 @@ class Engine:
 
   # ------------------------------------------------------------------ warm-up
   def warmup(self):
-    """Compiles the step and the sampler for every bucket with all-padding batches."""
-    for b, p, c in self.buckets.all():
+    """Compiles the step and the sampler for every bucket with all-padding batches.
+
+    Two passes: a freshly built cache is not yet committed to a device, while the step's donated
+    output is, and jit keys its compilations on that; the second pass compiles the committed
+    signature of the first bucket (with one bucket it would otherwise compile in the run).
+    """
+    for b, p, c in self.buckets.all() * 2:
       batch = parts.StepBatch(parts.empty_part(b, 1), parts.empty_part(p, c))
       logits, self.cache, _ = self.step_fn(self.params, self.cache, batch)
       r = b + p

@@ -57,7 +57,9 @@ def build_engine(cfg, step_fn=None, params=None, cache=None, mesh=None):
               else api.init_params(m, jax.random.key(cfg.seed)))
   if cache is None:
     cache = (steps.make_cache_fn(m, mesh, rules)(cfg.serve.max_num_seqs) if mesh is not None
-             else api.init_cache(m, cfg.serve.max_num_seqs))
+             else jax.device_put(api.init_cache(m, cfg.serve.max_num_seqs), jax.devices()[0]))
+    # Committed to a device like the step's donated output, so the warm-up compiles each
+    # bucket once rather than once uncommitted and once committed.
   return Engine(cfg, step_fn, params, cache, clock_lib.Clock(cfg.clock))
 
 

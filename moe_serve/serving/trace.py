@@ -13,12 +13,10 @@ def _log_softmax(x_V):
 
 
 def _kept_experts(routing_records, rows):
-  """[len(rows), layers, K] expert index of each kept choice, -1 where dropped."""
+  """[len(rows), layers, K] expert index of each kept choice, -1 where dropped (numpy records)."""
   out = []
   for r in routing_records:
-    idx = np.asarray(r["expert_index"] if isinstance(r, dict) else r.expert_index)[rows]
-    kept = np.asarray(r["kept"] if isinstance(r, dict) else r.kept, bool)[rows]
-    out.append(np.where(kept, idx, -1))
+    out.append(np.where(r["kept"][rows], r["expert_index"][rows], -1))
   return np.stack(out, 1) if out else np.zeros((len(rows), 0, 0), np.int32)
 
 
@@ -34,8 +32,17 @@ class Tracer:
 
   def record(self, logits, aux, plan, shape):
     """Called by the engine after each step, before the sampled tokens are appended."""
+    in_step = [s.req.id for s in plan.decode] + [s.req.id for s, _ in plan.prefill]
+    if self.ids.isdisjoint(in_step):
+      return
     b, _, c = shape
+    logits = {k: np.asarray(v) for k, v in logits.items()}  # one device->host copy per step
     records = aux.get("routing") if isinstance(aux, dict) else None
+    if records:
+      records = [{"expert_index": np.asarray(r["expert_index"] if isinstance(r, dict)
+                                             else r.expert_index),
+                  "kept": np.asarray(r["kept"] if isinstance(r, dict) else r.kept)}
+                 for r in records]
     for i, seq in enumerate(plan.decode):
       rid = seq.req.id
       if rid not in self.ids:
