@@ -26,7 +26,8 @@ def get_config(arg=None):
       steps=2000, lr=2e-3, warmup_steps=100, end_lr_fraction=0.05, weight_decay=0.01,
       b1=0.9, b2=0.98, grad_clip=1.0,
       log_every=10, eval_every=250, checkpoint_every=100, eval_examples_per_domain=64,
-      max_wall_minutes=29.0, tensorboard=False))
+      max_wall_minutes=29.0, tensorboard=False,
+      stop_step=0))  # > 0: stop there (schedule unchanged), to replay a wall-limited run
   if arg.size == "tiny":
     cfg.model.max_len = 160  # held-out text examples are 128 characters + BOS/EOS
     cfg.data.update(batch_size=2, seq_len=136)

@@ -204,6 +204,9 @@ def validate_train(cfg):
     raise ConfigError(f"train.warmup_steps={t.warmup_steps} must be in [0, train.steps={t.steps})")
   if not t.max_wall_minutes > 0:
     raise ConfigError(f"train.max_wall_minutes={t.max_wall_minutes!r} must be > 0")
+  if not 0 <= t.get("stop_step", 0) <= t.steps:
+    raise ConfigError(f"train.stop_step={t.stop_step!r} must be in [0, train.steps={t.steps}] "
+                      "(0 = run all steps)")
   return cfg
 
 

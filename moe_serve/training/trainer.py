@@ -164,6 +164,10 @@ def train(cfg, workdir, log=print, stop_after=None, progress=False):
       bar.update(1)
     if stop_after is not None and done >= stop_after:
       raise Interrupted(f"stopped after step {done} (stop_after={stop_after})")
+    if done == t_cfg.get("stop_step", 0) and not last:  # ends early, schedule unchanged
+      checkpoint.save(mngr, done, state, force=True)
+      writer.write({"kind": "stop_step", "step": done})
+      break
     if time.perf_counter() - t_start > t_cfg.max_wall_minutes * 60 and not last:
       checkpoint.save(mngr, done, state, force=True)
       log(f"wall-time limit {t_cfg.max_wall_minutes} min reached at step {done}; saved")

@@ -58,3 +58,13 @@ def test_bad_train_config_is_named(field, value, message):
   cfg.data[field] = value
   with pytest.raises(config_lib.ConfigError, match=message):
     config_lib.validate_train(cfg)
+
+
+def test_stop_step_ends_early_with_the_same_schedule(tmp_path):
+  cfg = _tiny()
+  cfg.train.stop_step = 3
+  state, summary = trainer.train(cfg, str(tmp_path), log=lambda *_: None)
+  assert summary["steps"] == 3 and int(state["step"]) == 3
+  lrs = [r["lr"] for r in trainer.log_lib.MetricsWriter(str(tmp_path)).read()
+         if r["kind"] == "train"]
+  assert lrs == [float(optim.schedule(cfg.train)(1))]  # logged at step 2: lr of step index 1
