@@ -27,6 +27,10 @@ LOGICAL_AXIS_RULES = (
     ("activation_length", None),
     ("activation_embed", None),
     ("activation_tokens", "data"),
+    # Expert-parallel dispatch (model/dispatch_grouped.py): token groups [G, S, D] over
+    # data x expert, expert buffers [E, G, C, D] with G over data (E is on `exp`).
+    ("exp_groups", ("data", "expert")),
+    ("exp_buffer_groups", "data"),
     ("decode_batch", "data"),
     ("cache_seq", None),
     ("cache_heads", "tensor"),

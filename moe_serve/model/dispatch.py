@@ -7,10 +7,11 @@
   buffer; the buffer is filled by a gather of token rows and read back by a gather.
 - `ragged`: pairs sorted by expert, one `jax.lax.ragged_dot` per weight matrix (dropless).
 
-C is `routing.buffer_capacity` (static). Sharding: expert buffers are constrained to logical
-axes ("exp", None, "embed_moe") so experts can be split over the mesh `expert` axis (tokens then
-reach them by all-to-all); token tensors to ("activation_tokens", "activation_embed").
-Axis letters as in layers.py; N = T * K (token, choice) pairs.
+C is `routing.buffer_capacity` (static). Sharding: token tensors are constrained to
+("activation_tokens", "activation_embed"). With experts split over the mesh (`experts_sharded`)
+`einsum` with a capacity and `gather` run grouped (dispatch_grouped.py: per-group buffers
+exchanged with the experts by all-to-all); otherwise the flat [E, C, D] buffers are constrained
+to ("exp", None, "embed_moe"). Axis letters as in layers.py; N = T * K (token, choice) pairs.
 """
 from typing import NamedTuple
 
@@ -18,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from moe_serve.model import layers
+from moe_serve.model import dispatch_grouped, layers
 
 BUFFER_AXES = ("exp", None, "embed_moe")
 TOKEN_AXES = ("activation_tokens", "activation_embed")
@@ -160,17 +161,31 @@ def ragged_dispatch(x_TxD, routing, w):
   return layers.constrain(y_TxD.astype(x_TxD.dtype), TOKEN_AXES)
 
 
-def run(backend, x_TxD, routing, w, capacity):
-  """Executes `routing` with `backend` (einsum | gather | ragged); `capacity` = buffer rows."""
+def run(backend, x_TxD, routing, w, capacity, router_cfg=None, num_decode=0):
+  """Executes `routing` with `backend` (einsum | gather | ragged); `capacity` = buffer rows.
+
+  `router_cfg` and `num_decode` (optional) only tighten the per-group buffers of the
+  expert-parallel path (dispatch_grouped.group_capacity); results do not depend on them.
+  """
+  if backend not in ("einsum", "gather", "ragged"):
+    raise ValueError(f"model.router.dispatch={backend!r} is not one of einsum, gather, ragged")
   x_TxD = layers.constrain(x_TxD, TOKEN_AXES)
   if backend == "ragged":
     return ragged_dispatch(x_TxD, routing, w)
+  t = x_TxD.shape[0]
+  dense = backend == "einsum" and capacity >= t
+  groups = dispatch_grouped.num_groups()
+  if not dense and groups > 1 and experts_sharded():
+    # Experts on other devices: move each group's buffer rows to them by all-to-all.
+    group_cap = dispatch_grouped.group_capacity(t, groups, capacity, router_cfg,
+                                                w.w_gate_ExDxF.shape[0], num_decode)
+    y_TxD = dispatch_grouped.grouped_dispatch(backend, x_TxD, routing, w, groups, group_cap)
+    return layers.constrain(y_TxD, TOKEN_AXES)
   if backend == "gather":
     return gather_dispatch(x_TxD, routing, w, capacity)
-  if backend == "einsum" and capacity >= x_TxD.shape[0]:
+  if dense:
     # T rows per expert (dropless, `sequence`, or a capacity >= T): every expert sees every
-    # token anyway, and the [T, E, T] one-hot tensors would only add work.
+    # token anyway, and the [T, E, T] one-hot tensors would only add work. Sharded experts then
+    # finish with an all-reduce of [T, D] over `expert` (nothing to dispatch).
     return dense_reference(x_TxD, routing, w)
-  if backend == "einsum":
-    return einsum_dispatch(x_TxD, routing, w, capacity)
-  raise ValueError(f"model.router.dispatch={backend!r} is not one of einsum, gather, ragged")
+  return einsum_dispatch(x_TxD, routing, w, capacity)

@@ -87,7 +87,7 @@ class MoE(nn.Module):
     w = Experts(m.num_experts, m.d_model, m.d_ff_expert, name="experts")()
     x = x_TxD.astype(layers.dtype_of(m.dtype))
     capacity = routing.buffer_capacity(r, m.num_experts, t, num_decode)
-    y_TxD = dispatch.run(r.dispatch, x, rt, w, capacity).astype(x_TxD.dtype)
+    y_TxD = dispatch.run(r.dispatch, x, rt, w, capacity, r, num_decode).astype(x_TxD.dtype)
     if m.shared_expert:
       y_TxD = y_TxD + layers.SwiGLU(m.d_ff_expert, m.dtype, name="shared_expert")(x_TxD)
 
