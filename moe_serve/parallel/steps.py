@@ -52,10 +52,15 @@ _ROWS_FIX = ("step input", "pad the batch with idle rows (segment id -1) to a mu
 _SLOTS_FIX = ("KV cache", "use a number of slots that is a multiple of mesh.data")
 
 
-def make_step_fn(model_cfg, mesh=None, rules=None):
-  """jit((params, cache, StepBatch) -> (logits, cache, aux)) with the cache donated."""
+def make_step_fn(model_cfg, mesh=None, rules=None, record_routing=False):
+  """jit((params, cache, StepBatch) -> (logits, cache, aux)) with the cache donated.
+
+  `record_routing` is passed to `api.step` as a static argument: aux["routing"] then lists each
+  MoE layer's Routing (replicated, like the rest of aux, on a mesh).
+  """
   if mesh is None:
-    return jax.jit(functools.partial(api.step, model_cfg), donate_argnums=(1,))
+    return jax.jit(functools.partial(api.step, model_cfg, record_routing=record_routing),
+                   donate_argnums=(1,))
   rules = _require_rules(mesh, rules)
   params_s = sharding.param_shardings(model_cfg, mesh, rules)
   cache_s = sharding.cache_shardings(model_cfg, mesh, rules)
@@ -64,7 +69,7 @@ def make_step_fn(model_cfg, mesh=None, rules=None):
 
   def step(params, cache, batch):
     with mesh_lib.logical_context(mesh, rules):
-      return api.step(model_cfg, params, cache, batch)
+      return api.step(model_cfg, params, cache, batch, record_routing=record_routing)
 
   jitted = jax.jit(step, in_shardings=(params_s, cache_s, batch_s), out_shardings=out_s,
                    donate_argnums=(1,))

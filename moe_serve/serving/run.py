@@ -8,11 +8,8 @@ Files under the workdir (DESIGN.md section 3, Exports):
   `compiles_after_warmup` are measurements of this process, not of the simulated server);
 - config.json; tb/ with TensorBoard scalars when serve.tensorboard is set.
 """
-import functools
-import inspect
 import os
 import time
-import warnings
 
 import jax
 
@@ -26,22 +23,10 @@ from moe_serve.serving.engine import Engine
 
 
 def make_step_fn(cfg, mesh=None):
-  """The jitted step from parallel/steps.py; asks for routing records when configured."""
-  if mesh is not None:
-    if cfg.serve.record_routing:
-      warnings.warn("serve.record_routing is not available on a mesh yet; no per-request drops")
-    return steps.make_step_fn(cfg.model, mesh, cfg.logical_axis_rules)
-  if not cfg.serve.record_routing:
-    return steps.make_step_fn(cfg.model)
-  if "record_routing" in inspect.signature(steps.make_step_fn).parameters:
-    return steps.make_step_fn(cfg.model, record_routing=True)
-  if "record_routing" in inspect.signature(api.step).parameters:
-    # parallel/steps.py does not expose the flag yet: the same single-device jit, asking for it.
-    return jax.jit(functools.partial(api.step, cfg.model, record_routing=True),
-                   donate_argnums=(1,))
-  warnings.warn("serve.record_routing: this model step cannot record routing; serving without "
-                "per-request drops")
-  return steps.make_step_fn(cfg.model)
+  """The jitted step from parallel/steps.py (sharded on `mesh` if given); it records routing
+  when `serve.record_routing` is set."""
+  rules = cfg.logical_axis_rules if mesh is not None else None
+  return steps.make_step_fn(cfg.model, mesh, rules, record_routing=cfg.serve.record_routing)
 
 
 def build_engine(cfg, step_fn=None, params=None, cache=None, mesh=None):

@@ -10,7 +10,7 @@ from moe_serve.model import api
 from moe_serve.parallel import mesh as mesh_lib, steps
 from tests.parallel import workload
 cfg = base.get_config("size=tiny"); m=cfg.model; m.num_experts=8; R=cfg.logical_axis_rules
-for scope, disp in [("none","einsum"),("none","ragged"),("batch","gather")]:
+for scope, disp in [("none","einsum"),("none","ragged"),("none","gather"),("batch","gather"),("batch","einsum")]:
   m.router.capacity_scope=scope; m.router.dispatch=disp
   params = jax.device_get(jax.jit(lambda: api.init_params(m, jax.random.key(0)))())
   pr = workload.prompts(m.vocab_size)
