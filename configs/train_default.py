@@ -23,9 +23,9 @@ def get_config(arg=None):
       # task answer, so text is drawn rarely: ~40% of the loss tokens are still text.
       mixture=dict(add=1.0, reverse=1.0, sort=1.0, lookup=1.0, prose=0.15, code=0.15)))
   cfg.train = ml_collections.ConfigDict(dict(
-      steps=2000, lr=2e-3, warmup_steps=100, end_lr_fraction=0.05, weight_decay=0.01,
+      steps=5000, lr=2e-3, warmup_steps=100, end_lr_fraction=0.05, weight_decay=0.01,
       b1=0.9, b2=0.98, grad_clip=1.0,
-      log_every=10, eval_every=250, checkpoint_every=100, eval_examples_per_domain=64,
+      log_every=10, eval_every=500, checkpoint_every=100, eval_examples_per_domain=64,
       max_wall_minutes=29.0, tensorboard=False,
       stop_step=0))  # > 0: stop there (schedule unchanged), to replay a wall-limited run
   if arg.size == "tiny":

@@ -35,7 +35,10 @@ def load_config(directory=DEFAULT_DIR):
                                      "train one with scripts/train.py --export_dir")
   with open(path, encoding="utf-8") as f:
     raw = json.load(f)
-  raw["logical_axis_rules"] = tuple(tuple(r) for r in raw.get("logical_axis_rules", ()))
+  # Sharding rules are not part of the trained model: use today's, so new logical axis names
+  # (added to configs/base.py after training) have their mesh mapping.
+  from configs import base  # pylint: disable=import-outside-toplevel
+  raw["logical_axis_rules"] = base.LOGICAL_AXIS_RULES
   return config_lib.validate(ml_collections.ConfigDict(raw))
 
 
