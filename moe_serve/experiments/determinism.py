@@ -29,6 +29,7 @@ from moe_serve.serving import workload
 
 TARGET_ID0 = 1_000_000  # targets' request ids; background traffic uses 0..num_requests-1
 CO_ID0 = 2_000_000
+QUALITY_ID0 = 4_000_000
 
 
 def apply_capacity_factor(cfg):
@@ -39,33 +40,6 @@ def apply_capacity_factor(cfg):
     cfg.model.router.capacity_factor_decode = float(cf)
   cfg.workload.arrival.rate = float(cfg.study.load)
   return cfg
-
-
-class _Runner:
-  """quality.evaluate's runner protocol on an existing engine: all requests arrive at t=0."""
-
-  def __init__(self, engine, first_id):
-    self.engine, self.first_id = engine, first_id
-
-  def _serve(self, prompt_ids, max_new_tokens, domains):
-    from moe_serve.serving.request import Request  # pylint: disable=import-outside-toplevel
-    reqs = [Request(id=self.first_id + i, prompt=p, max_new_tokens=max_new_tokens, domain=d)
-            for i, (p, d) in enumerate(zip(prompt_ids, domains))]
-    recs = {r["id"]: r for r in self.engine.run(reqs).requests}
-    bad = [r for r in recs.values() if r["status"] != "finished"]
-    if bad:
-      raise ValueError(f"quality: the engine rejected {len(bad)} eval requests, e.g. "
-                       f"{bad[0].get('reason')}; fix the serving config for this model")
-    return [recs[r.id] for r in reqs]
-
-  def generate(self, prompt_ids, max_new_tokens, domains):
-    return [r["tokens"] for r in self._serve(prompt_ids, max_new_tokens, domains)]
-
-  def score(self, prompt_ids, continuation_ids):
-    """log p of each continuation token given its prefix, through the engine's prefill."""
-    recs = self._serve([list(p) + list(c) for p, c in zip(prompt_ids, continuation_ids)], 1,
-                       [self.engine.limits.domains[0]] * len(prompt_ids))
-    return [np.asarray(r["prompt_logprobs"][-len(c):]) for r, c in zip(recs, continuation_ids)]
 
 
 def _traces(tracer, runlog, ids):
@@ -160,7 +134,8 @@ def run(cfg, params, log=print):
   serving["step_wall_ms_median"] = float(np.median(step_s) * 1e3) if step_s else None
   serving["output_tok_per_wall_s"] = (serving["output_tokens"] / sum(step_s)) if step_s else None
   examples = prompts.eval_examples(st.quality_per_domain)
-  q = quality.evaluate(_Runner(engine, CO_ID0 * 2), examples, st.max_new_tokens)
+  runner = quality.EngineRunner(cfg, params, engine=engine, first_id=QUALITY_ID0)
+  q = quality.evaluate(runner, examples, st.max_new_tokens)
   q.pop("records")
   r = m.router
   setting = dict(scope=r.capacity_scope, capacity_factor=r.capacity_factor_decode,

@@ -98,33 +98,46 @@ class StepRunner:
 
 
 class EngineRunner:
-  """Generation through the serving engine (moe_serve/serving); scoring through the step.
+  """Generation through the serving engine (moe_serve/serving); all requests arrive at time 0.
 
-  `cfg` is a serving config (configs/serve_default.py) whose `model` section is the model's.
-  All requests arrive at time 0 and are served greedily; the engine is built and warmed up once.
+  `cfg` is a serving config (configs/serve_default.py) whose `model` section is the model's; the
+  engine is built and warmed up once, or an existing `engine` is used. Continuations are scored
+  through the engine's prefill when it records prompt log-probs (`serve.prompt_logprobs`), so
+  NLL is measured under the same co-batching as generation; otherwise through the step.
   """
 
-  def __init__(self, cfg, params):
-    from moe_serve.serving import run as serve_run  # pylint: disable=import-outside-toplevel
-    self.engine = serve_run.build_engine(cfg, params=params)
-    self.engine.warmup()
-    self._scorer = StepRunner(cfg.model, params, num_slots=cfg.serve.max_num_seqs,
-                              chunk=max(cfg.serve.buckets.chunk_lens))
+  def __init__(self, cfg, params, engine=None, first_id=0):
+    if engine is None:
+      from moe_serve.serving import run as serve_run  # pylint: disable=import-outside-toplevel
+      engine = serve_run.build_engine(cfg, params=params)
+      engine.warmup()
+    self.engine, self.first_id = engine, first_id
+    self._scorer = None if engine.want_prompt_logprobs else StepRunner(
+        cfg.model, params, num_slots=cfg.serve.max_num_seqs,
+        chunk=max(cfg.serve.buckets.chunk_lens))
 
-  def generate(self, prompts_ids, max_new_tokens, domains=None):
+  def _serve(self, prompts_ids, max_new_tokens, domains):
     from moe_serve.serving import request  # pylint: disable=import-outside-toplevel
-    domains = domains or [self.engine.limits.domains[0]] * len(prompts_ids)
-    reqs = [request.Request(id=i, prompt=p, max_new_tokens=max_new_tokens, domain=d)
-            for i, (p, d) in enumerate(zip(prompts_ids, domains))]
+    reqs = [request.Request(id=self.first_id + i, prompt=p, max_new_tokens=max_new_tokens,
+                            domain=d) for i, (p, d) in enumerate(zip(prompts_ids, domains))]
     records = {r["id"]: r for r in self.engine.run(reqs).requests}
     rejected = [r for r in records.values() if r["status"] != "finished"]
     if rejected:
       raise ValueError(f"the engine rejected {len(rejected)} eval requests, e.g. "
                        f"{rejected[0]['reason']}; fix the serving config for this model")
-    return [records[i]["tokens"] for i in range(len(reqs))]
+    return [records[r.id] for r in reqs]
+
+  def generate(self, prompts_ids, max_new_tokens, domains=None):
+    domains = domains or [self.engine.limits.domains[0]] * len(prompts_ids)
+    return [r["tokens"] for r in self._serve(prompts_ids, max_new_tokens, domains)]
 
   def score(self, prompts_ids, continuations_ids):
-    return self._scorer.score(prompts_ids, continuations_ids)
+    if self._scorer is not None:
+      return self._scorer.score(prompts_ids, continuations_ids)
+    # prompt_logprobs[q] = log p(token q + 1 | tokens <= q): the continuation's are the last ones.
+    recs = self._serve([list(p) + list(c) for p, c in zip(prompts_ids, continuations_ids)], 1,
+                       [self.engine.limits.domains[0]] * len(prompts_ids))
+    return [np.asarray(r["prompt_logprobs"][-len(c):]) for r, c in zip(recs, continuations_ids)]
 
 
 def completion_text(ids):
