@@ -74,7 +74,9 @@ def run_sweep(base_cfg, axes, workdir, run_fn, progress=True, log=print):
   """
   os.makedirs(workdir, exist_ok=True)
   points = grid(axes)
-  _write_json_atomic(os.path.join(workdir, MANIFEST_FILE), {"axes": axes})
+  # A list of [key, values] pairs: the axes' order fixes the grid's order and the run names.
+  manifest = {"axes": [[k, v] for k, v in axes.items()]}
+  _write_json_atomic(os.path.join(workdir, MANIFEST_FILE), manifest)
   _clean_leftovers(workdir)
   todo = [p for p in points if not os.path.exists(os.path.join(workdir, run_name(p)))]
   if len(todo) < len(points):
@@ -101,7 +103,8 @@ def load_results(workdir, points=None):
   """Finished runs of a sweep directory (all of them, or those of `points`, in that order)."""
   if points is None:
     with open(os.path.join(workdir, MANIFEST_FILE)) as f:
-      points = grid(json.load(f)["axes"])
+      axes = json.load(f)["axes"]
+    points = grid(dict(axes) if isinstance(axes, list) else axes)
   out = []
   for p in points:
     path = os.path.join(workdir, run_name(p), RESULT_FILE)

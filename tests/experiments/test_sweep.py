@@ -63,3 +63,13 @@ def test_killed_sweep_resumes_with_every_result_exactly_once(tmp_path):
   attempts = (tmp_path / "attempts.log").read_text().split("\n")
   assert not [a for a in attempts if a.startswith("RERUN")]
   assert len(sweep.load_results(workdir)) == 9
+
+
+def test_results_load_in_axis_order_whatever_the_key_order(tmp_path):
+  cfg = ml_collections.ConfigDict({"study": {"load": 0.0}, "model": {"scope": ""}})
+  axes = {"study.load": [10.0, 80.0], "model.scope": ["batch", "none"]}  # not sorted
+  run = lambda c, d: {"load": c.study.load, "scope": c.model.scope}
+  sweep.run_sweep(cfg, axes, str(tmp_path), run, progress=False, log=lambda *_: None)
+  got = [r["result"] for r in sweep.load_results(str(tmp_path))]
+  assert got == [{"load": 10.0, "scope": "batch"}, {"load": 10.0, "scope": "none"},
+                 {"load": 80.0, "scope": "batch"}, {"load": 80.0, "scope": "none"}]
