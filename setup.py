@@ -6,6 +6,7 @@ setuptools.setup(
     version="0.1.0",
     description="Measure batch dependence, throughput and quality of served sparse MoE models.",
     packages=setuptools.find_packages(include=["moe_serve", "moe_serve.*", "configs"]),
+    package_data={"moe_serve.data": ["eval_prompts.jsonl"]},  # the committed eval set
     python_requires=">=3.11",
     # Compatible ranges; constraints.txt pins the exact versions we test with.
     install_requires=[
