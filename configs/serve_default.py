@@ -10,6 +10,7 @@ Clock coefficients come from scripts/calibrate.py on the machine in benchmarks/R
 import ml_collections
 
 from configs import base
+from moe_serve import bundled
 from moe_serve import config as config_lib
 
 # The corpus domains (moe_serve/data/corpus.py), so a corpus-backed prompt source plugs in.
@@ -26,6 +27,8 @@ def get_config(arg=None):
   arg = config_lib.parse_arg(arg, size="base")
   cfg = base.get_config(f"size={arg.size}")
   tiny = arg.size == "tiny"
+  # base: the bundled trained model's weights (MODEL.md); "" = random init from cfg.seed.
+  cfg.params_dir = "" if tiny else bundled.DEFAULT_DIR
 
   cfg.serve = ml_collections.ConfigDict(dict(
       policy="fcfs",  # fcfs | priority (smaller first) | sjf (prompt + max_new_tokens)

@@ -59,3 +59,21 @@ def load(directory=DEFAULT_DIR, **router_overrides):
 def load_default(**router_overrides):
   """(config, params) of the committed default model, models/default."""
   return load(DEFAULT_DIR, **router_overrides)
+
+
+def params_for(cfg, log=print):
+  """The parameters named by `cfg.params_dir` (a bundled model directory), or a random init
+  from `cfg.seed` when it is empty. The directory's architecture must equal `cfg.model`; only
+  the router section may differ (routing is what experiments vary)."""
+  if not cfg.get("params_dir"):
+    log(f"model: random init from seed {cfg.seed} (config params_dir is empty)")
+    return api.init_params(cfg.model, jax.random.key(cfg.seed))
+  saved_cfg, params = load(cfg.params_dir)
+  arch = lambda m: {k: v for k, v in m.to_dict().items() if k != "router"}
+  saved, wanted = arch(saved_cfg.model), arch(cfg.model)
+  if saved != wanted:
+    diff = {k: (v, wanted.get(k)) for k, v in saved.items() if wanted.get(k) != v}
+    raise config_lib.ConfigError(f"model section differs from the model in {cfg.params_dir} "
+                                 f"(field: (saved, config)): {diff}")
+  log(f"model: {cfg.params_dir} (trained; see MODEL.md)")
+  return params

@@ -10,6 +10,7 @@ from ml_collections import config_flags
 
 from moe_serve.metrics import writers
 from moe_serve.serving import calibrate, run
+from moe_serve.parallel import distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/serve_default.py", "Config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
@@ -18,6 +19,7 @@ _HOLDOUT = flags.DEFINE_integer("holdout_every", 4, "Hold out every n-th step.")
 
 def main(argv):
   del argv
+  distributed.initialize_from_flags()  # --coordinator_address etc.; a no-op by default
   cfg = _CONFIG.value
   cfg.clock.mode = "measured"
   _, log = run.serve(cfg, _WORKDIR.value)

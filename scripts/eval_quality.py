@@ -15,6 +15,7 @@ from absl import app, flags
 from configs import serve_default
 from moe_serve import bundled
 from moe_serve.metrics import quality
+from moe_serve.parallel import distributed
 
 _DIR = flags.DEFINE_string("model_dir", bundled.DEFAULT_DIR, "Bundled model directory.")
 _SCOPE = flags.DEFINE_string("capacity_scope", "none", "Router capacity scope when serving.")
@@ -28,6 +29,7 @@ def _summary(result):
 
 def main(argv):
   del argv
+  distributed.initialize_from_flags()  # --coordinator_address etc.; a no-op by default
   cfg, params = bundled.load(_DIR.value, capacity_scope=_SCOPE.value)
   serve_cfg = serve_default.get_config()
   serve_cfg.model = cfg.model

@@ -10,6 +10,8 @@ from absl import app, flags
 from ml_collections import config_flags
 import tqdm
 
+from moe_serve import bundled
+from moe_serve.parallel import distributed
 from moe_serve.serving import run
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/serve_default.py", "Config file.")
@@ -20,7 +22,9 @@ _SLO_TPOT = flags.DEFINE_float("slo_tpot_ms", None, "TPOT SLO for goodput (ms)."
 
 def main(argv):
   del argv
+  distributed.initialize_from_flags()
   cfg = _CONFIG.value
+  engine = run.build_engine(cfg, params=bundled.params_for(cfg, log=tqdm.tqdm.write))
   requests = run.make_requests(cfg)
   bar = tqdm.tqdm(total=len(requests), unit="req", dynamic_ncols=True)
   t0 = time.perf_counter()
@@ -32,7 +36,7 @@ def main(argv):
     if rec["step"] % 20 == 0:
       bar.refresh()
 
-  run.serve(cfg, _WORKDIR.value, requests=requests, slo_ttft_ms=_SLO_TTFT.value,
+  run.serve(cfg, _WORKDIR.value, engine=engine, requests=requests, slo_ttft_ms=_SLO_TTFT.value,
             slo_tpot_ms=_SLO_TPOT.value, on_step=on_step, log=tqdm.tqdm.write)
   bar.close()
 

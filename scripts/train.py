@@ -11,6 +11,7 @@ from ml_collections import config_flags
 
 from moe_serve import bundled
 from moe_serve.training import trainer
+from moe_serve.parallel import distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/train_default.py", "Config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints and metrics go here.", required=True)
@@ -19,6 +20,7 @@ _EXPORT = flags.DEFINE_string("export_dir", None, "If set, write the final param
 
 def main(argv):
   del argv
+  distributed.initialize_from_flags()  # --coordinator_address etc.; a no-op by default
   cfg = _CONFIG.value
   state, summary = trainer.train(cfg, _WORKDIR.value, progress=True)
   print(f"done: {summary['steps']} steps in {summary['wall_s']:.0f} s (this process); "
