@@ -158,18 +158,21 @@ def train(cfg, workdir, log=print, stop_after=None, progress=False):
       writer.write({"kind": "eval", "step": done, "heldout_nll": heldout,
                     "elapsed_s": time.perf_counter() - t_start})
       log(f"step {done}: held-out NLL " + " ".join(f"{d}={v:.3f}" for d, v in heldout.items()))
-    if done % t_cfg.checkpoint_every == 0 or last:
+    saved = done % t_cfg.checkpoint_every == 0 or last
+    if saved:
       checkpoint.save(mngr, done, state)
     if bar is not None:
       bar.update(1)
     if stop_after is not None and done >= stop_after:
       raise Interrupted(f"stopped after step {done} (stop_after={stop_after})")
     if done == t_cfg.get("stop_step", 0) and not last:  # ends early, schedule unchanged
-      checkpoint.save(mngr, done, state, force=True)
+      if not saved:  # Orbax refuses to write a step twice, even forced
+        checkpoint.save(mngr, done, state, force=True)
       writer.write({"kind": "stop_step", "step": done})
       break
     if time.perf_counter() - t_start > t_cfg.max_wall_minutes * 60 and not last:
-      checkpoint.save(mngr, done, state, force=True)
+      if not saved:
+        checkpoint.save(mngr, done, state, force=True)
       log(f"wall-time limit {t_cfg.max_wall_minutes} min reached at step {done}; saved")
       writer.write({"kind": "wall_limit", "step": done})
       break

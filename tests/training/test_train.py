@@ -60,11 +60,13 @@ def test_bad_train_config_is_named(field, value, message):
     config_lib.validate_train(cfg)
 
 
-def test_stop_step_ends_early_with_the_same_schedule(tmp_path):
+@pytest.mark.parametrize("stop", [3, 4])  # 4 is also a regular checkpoint step (every 2)
+def test_stop_step_ends_early_with_the_same_schedule(tmp_path, stop):
   cfg = _tiny()
-  cfg.train.stop_step = 3
+  cfg.train.stop_step = stop
   state, summary = trainer.train(cfg, str(tmp_path), log=lambda *_: None)
-  assert summary["steps"] == 3 and int(state["step"]) == 3
+  assert summary["steps"] == stop and int(state["step"]) == stop
   lrs = [r["lr"] for r in trainer.log_lib.MetricsWriter(str(tmp_path)).read()
          if r["kind"] == "train"]
-  assert lrs == [float(optim.schedule(cfg.train)(1))]  # logged at step 2: lr of step index 1
+  # logged every 2 steps: at step s, the lr of step index s - 1 of the full 6-step schedule
+  assert lrs == [float(optim.schedule(cfg.train)(s - 1)) for s in range(2, stop + 1, 2)]
