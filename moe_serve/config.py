@@ -302,3 +302,31 @@ def validate_serve(cfg):
   if not 0 < w.top_p <= 1:
     raise ConfigError(f"workload.top_p={w.top_p!r} must be in (0, 1]")
   return cfg
+
+
+STUDY_MODES = ("traffic", "composition")
+CO_DOMAINS = ("same", "mixed")
+
+
+def validate_study(cfg):
+  """Checks a determinism-study config (configs/study_default.py): its serving sections and
+  `study`. `study.capacity_factor` / `study.load`, when not None, replace the router's prefill
+  and decode factors / the workload's arrival rate (one sweep axis for each)."""
+  validate_serve(cfg)
+  st = cfg.study
+  _choice(st.mode, "study.mode", STUDY_MODES)
+  _choice(st.co_domains, "study.co_domains", CO_DOMAINS)
+  _positive(st, "study", "repeats", "targets_per_domain", "max_new_tokens", "co_max_new_tokens")
+  for name in ("co_requests", "quality_per_domain", "seed"):
+    if not isinstance(st[name], int) or st[name] < 0:
+      raise ConfigError(f"study.{name}={st[name]!r} must be an integer >= 0")
+  for name in ("capacity_factor", "load"):
+    if st[name] is not None:
+      _finite(st[name], f"study.{name}", strict=True)
+  _finite(st.inject_after_s, "study.inject_after_s")
+  _finite(st.inject_window_s, "study.inject_window_s")
+  unknown = sorted(set(st.target_domains) - set(cfg.serve.domains))
+  if not st.target_domains or unknown:
+    raise ConfigError(f"study.target_domains={tuple(st.target_domains)} must be a non-empty list "
+                      f"of serve.domains={list(cfg.serve.domains)}; unknown: {unknown}")
+  return cfg

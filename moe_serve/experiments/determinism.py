@@ -33,12 +33,13 @@ QUALITY_ID0 = 4_000_000
 
 
 def apply_capacity_factor(cfg):
-  """`study.capacity_factor`, when set, is the router's prefill and decode factor both."""
-  cf = cfg.study.get("capacity_factor")
-  if cf is not None:
-    cfg.model.router.capacity_factor_prefill = float(cf)
-    cfg.model.router.capacity_factor_decode = float(cf)
-  cfg.workload.arrival.rate = float(cfg.study.load)
+  """`study.capacity_factor` and `study.load`, when not None, set the router's prefill and
+  decode factors and the workload's arrival rate (so each is one sweep axis)."""
+  if cfg.study.capacity_factor is not None:
+    cfg.model.router.capacity_factor_prefill = float(cfg.study.capacity_factor)
+    cfg.model.router.capacity_factor_decode = float(cfg.study.capacity_factor)
+  if cfg.study.load is not None:
+    cfg.workload.arrival.rate = float(cfg.study.load)
   return cfg
 
 
@@ -139,7 +140,8 @@ def run(cfg, params, log=print):
   q.pop("records")
   r = m.router
   setting = dict(scope=r.capacity_scope, capacity_factor=r.capacity_factor_decode,
-                 priority=r.priority, router=r.kind, k=r.k, load=st.load, mode=st.mode,
+                 priority=r.priority, router=r.kind, k=r.k, load=cfg.workload.arrival.rate,
+                 mode=st.mode,
                  co_domains=st.co_domains if st.mode == "composition" else None)
   result = dict(setting=setting, determinism=agg, per_target=per_target, serving=_serving_fields(serving),
                 quality=q, wall_s=time.perf_counter() - t0)

@@ -16,11 +16,13 @@ def axes_of(cfg):
 def run(cfg, workdir, progress=True, log=print):
   """Runs every unfinished grid point of the study in `workdir`, then writes the report."""
   config_lib.validate(cfg)
+  config_lib.validate_study(cfg)
   params = bundled.params_for(cfg, log)
 
   def one(run_cfg, run_dir):
     del run_dir  # everything a run produces is its result.json
     config_lib.validate(run_cfg)
+    config_lib.validate_study(run_cfg)
     return determinism.run(run_cfg, params, log=log)
 
   sweep.run_sweep(cfg, axes_of(cfg), workdir, one, progress=progress, log=log)

@@ -10,6 +10,7 @@ import pytest
 
 from configs import study_default
 from moe_serve import bundled
+from moe_serve import config as config_lib
 from moe_serve.experiments import determinism, prompts
 from moe_serve.parallel import compiles
 
@@ -52,3 +53,17 @@ def test_batch_scope_at_capacity_one_changes_completions(setup):
   assert agg["traffic_drop_rate"] > 0
   assert agg["routing_diff_fraction"] > 0
   assert max(t["unique_completions"] for t in per_target.values()) > 1, per_target
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("mode", "compositon", r"study.mode='compositon' is not one of \['traffic', 'composition'\]"),
+    ("co_domains", "mixd", r"study.co_domains='mixd' is not one of \['same', 'mixed'\]"),
+    ("load", 0.0, r"study.load=0.0 must be a finite number > 0"),
+    ("repeats", 0, r"study.repeats=0 must be a positive integer"),
+    ("target_domains", ("add", "poetry"), r"unknown: \['poetry'\]"),
+])
+def test_bad_study_config_is_named(field, value, message):
+  cfg = study_default.get_config("size=tiny")
+  cfg.study[field] = value
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.validate_study(cfg)
