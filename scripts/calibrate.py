@@ -19,7 +19,7 @@ _HOLDOUT = flags.DEFINE_integer("holdout_every", 4, "Hold out every n-th step.")
 
 def main(argv):
   del argv
-  distributed.initialize_from_flags()  # --coordinator_address etc.; a no-op by default
+  distributed.initialize_from_flags(multi_process=False)  # one process; see distributed.py
   cfg = _CONFIG.value
   cfg.clock.mode = "measured"
   _, log = run.serve(cfg, _WORKDIR.value)

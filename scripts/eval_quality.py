@@ -29,7 +29,7 @@ def _summary(result):
 
 def main(argv):
   del argv
-  distributed.initialize_from_flags()  # --coordinator_address etc.; a no-op by default
+  distributed.initialize_from_flags(multi_process=False)  # one process; see distributed.py
   cfg, params = bundled.load(_DIR.value, capacity_scope=_SCOPE.value)
   serve_cfg = serve_default.get_config()
   serve_cfg.model = cfg.model

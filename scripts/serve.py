@@ -22,7 +22,7 @@ _SLO_TPOT = flags.DEFINE_float("slo_tpot_ms", None, "TPOT SLO for goodput (ms)."
 
 def main(argv):
   del argv
-  distributed.initialize_from_flags()
+  distributed.initialize_from_flags(multi_process=False)  # one process; see distributed.py
   cfg = _CONFIG.value
   engine = run.build_engine(cfg, params=bundled.params_for(cfg, log=tqdm.tqdm.write))
   requests = run.make_requests(cfg)

@@ -19,7 +19,7 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/study", "Sweep directory (resuma
 
 def main(argv):
   del argv
-  distributed.initialize_from_flags()
+  distributed.initialize_from_flags(multi_process=False)  # one process; see distributed.py
   log = distributed.process_log()
   log(study.run(_CONFIG.value, _WORKDIR.value, progress=distributed.is_logging_process(),
                 log=log))

@@ -20,7 +20,7 @@ _EXPORT = flags.DEFINE_string("export_dir", None, "If set, write the final param
 
 def main(argv):
   del argv
-  distributed.initialize_from_flags()  # --coordinator_address etc.; a no-op by default
+  distributed.initialize_from_flags(multi_process=False)  # one process; see distributed.py
   cfg = _CONFIG.value
   state, summary = trainer.train(cfg, _WORKDIR.value, progress=True)
   print(f"done: {summary['steps']} steps in {summary['wall_s']:.0f} s (this process); "

@@ -50,8 +50,17 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None, au
   return True
 
 
-def initialize_from_flags():
-  """`initialize` from the absl flags above (after absl has parsed them)."""
+def initialize_from_flags(multi_process=True):
+  """`initialize` from the absl flags above (after absl has parsed them).
+
+  Scripts whose work is not yet sharded across processes pass `multi_process=False`: asking them
+  for several processes is then an error that says so, instead of a run that breaks later.
+  """
+  if not multi_process and (_AUTO.value or (_NUM_PROCESSES.value or 1) > 1):
+    raise DistributedError(
+        "this script runs in one process (it may still use every local device); multi-process "
+        "runs are supported by scripts/generate.py. Drop --coordinator_address/--num_processes/"
+        "--process_id/--distributed_auto")
   return initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _AUTO.value)
 
 

@@ -65,3 +65,18 @@ def test_make_mesh_on_more_devices_than_exist():
   cfg = _cfg(16, 1, 1)
   with pytest.raises(config_lib.ConfigError, match=r"needs 16 devices but only 8 exist"):
     mesh_lib.make_mesh(cfg.mesh, cfg.model)
+
+
+
+def test_single_process_scripts_refuse_several_processes():
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from absl.testing import flagsaver  # pylint: disable=import-outside-toplevel
+  from moe_serve.parallel import distributed  # pylint: disable=import-outside-toplevel
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  with flagsaver.flagsaver(num_processes=2, process_id=0, coordinator_address="127.0.0.1:1"):
+    with pytest.raises(distributed.DistributedError, match="runs in one process"):
+      distributed.initialize_from_flags(multi_process=False)
+  with flagsaver.flagsaver(distributed_auto=True):
+    with pytest.raises(distributed.DistributedError, match="runs in one process"):
+      distributed.initialize_from_flags(multi_process=False)
