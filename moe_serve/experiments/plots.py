@@ -7,11 +7,16 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=wrong-import-position
 
 
+_LINE_KEYS = ("scope", "priority", "router", "mode", "co_domains")  # a line per combination
+
+
 def _lines(ax, rows, x, y, title, ylabel):
-  for scope in sorted({r["scope"] for r in rows}):
-    pts = sorted((r[x], r[y]) for r in rows if r["scope"] == scope and r.get(y) is not None)
+  keys = [k for k in _LINE_KEYS if k == "scope" or len({str(r.get(k)) for r in rows}) > 1]
+  label = lambda r: ", ".join(f"{k}={r.get(k)}" for k in keys)
+  for name in sorted({label(r) for r in rows}):
+    pts = sorted((r[x], r[y]) for r in rows if label(r) == name and r.get(y) is not None)
     if pts:
-      ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"scope={scope}")
+      ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
   ax.set_xlabel({"capacity_factor": "capacity factor", "load": "load (requests/s)"}.get(x, x))
   ax.set_ylabel(ylabel)
   ax.set_title(title)
@@ -57,7 +62,7 @@ def write_all(rows, out_dir):
          "exact match (mean over task domains)")
   nll_keys = sorted(k for k in rows[0] if k.startswith("nll_"))
   for key in nll_keys:
-    _lines(axes[1], [dict(r, scope=f"{r['scope']} {key[4:]}") for r in at_load],
+    _lines(axes[1], [dict(r, scope=f"{r['scope']}, {key[4:]}") for r in at_load],
            "capacity_factor", key, "Continuation NLL", "nats/token")
   paths.append(_save(fig, out_dir, "quality_vs_capacity_factor.png"))
 

@@ -55,16 +55,22 @@ def markdown_table(table_rows, columns=TABLE):
   return "\n".join([head, sep] + body)
 
 
+def varying(table_rows, keys=SETTING):
+  """The setting fields that take more than one value across the rows."""
+  return [k for k in keys if len({str(r.get(k)) for r in table_rows}) > 1]
+
+
 def invariance_cost(table_rows):
-  """Throughput and latency of each scope relative to `batch` at the same (cf, load)."""
-  ref = {(r["capacity_factor"], r["load"]): r for r in table_rows if r["scope"] == "batch"}
+  """Throughput and latency of each scope relative to `batch` with every other setting equal."""
+  same = lambda r: tuple(str(r.get(k)) for k in SETTING if k != "scope")
+  ref = {same(r): r for r in table_rows if r["scope"] == "batch"}
   out = []
   for r in table_rows:
-    b = ref.get((r["capacity_factor"], r["load"]))
+    b = ref.get(same(r))
     if r["scope"] == "batch" or b is None:
       continue
     ratio = lambda k, r=r, b=b: (r[k] / b[k]) if r.get(k) and b.get(k) else None
-    out.append(dict(scope=r["scope"], capacity_factor=r["capacity_factor"], load=r["load"],
+    out.append(dict({k: r.get(k) for k in SETTING},
                     throughput_vs_batch=ratio("output_throughput"),
                     ttft_vs_batch=ratio("ttft_ms_median"), tpot_vs_batch=ratio("tpot_ms_median"),
                     step_wall_vs_batch=ratio("step_wall_ms_median"),
@@ -93,16 +99,17 @@ def build(workdir, out_dir=None, plots=True, log=print):
   os.makedirs(out_dir, exist_ok=True)
   write_csv(os.path.join(out_dir, "results.csv"), table_rows)
   cost = invariance_cost(table_rows)
-  md = ["## Determinism, serving and quality per setting", "", markdown_table(table_rows)]
+  extra = [(k, k) for k in varying(table_rows, SETTING[2:]) if k not in ("load",)]
+  columns = TABLE[:3] + tuple(extra) + TABLE[3:]
+  md = ["## Determinism, serving and quality per setting", "",
+        markdown_table(table_rows, columns)]
   if cost:
-    md += ["", "## Cost of batch invariance (relative to scope `batch` at the same cf and load)",
-           "", markdown_table(cost, (("scope", "scope"), ("capacity_factor", "cf"),
-                                     ("load", "load req/s"),
-                                     ("throughput_vs_batch", "out tok/s vs batch"),
-                                     ("ttft_vs_batch", "TTFT vs batch"),
-                                     ("tpot_vs_batch", "TPOT vs batch"),
-                                     ("step_wall_vs_batch", "step wall time vs batch"),
-                                     ("exact_match_minus_batch", "exact match - batch")))]
+    cost_columns = TABLE[:3] + tuple(extra) + (
+        ("throughput_vs_batch", "out tok/s vs batch"), ("ttft_vs_batch", "TTFT vs batch"),
+        ("tpot_vs_batch", "TPOT vs batch"), ("step_wall_vs_batch", "step wall time vs batch"),
+        ("exact_match_minus_batch", "exact match - batch"))
+    md += ["", "## Cost of batch invariance (relative to scope `batch`, all else equal)", "",
+           markdown_table(cost, cost_columns)]
   text = "\n".join(md) + "\n"
   with open(os.path.join(out_dir, "results.md"), "w") as f:
     f.write(text)

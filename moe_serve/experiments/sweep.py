@@ -52,6 +52,24 @@ def apply_overrides(cfg, overrides):
   return cfg
 
 
+def config_hash(cfg):
+  """A short hash of everything in `cfg` but its `sweep` section (what the runs share)."""
+  d = cfg.to_dict()
+  d.pop("sweep", None)
+  return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _check_same_config(workdir, digest):
+  path = os.path.join(workdir, MANIFEST_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    old = json.load(f).get("config_hash")
+  if old is not None and old != digest:
+    raise ValueError(f"{workdir} holds runs of another config (hash {old}, this one {digest}); "
+                     "resuming would mix results: use a new --workdir (or delete this one)")
+
+
 def _write_json_atomic(path, obj):
   tmp = f"{path}.tmp{os.getpid()}"
   with open(tmp, "w") as f:
@@ -75,7 +93,9 @@ def run_sweep(base_cfg, axes, workdir, run_fn, progress=True, log=print):
   os.makedirs(workdir, exist_ok=True)
   points = grid(axes)
   # A list of [key, values] pairs: the axes' order fixes the grid's order and the run names.
-  manifest = {"axes": [[k, v] for k, v in axes.items()]}
+  digest = config_hash(base_cfg)
+  _check_same_config(workdir, digest)
+  manifest = {"axes": [[k, v] for k, v in axes.items()], "config_hash": digest}
   _write_json_atomic(os.path.join(workdir, MANIFEST_FILE), manifest)
   _clean_leftovers(workdir)
   todo = [p for p in points if not os.path.exists(os.path.join(workdir, run_name(p)))]

@@ -42,3 +42,16 @@ def test_invariance_cost_is_relative_to_batch():
   (cost,) = report.invariance_cost(rows)
   assert cost["throughput_vs_batch"] == 0.8 and cost["ttft_vs_batch"] == 2.0
   assert cost["step_wall_vs_batch"] == 1.5 and cost["exact_match_minus_batch"] == 0.25
+
+
+def test_extra_setting_axes_get_columns_and_their_own_batch_reference():
+  base = dict(capacity_factor=1.0, load=40.0, router="topk", mode="traffic", co_domains=None,
+              output_throughput=100.0, ttft_ms_median=10.0, tpot_ms_median=5.0,
+              step_wall_ms_median=2.0, exact_match_mean=0.5)
+  rows = [dict(base, scope="batch", priority="token"),
+          dict(base, scope="batch", priority="position", output_throughput=50.0),
+          dict(base, scope="none", priority="token", output_throughput=80.0),
+          dict(base, scope="none", priority="position", output_throughput=80.0)]
+  assert report.varying(rows) == ["scope", "priority"]
+  cost = {c["priority"]: c["throughput_vs_batch"] for c in report.invariance_cost(rows)}
+  assert cost == {"token": 0.8, "position": 1.6}

@@ -73,3 +73,14 @@ def test_results_load_in_axis_order_whatever_the_key_order(tmp_path):
   got = [r["result"] for r in sweep.load_results(str(tmp_path))]
   assert got == [{"load": 10.0, "scope": "batch"}, {"load": 10.0, "scope": "none"},
                  {"load": 80.0, "scope": "batch"}, {"load": 80.0, "scope": "none"}]
+
+
+def test_resuming_with_another_config_is_refused(tmp_path):
+  cfg = ml_collections.ConfigDict({"study": {"repeats": 30, "load": 0.0}})
+  run = lambda c, d: {"load": c.study.load}
+  quiet = dict(progress=False, log=lambda *_: None)
+  sweep.run_sweep(cfg, {"study.load": [1.0]}, str(tmp_path), run, **quiet)
+  sweep.run_sweep(cfg, {"study.load": [1.0, 2.0]}, str(tmp_path), run, **quiet)  # more points: ok
+  other = ml_collections.ConfigDict({"study": {"repeats": 10, "load": 0.0}})
+  with pytest.raises(ValueError, match="holds runs of another config"):
+    sweep.run_sweep(other, {"study.load": [1.0]}, str(tmp_path), run, **quiet)
