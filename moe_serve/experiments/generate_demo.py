@@ -15,26 +15,6 @@ from moe_serve.parallel import steps
 DEMO_PROMPTS = ("12+34=", "reverse: moe_serve", "def add(a, b):", "The experts ", "sort: dcba")
 
 
-def _prefill_batches(prompts_ids, chunk, rows=None):
-  """Yields StepBatches prefilling every prompt (slot i = prompt i) chunk by chunk.
-
-  `rows` >= len(prompts_ids) pads every step with idle rows (a sharded step needs a multiple of
-  the mesh's data axis).
-  """
-  n = rows or len(prompts_ids)
-  idle = parts.decode_part(np.zeros(n), np.arange(n), np.zeros(n), -np.ones(n))
-  longest = max(len(p) for p in prompts_ids)
-  for start in range(0, longest, chunk):
-    toks = np.zeros((n, chunk), np.int32)
-    lens = np.zeros(n, np.int32)
-    for i, ids in enumerate(prompts_ids):
-      piece = ids[start:start + chunk]
-      toks[i, :len(piece)] = piece
-      lens[i] = len(piece)
-    seg = np.where(lens > 0, np.arange(n), -1)
-    yield parts.StepBatch(idle, parts.chunk_part(toks, np.arange(n), np.full(n, start), lens, seg))
-
-
 def run(cfg, log=print, mesh=None):
   """Runs the demo (sharded over `mesh` if given); returns a dict of the figures it printed."""
   m = cfg.model
@@ -61,7 +41,7 @@ def run(cfg, log=print, mesh=None):
 
   def prefill(cache):
     last = [None] * n
-    for batch in _prefill_batches(prompts, cfg.generate.chunk, rows):
+    for batch in parts.prefill_batches(prompts, cfg.generate.chunk, rows):
       logits, cache, _ = step(params, cache, batch)
       lens = np.asarray(batch.prefill.segment_ids_BxL >= 0).sum(1)
       pre = np.asarray(logits["prefill"])  # one device->host copy per step

@@ -31,19 +31,11 @@ class StepRunner:
 
   def _prefill(self, cache, seqs):
     """Prefills seqs[i] into slot i; returns (cache, logits [i][len(seqs[i]), V] as numpy)."""
-    s, c = self.num_slots, self.chunk
-    idle = parts.decode_part(np.zeros(s), np.arange(s), np.zeros(s), -np.ones(s))
     out = [[] for _ in seqs]
-    for start in range(0, max(len(q) for q in seqs), c):
-      toks, lens = np.zeros((s, c), np.int32), np.zeros(s, np.int32)
-      for i, q in enumerate(seqs):
-        piece = q[start:start + c]
-        toks[i, :len(piece)], lens[i] = piece, len(piece)
-      seg = np.where(lens > 0, np.arange(s), -1)
-      batch = parts.StepBatch(idle, parts.chunk_part(toks, np.arange(s), np.full(s, start),
-                                                     lens, seg))
+    for batch in parts.prefill_batches(seqs, self.chunk, rows=self.num_slots):
       logits, cache, _ = self._step(self.params, cache, batch)
       pre = np.asarray(logits["prefill"])
+      lens = np.asarray(batch.prefill.segment_ids_BxL >= 0).sum(1)
       for i in range(len(seqs)):
         out[i].append(pre[i, :lens[i]])
     return cache, [np.concatenate(o) for o in out]

@@ -12,20 +12,20 @@ from moe_serve.model.parts import Part, StepBatch, full_part
 from moe_serve.model.transformer import Decoder, is_moe_layer
 
 
-def _example_parts(model_cfg):
+def _example_parts():
   return [full_part(jnp.zeros((1, 4), jnp.int32))]
 
 
 def init_params(model_cfg, rng):
   """Random parameters (plain arrays)."""
-  variables = Decoder(model_cfg).init(rng, _example_parts(model_cfg))
+  variables = Decoder(model_cfg).init(rng, _example_parts())
   return nn.meta.unbox(variables["params"])
 
 
 def param_axes(model_cfg):
   """The logical axis names of every parameter, as a pytree of PartitionSpecs (no compute)."""
   boxed = jax.eval_shape(lambda: Decoder(model_cfg).init(jax.random.key(0),
-                                                         _example_parts(model_cfg)))
+                                                         _example_parts()))
   return nn.get_partition_spec(boxed["params"])
 
 

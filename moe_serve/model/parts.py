@@ -58,3 +58,20 @@ def decode_part(tokens_B, slots_B, positions_B, segment_ids_B):
   col = lambda a: np.asarray(a, np.int32).reshape(-1, 1)
   return Part(col(tokens_B), col(positions_B), col(segment_ids_B),
               np.asarray(slots_B, np.int32).reshape(-1))
+
+
+def prefill_batches(prompts_ids, chunk, rows=None):
+  """StepBatches that prefill prompt i into slot i, chunk by chunk, with idle decode rows.
+
+  `rows` >= len(prompts_ids) pads every step with idle rows (e.g. to a fixed slot count, or a
+  multiple of a mesh's data axis). Host-side (numpy) builder.
+  """
+  n = rows or len(prompts_ids)
+  idle = decode_part(np.zeros(n), np.arange(n), np.zeros(n), -np.ones(n))
+  for start in range(0, max(len(p) for p in prompts_ids), chunk):
+    toks, lens = np.zeros((n, chunk), np.int32), np.zeros(n, np.int32)
+    for i, ids in enumerate(prompts_ids):
+      piece = ids[start:start + chunk]
+      toks[i, :len(piece)], lens[i] = piece, len(piece)
+    seg = np.where(lens > 0, np.arange(n), -1)
+    yield StepBatch(idle, chunk_part(toks, np.arange(n), np.full(n, start), lens, seg))

@@ -52,11 +52,9 @@ class RunLog(NamedTuple):
 
 
 def _routing_records(aux):
-  recs = aux.get("routing") if isinstance(aux, dict) else None
-  if not recs:
-    return None
-  kept = lambda r: r["kept"] if isinstance(r, dict) else r.kept
-  return [np.asarray(kept(r)) for r in recs]
+  """`kept` [T, K] of each MoE layer's Routing in aux, as numpy, or None if not recorded."""
+  recs = aux.get("routing")
+  return [np.asarray(r.kept) for r in recs] if recs else None
 
 
 class Engine:

@@ -5,7 +5,6 @@ will have in its sequence: the same request at the same position samples the sam
 else is in the batch, and a preempted request that recomputes its prefix resamples identically.
 The logprob kept is the model's: log_softmax of the raw logits (before temperature and filters).
 """
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +29,7 @@ def _sample_row(logits_V, seed, position, temperature, top_k, top_p):
   return token, logprobs_V[token]
 
 
-@functools.partial(jax.jit)
+@jax.jit
 def sample(decode_BxV, prefill_PxCxV, last_P, seeds_R, positions_R, temperature_R, top_k_R,
            top_p_R):
   """Samples one token per row, R = B + P: decode rows, then each chunk's token `last_P[p]`.

@@ -37,12 +37,8 @@ class Tracer:
       return
     b, _, c = shape
     logits = {k: np.asarray(v) for k, v in logits.items()}  # one device->host copy per step
-    records = aux.get("routing") if isinstance(aux, dict) else None
-    if records:
-      records = [{"expert_index": np.asarray(r["expert_index"] if isinstance(r, dict)
-                                             else r.expert_index),
-                  "kept": np.asarray(r["kept"] if isinstance(r, dict) else r.kept)}
-                 for r in records]
+    records = [{"expert_index": np.asarray(r.expert_index), "kept": np.asarray(r.kept)}
+               for r in aux.get("routing") or ()]
     for i, seq in enumerate(plan.decode):
       rid = seq.req.id
       if rid not in self.ids:
