@@ -107,6 +107,7 @@ def run_sweep(base_cfg, axes, workdir, run_fn, progress=True, log=print):
     name = run_name(overrides)
     tmp_dir = os.path.join(workdir, f"{_TMP_PREFIX}{name}-{os.getpid()}")
     os.makedirs(tmp_dir)
+    bar.set_postfix_str(name.rsplit("-", 1)[0])  # the run now going (its name less the hash)
     t0 = time.time()
     result = run_fn(apply_overrides(base_cfg, overrides), tmp_dir)
     record = {"overrides": overrides, "name": name, "result": result,
@@ -114,7 +115,6 @@ def run_sweep(base_cfg, axes, workdir, run_fn, progress=True, log=print):
     _write_json_atomic(os.path.join(tmp_dir, RESULT_FILE), record)
     os.rename(tmp_dir, os.path.join(workdir, name))  # the commit point of the run
     bar.update(1)
-    bar.set_postfix_str(name[:40])
   bar.close()
   return load_results(workdir, points)
 
