@@ -30,8 +30,11 @@ def param_axes(model_cfg):
 
 
 def count_params(model_cfg, params):
-  """(total, active per token): active counts k of the E routed experts of each MoE layer."""
+  """(total, active per token): active counts k of the E routed experts of each MoE layer (for
+  expert_choice, k on average); Soft MoE mixes every token into every expert, so all are active."""
   total = sum(x.size for x in jax.tree.leaves(params))
+  if model_cfg.router.kind == "soft":
+    return total, total
   e, k = model_cfg.num_experts, model_cfg.router.k
   inactive = 0
   for i in range(model_cfg.num_layers):
@@ -78,12 +81,12 @@ def forward(model_cfg, params, tokens_BxL, segment_ids_BxL=None, record_routing=
 
 
 def _apply(model_cfg, params, parts, cache, num_decode_parts=0, record_routing=False,
-           jitter_rng=None):
+           jitter_rng=None, rows_are_requests=False):
   mutable = ["aux", "routing"] if record_routing else ["aux"]
   rngs = {"jitter": jitter_rng} if jitter_rng is not None else None
   (logits, cache), state = Decoder(model_cfg).apply(
-      {"params": params}, parts, cache, num_decode_parts, record_routing, mutable=mutable,
-      rngs=rngs)
+      {"params": params}, parts, cache, num_decode_parts, record_routing, rows_are_requests,
+      mutable=mutable, rngs=rngs)
   return logits, cache, state
 
 
@@ -114,12 +117,15 @@ def step(model_cfg, params, cache, batch: StepBatch, record_routing=False):
   Returns (logits {"decode": [B, V], "prefill": [P, C, V]}, new cache, aux). Either part may
   have zero rows. Jit it with the cache donated (parallel/steps.py). With `record_routing`
   (static), aux["routing"] lists each MoE layer's Routing over the flat tokens
-  `[B decode tokens, then P*C prefill tokens]`.
+  `[B decode tokens, then P*C prefill tokens]`. Every row must hold at most one request and a
+  request at most one row (parts.check_one_request_per_row; the engine's batches do): the MoE
+  sizes `sequence`-scope expert buffers by it.
   """
   parts = [batch.decode, batch.prefill]
   (dec_BxLxV, pre_PxCxV), cache, state = _apply(model_cfg, params, parts, cache,
                                                 num_decode_parts=1,
-                                                record_routing=record_routing)
+                                                record_routing=record_routing,
+                                                rows_are_requests=True)
   lengths = cache["lengths"]
   for part in parts:
     lengths = _new_lengths(lengths, part)

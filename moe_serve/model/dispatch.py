@@ -161,11 +161,11 @@ def ragged_dispatch(x_TxD, routing, w):
   return layers.constrain(y_TxD.astype(x_TxD.dtype), TOKEN_AXES)
 
 
-def run(backend, x_TxD, routing, w, capacity, router_cfg=None, num_decode=0):
+def run(backend, x_TxD, routing, w, capacity, router_cfg=None, num_decode=0, row_shapes=None):
   """Executes `routing` with `backend` (einsum | gather | ragged); `capacity` = buffer rows.
 
-  `router_cfg` and `num_decode` (optional) only tighten the per-group buffers of the
-  expert-parallel path (dispatch_grouped.group_capacity); results do not depend on them.
+  `router_cfg`, `num_decode` and `row_shapes` (optional) only tighten the per-group buffers of
+  the expert-parallel path (dispatch_grouped.group_capacity); results do not depend on them.
   """
   if backend not in ("einsum", "gather", "ragged"):
     raise ValueError(f"model.router.dispatch={backend!r} is not one of einsum, gather, ragged")
@@ -178,13 +178,13 @@ def run(backend, x_TxD, routing, w, capacity, router_cfg=None, num_decode=0):
   if not dense and groups > 1 and experts_sharded():
     # Experts on other devices: move each group's buffer rows to them by all-to-all.
     group_cap = dispatch_grouped.group_capacity(t, groups, capacity, router_cfg,
-                                                w.w_gate_ExDxF.shape[0], num_decode)
+                                                w.w_gate_ExDxF.shape[0], num_decode, row_shapes)
     y_TxD = dispatch_grouped.grouped_dispatch(backend, x_TxD, routing, w, groups, group_cap)
     return layers.constrain(y_TxD, TOKEN_AXES)
   if backend == "gather":
     return gather_dispatch(x_TxD, routing, w, capacity)
   if dense:
-    # T rows per expert (dropless, `sequence`, or a capacity >= T): every expert sees every
+    # T rows per expert (dropless, packed `sequence`, or a capacity >= T): every expert sees every
     # token anyway, and the [T, E, T] one-hot tensors would only add work. Sharded experts then
     # finish with an all-reduce of [T, D] over `expert` (nothing to dispatch).
     return dense_reference(x_TxD, routing, w)

@@ -49,18 +49,20 @@ def num_groups():
 
 
 def group_capacity(num_tokens, groups, flat_capacity, router_cfg=None, num_experts=None,
-                   num_decode=0):
+                   num_decode=0, row_shapes=None):
   """Static buffer rows per (expert, group): the most pairs one expert can keep in one group.
 
-  An expert keeps at most one pair per token and, for `batch`/`group` scopes, at most its
-  capacity per scope instance, so a group of S tokens needs at most
-  `sum over instances i of min(cap_i, |i and group|)` rows (maximised over groups). Without
-  `router_cfg` (or for `sequence`/`none`) the looser `min(flat_capacity, S)` bound is used.
+  An expert keeps at most one pair per token and at most its capacity per scope instance
+  (`batch`/`group`, or `sequence` with `row_shapes`: routing.instance_capacities), so a group of
+  S tokens needs at most `sum over instances i of min(cap_i, |i and group|)` rows (maximised
+  over groups). Without `router_cfg` (or for `none`, or `sequence` without `row_shapes`) the
+  looser `min(flat_capacity, S)` bound is used.
   """
   s = -(-num_tokens // groups)
-  if router_cfg is None or router_cfg.capacity_scope in ("none", "sequence"):
+  if router_cfg is None or not routing.has_static_bound(router_cfg, row_shapes):
     return max(1, min(flat_capacity, s))
-  inst_T, cap_I, _ = routing.instance_capacities(router_cfg, num_experts, num_tokens, num_decode)
+  inst_T, cap_I, _ = routing.instance_capacities(router_cfg, num_experts, num_tokens, num_decode,
+                                                 row_shapes)
   overlap_GxI = np.zeros((groups, len(cap_I)), np.int64)
   np.add.at(overlap_GxI, (np.arange(num_tokens) // s, inst_T), 1)
   return max(1, int(np.minimum(overlap_GxI, cap_I[None, :]).sum(1).max()))

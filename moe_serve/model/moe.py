@@ -65,10 +65,13 @@ class MoE(nn.Module):
   cfg: "ml_collections.ConfigDict"  # the model section  # noqa: F821
 
   @nn.compact
-  def __call__(self, x_TxD, segment_ids_T, num_decode=0, token_ids_T=None, record=False):
+  def __call__(self, x_TxD, segment_ids_T, num_decode=0, token_ids_T=None, record=False,
+               row_shapes=None):
     """[T, D] -> [T, D]. `num_decode`: static count of leading decode tokens (their capacity
     factor is capacity_factor_decode); `token_ids_T`: only the hash router uses them;
-    `record`: sow this layer's Routing into the "routing" collection."""
+    `record`: sow this layer's Routing into the "routing" collection; `row_shapes`: the
+    (rows, length) of each part when every row holds at most one request and a request at most
+    one row (an engine step): lets `sequence` scope size its buffers per row instead of T."""
     m, r = self.cfg, self.cfg.router
     warn_if_non_causal(r)  # at trace time, once per process and router setting
     t = x_TxD.shape[0]
@@ -86,8 +89,9 @@ class MoE(nn.Module):
 
     w = Experts(m.num_experts, m.d_model, m.d_ff_expert, name="experts")()
     x = x_TxD.astype(layers.dtype_of(m.dtype))
-    capacity = routing.buffer_capacity(r, m.num_experts, t, num_decode)
-    y_TxD = dispatch.run(r.dispatch, x, rt, w, capacity, r, num_decode).astype(x_TxD.dtype)
+    capacity = routing.buffer_capacity(r, m.num_experts, t, num_decode, row_shapes)
+    y_TxD = dispatch.run(r.dispatch, x, rt, w, capacity, r, num_decode,
+                         row_shapes).astype(x_TxD.dtype)
     if m.shared_expert:
       y_TxD = y_TxD + layers.SwiGLU(m.d_ff_expert, m.dtype, name="shared_expert")(x_TxD)
 

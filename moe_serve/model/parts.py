@@ -75,3 +75,24 @@ def prefill_batches(prompts_ids, chunk, rows=None):
       toks[i, :len(piece)], lens[i] = piece, len(piece)
     seg = np.where(lens > 0, np.arange(n), -1)
     yield StepBatch(idle, chunk_part(toks, np.arange(n), np.full(n, start), lens, seg))
+
+
+
+def check_one_request_per_row(batch: StepBatch):
+  """Raises ValueError unless every row of `batch` holds at most one request (segment id) and a
+  request at most one row, as api.step requires. Host-side (numpy), vectorised."""
+  ids = []
+  for name, part in (("decode", batch.decode), ("prefill", batch.prefill)):
+    seg_BxL = np.asarray(part.segment_ids_BxL)
+    real_BxL = seg_BxL >= 0
+    lo_B = np.where(real_BxL, seg_BxL, np.iinfo(np.int32).max).min(axis=1, initial=2**31 - 1)
+    hi_B = np.where(real_BxL, seg_BxL, -1).max(axis=1, initial=-1)
+    mixed_B = real_BxL.any(axis=1) & (lo_B != hi_B)
+    if mixed_B.any():
+      b = int(np.argmax(mixed_B))
+      raise ValueError(f"{name} row {b} holds more than one request "
+                       f"(segment ids {lo_B[b]} and {hi_B[b]}); a step row is one request's")
+    ids.append(hi_B[real_BxL.any(axis=1)])
+  ids, counts = np.unique(np.concatenate(ids), return_counts=True)
+  if (counts > 1).any():
+    raise ValueError(f"requests {ids[counts > 1].tolist()} have more than one row in the step")

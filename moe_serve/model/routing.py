@@ -49,26 +49,54 @@ def position_factors_milli(cfg, num_tokens, num_decode):
   return f_T
 
 
-def instance_capacities(cfg, num_experts, num_tokens, num_decode):
-  """Static (instance id [T], per-expert capacity [I], instance size [I]) for batch/group."""
-  size = num_tokens if cfg.capacity_scope == "batch" else cfg.group_size
-  inst_T = np.arange(num_tokens) // max(size, 1)
-  num_inst = int(inst_T[-1]) + 1 if num_tokens else 0
+def instance_capacities(cfg, num_experts, num_tokens, num_decode, row_shapes=None):
+  """Static (instance id [T], per-expert capacity [I], instance size [I]).
+
+  `batch`/`group`: the scope's instances. `sequence` (needs `row_shapes`, the (rows, length) of
+  each part in token order, where every row holds at most one request and a request at most one
+  row, as in an engine step): one instance per row, with the capacity a request filling the
+  whole row would get; a request's real capacity is never more, nor its size.
+  """
+  if cfg.capacity_scope == "sequence":
+    if row_shapes is None:
+      raise ValueError("capacity_scope='sequence' has static instances only per row: pass "
+                       "row_shapes")
+    sizes_I = np.concatenate([np.full(n, length, np.int64) for n, length in row_shapes] +
+                             [np.zeros(0, np.int64)])
+    if sizes_I.sum() != num_tokens:
+      raise ValueError(f"row_shapes {row_shapes} hold {sizes_I.sum()} tokens, not {num_tokens}")
+    inst_T = np.repeat(np.arange(len(sizes_I)), sizes_I)
+  else:
+    size = num_tokens if cfg.capacity_scope == "batch" else cfg.group_size
+    inst_T = np.arange(num_tokens) // max(size, 1)
+    num_inst = int(inst_T[-1]) + 1 if num_tokens else 0
+    sizes_I = np.bincount(inst_T, minlength=num_inst)
   f_T = position_factors_milli(cfg, num_tokens, num_decode)
-  sizes_I = np.bincount(inst_T, minlength=num_inst)
-  sums_I = np.add.reduceat(f_T, np.cumsum(sizes_I) - sizes_I) if num_tokens else f_T[:0]
+  sums_I = np.zeros(len(sizes_I), np.int64)
+  nonempty_I = sizes_I > 0  # reduceat needs increasing starts; an empty instance sums to 0
+  starts_I = np.cumsum(sizes_I) - sizes_I
+  if num_tokens:
+    sums_I[nonempty_I] = np.add.reduceat(f_T, starts_I[nonempty_I])
   return inst_T, capacity(cfg.k, num_experts, sums_I, cfg.min_capacity), sizes_I
 
 
-def buffer_capacity(cfg, num_experts, num_tokens, num_decode=0):
+def has_static_bound(cfg, row_shapes=None):
+  """Whether some expert buffer smaller than T rows can never overflow (see buffer_capacity)."""
+  scope = cfg.capacity_scope
+  return scope in ("batch", "group") or (scope == "sequence" and row_shapes is not None)
+
+
+def buffer_capacity(cfg, num_experts, num_tokens, num_decode=0, row_shapes=None):
   """Static rows per expert that a dispatch buffer needs: the most pairs one expert can keep.
 
   An expert takes at most one pair per token, so no instance gives it more than its size.
-  `sequence` capacities are data dependent and `none` is dropless, so both are bounded by T.
+  `none` is dropless, so it is bounded by T. `sequence` capacities are data dependent: with
+  `row_shapes` (one request per row, see instance_capacities) each row is bounded by the
+  capacity of a request filling it, else by T.
   """
-  if cfg.capacity_scope in ("none", "sequence") or num_tokens == 0:
+  if num_tokens == 0 or not has_static_bound(cfg, row_shapes):
     return num_tokens
-  _, cap_I, sizes_I = instance_capacities(cfg, num_experts, num_tokens, num_decode)
+  _, cap_I, sizes_I = instance_capacities(cfg, num_experts, num_tokens, num_decode, row_shapes)
   return int(np.minimum(cap_I, sizes_I).sum())
 
 

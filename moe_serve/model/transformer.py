@@ -41,7 +41,7 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, xs, parts: Sequence[Part], cache_layer, num_decode_parts=0,
-               record_routing=False):
+               record_routing=False, rows_are_requests=False):
     m = self.cfg
     attn = Attention(m.num_heads, m.num_kv_heads, m.head_dim, m.rope_theta, m.dtype, name="attn")
     norm_attn = layers.RMSNorm(m.norm_eps, name="norm_attn")
@@ -61,7 +61,9 @@ class Block(nn.Module):
       token_ids_T = None
       if m.router.kind == "hash":
         token_ids_T = jnp.concatenate([jnp.asarray(p.tokens_BxL).reshape(-1) for p in parts])
-      y_TxD = MoE(m, name="moe")(h_TxD, seg_T, num_decode, token_ids_T, record_routing)
+      row_shapes = tuple(x.shape[:2] for x in new_xs) if rows_are_requests else None
+      y_TxD = MoE(m, name="moe")(h_TxD, seg_T, num_decode, token_ids_T, record_routing,
+                                 row_shapes)
     else:
       y_TxD = layers.SwiGLU(m.d_ff, m.dtype, name="mlp")(h_TxD)
     return unflatten_parts(x_TxD + y_TxD, new_xs), cache_layer
@@ -72,12 +74,15 @@ class Decoder(nn.Module):
 
   The first `num_decode_parts` parts are decode rows (capacity_factor_decode); with
   `record_routing` every MoE layer sows its Routing into the "routing" collection.
+  `rows_are_requests` promises that every row holds at most one request (segment id) and a
+  request at most one row, as in an engine step (not a packed training batch): `sequence`
+  scope then sizes its expert buffers per row (routing.buffer_capacity).
   """
   cfg: "ml_collections.ConfigDict"  # the model section  # noqa: F821
 
   @nn.compact
   def __call__(self, parts: Sequence[Part], cache=None, num_decode_parts=0,
-               record_routing=False):
+               record_routing=False, rows_are_requests=False):
     m = self.cfg
     embedding_VxD = layers.param_with_axes(self, "embedding", (m.vocab_size, m.d_model),
                                            ("vocab", "embed"), nn.initializers.normal(1.0))
@@ -89,7 +94,7 @@ class Decoder(nn.Module):
     for i in range(m.num_layers):
       cache_layer = None if cache is None else cache["layers"][i]
       xs, cache_layer = Block(m, is_moe_layer(m, i), name=f"block_{i}")(
-          xs, parts, cache_layer, num_decode_parts, record_routing)
+          xs, parts, cache_layer, num_decode_parts, record_routing, rows_are_requests)
       new_layers.append(cache_layer)
     final_norm = layers.RMSNorm(m.norm_eps, name="final_norm")
     if m.tie_embeddings:

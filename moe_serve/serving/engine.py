@@ -125,6 +125,7 @@ class Engine:
       kv += n * start + n * (n + 1) // 2
     batch = parts.StepBatch(parts.decode_part(d_tok, d_slot, d_pos, d_seg),
                             parts.chunk_part(p_tok, p_slot, p_start, p_len, p_seg))
+    parts.check_one_request_per_row(batch)  # what the step's MoE buffers are sized by
     return (b, p, c), batch, (last, seeds, pos, temp, top_k, top_p), kv
 
   # ------------------------------------------------------------------ bookkeeping

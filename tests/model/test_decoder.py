@@ -170,3 +170,30 @@ def test_repeated_steps_of_one_bucket_compile_once(tiny_cfg):
                             parts.empty_part(0, 4))
     step(params, cache, batch)
     assert n() >= 1
+
+
+def test_step_rows_must_each_hold_one_request():
+  ok = parts.StepBatch(parts.decode_part([5, 6], [0, 1], [3, 3], [0, -1]),
+                       parts.chunk_part(np.ones((2, 4)), [2, 3], [0, 0], [4, 2], [7, 8]))
+  parts.check_one_request_per_row(ok)
+  shared = parts.StepBatch(ok.decode, parts.chunk_part(np.ones((2, 4)), [2, 3], [0, 0], [4, 2],
+                                                       [0, 8]))
+  with pytest.raises(ValueError, match=r"requests \[0\] have more than one row"):
+    parts.check_one_request_per_row(shared)
+  packed = ok.prefill._replace(segment_ids_BxL=np.asarray([[7, 7, 9, 9], [8, 8, -1, -1]]))
+  with pytest.raises(ValueError, match="prefill row 0 holds more than one request"):
+    parts.check_one_request_per_row(ok._replace(prefill=packed))
+
+
+@pytest.mark.parametrize("kind", ["topk", "soft"])
+def test_count_params_active_counts_k_of_e_experts(tiny_cfg, kind):
+  m = tiny_cfg.model
+  m.router.kind = kind
+  params = api.init_params(m, jax.random.key(0))
+  total, active = api.count_params(m, params)
+  assert total == sum(x.size for x in jax.tree.leaves(params))
+  per_layer = [sum(x.size for x in jax.tree.leaves(params[f"block_{i}"]["moe"]["experts"]))
+               for i in range(m.num_layers) if (i + 1) % m.moe_every == 0]
+  assert per_layer and all(n > 0 for n in per_layer)
+  inactive = sum(n * (m.num_experts - m.router.k) // m.num_experts for n in per_layer)
+  assert active == (total if kind == "soft" else total - inactive)

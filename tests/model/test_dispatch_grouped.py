@@ -66,3 +66,29 @@ def test_group_slots_are_ranks_per_expert_within_each_group():
   # group 0: expert 0 (0,0); expert 1 (0,1), (1,0). group 1: expert 2 (0,1); 0 (1,0); 1 (1,1).
   np.testing.assert_array_equal(np.where(np.asarray(kept), slot, -1),
                                 [[[0, 0], [1, -1]], [[-1, 0], [0, 0]]])
+
+
+def test_sequence_scope_group_bound_per_row_when_every_token_wants_one_expert(tiny_cfg):
+  """An engine step's layout (5 decode rows, 4 prefill rows of 8): with `row_shapes` the group
+  buffers are sized per row, smaller than min(flat, S), and still lose nothing."""
+  r = tiny_cfg.model.router
+  r.update(capacity_scope="sequence", capacity_factor_prefill=1.0, capacity_factor_decode=1.0,
+           k=2, priority="position")
+  shapes, groups, s = ((5, 1), (4, 8)), 4, -(-T // 4)
+  seg_T = np.concatenate([np.arange(5)] + [np.where(np.arange(8) < n, 5 + i, -1)
+                                           for i, n in enumerate([8, 5, 8, 8])])
+  x, logits, _ = _inputs(seed=8)
+  rt = routing.route(logits.at[:, 0].add(20.0), jnp.asarray(seg_T, jnp.int32), r, num_decode=5)
+  flat = routing.buffer_capacity(r, E, T, 5, shapes)
+  cap = dispatch_grouped.group_capacity(T, groups, flat, r, E, 5, shapes)
+  assert cap < min(flat, s)
+  group_N = np.repeat(np.arange(T) // s, 2)
+  kept_N = np.asarray(rt.kept).reshape(-1)
+  counts = np.zeros((groups, E), int)
+  np.add.at(counts, (group_N[kept_N], np.asarray(rt.expert_index).reshape(-1)[kept_N]), 1)
+  assert counts.max() <= cap
+  want = _numpy_reference(x, rt.expert_index, rt.combine_weight, _weights(1))
+  for backend in ("einsum", "gather"):
+    got = jax.jit(dispatch_grouped.grouped_dispatch, static_argnums=(0, 4, 5))(
+        backend, x, rt, _weights(1), groups, cap)
+    np.testing.assert_allclose(np.asarray(got), want, atol=ATOL, rtol=RTOL, err_msg=backend)

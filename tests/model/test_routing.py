@@ -165,6 +165,26 @@ def test_capacity_per_instance_uses_decode_and_prefill_factors(tiny_cfg):
   assert routing.buffer_capacity(r, 4, 10, 4) == 7
 
 
+def test_sequence_scope_buffer_is_bounded_per_row_in_an_engine_step(tiny_cfg):
+  r = _router(tiny_cfg, capacity_scope="sequence", capacity_factor_decode=1.0,
+              capacity_factor_prefill=1.0, min_capacity=1, k=2)
+  # The default study's step: 16 decode rows [16, 1] and 2 prefill rows [2, 64], E=8, k=2.
+  # Decode row: S=1.0 -> max(1, ceil(0.25)) = 1 = its size. Prefill row: S=64 -> ceil(16) = 16.
+  shapes = ((16, 1), (2, 64))
+  inst, cap, sizes = routing.instance_capacities(r, 8, 144, 16, shapes)
+  np.testing.assert_array_equal(inst[[0, 15, 16, 79, 80, 143]], [0, 15, 16, 16, 17, 17])
+  np.testing.assert_array_equal(cap, [1] * 16 + [16, 16])
+  np.testing.assert_array_equal(sizes, [1] * 16 + [64, 64])
+  assert routing.buffer_capacity(r, 8, 144, 16, shapes) == 16 + 2 * 16
+  r.capacity_factor_prefill = 2.0
+  assert routing.buffer_capacity(r, 8, 144, 16, shapes) == 16 + 2 * 32
+  # Without the row layout (a packed forward), a request may fill all T tokens.
+  assert routing.buffer_capacity(r, 8, 144, 16) == 144
+  assert routing.buffer_capacity(r, 8, 0, 0, ((0, 1), (0, 64))) == 0
+  with pytest.raises(ValueError, match="hold 80 tokens, not 144"):
+    routing.buffer_capacity(r, 8, 144, 16, ((16, 1), (1, 64)))
+
+
 def test_capacity_ceiling_is_exact_for_non_dyadic_factors():
   # factor 1.1, G=50, k=4, E=4: 1.1 * 50 * 4 / 4 is 55.00000000000001 in float64, so a float
   # ceiling would give 56; in thousandths it is exactly 55 (numpy and jnp paths alike).
