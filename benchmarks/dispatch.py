@@ -12,12 +12,8 @@ of `--repeats` rounds after 2 warm-up calls; a round calls every case once (inte
 the ratio column is the median over rounds of (best dropping backend / dense) in the same round.
 """
 import datetime
-import os
-import platform
 import statistics
-import subprocess
 import sys
-import time
 
 from absl import app, flags
 import jax
@@ -25,6 +21,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from moe_serve.model import dispatch, routing
+
+import common  # benchmarks/common.py (the script's folder is on sys.path)
 
 _TOKENS = flags.DEFINE_list("tokens", ["64", "512", "4096"], "flat token counts T")
 _EXPERTS = flags.DEFINE_list("experts", ["8", "64"], "expert counts E")
@@ -61,21 +59,6 @@ def dense_ffn(x_TxD, w_gate_DxF, w_up_DxF, w_down_FxD):
   return (jax.nn.silu(x_TxD @ w_gate_DxF) * (x_TxD @ w_up_DxF)) @ w_down_FxD
 
 
-def _interleaved_ms(fns, repeats):
-  """{name: [ms per call]}, one call of every function per round so that load from other
-  processes on the shared cores hits every case alike."""
-  for fn, args in fns.values():
-    for _ in range(2):
-      jax.block_until_ready(fn(*args))
-  times = {name: [] for name in fns}
-  for _ in range(repeats):
-    for name, (fn, args) in fns.items():
-      t0 = time.perf_counter()
-      jax.block_until_ready(fn(*args))
-      times[name].append(1e3 * (time.perf_counter() - t0))
-  return times
-
-
 def run_case(num_tokens, num_experts, repeats):
   """{case name: [ms per call]} for one (T, E)."""
   d, f, k = _D_MODEL.value, _D_FF.value, _K.value
@@ -95,17 +78,7 @@ def run_case(num_tokens, num_experts, repeats):
     else:
       fns[name] = (moe_layer(_router_cfg(backend, scope), num_experts, num_tokens),
                    (x, w_router, w))
-  return _interleaved_ms(fns, repeats)
-
-
-def _machine():
-  try:
-    lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    model = next(l.split(":", 1)[1].strip() for l in lines.splitlines() if "Model name" in l)
-  except (OSError, subprocess.CalledProcessError, StopIteration):
-    model = platform.processor() or "unknown CPU"
-  cores = len(os.sched_getaffinity(0))
-  return f"{model}, {cores} cores, jax {jax.__version__} on {jax.devices()[0].platform}"
+  return common.interleaved_ms(fns, repeats)
 
 
 def main(argv):
@@ -125,7 +98,7 @@ def main(argv):
   table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   table += ["| " + " | ".join(r) + " |" for r in rows]
   command = "python benchmarks/dispatch.py " + " ".join(sys.argv[1:])
-  text = (f"\n## MoE dispatch backends ({datetime.date.today().isoformat()}, {_machine()})\n\n"
+  text = (f"\n## MoE dispatch backends ({datetime.date.today().isoformat()}, {common.machine()})\n\n"
           f"`{command.strip()}`; D={_D_MODEL.value}, F={_D_FF.value}, k={_K.value}, "
           f"capacity factor {_FACTOR.value} (batch scope, token priority), float32; "
           f"median of {_REPEATS.value} interleaved rounds, ms per layer call.\n\n" + "\n".join(table) + "\n")

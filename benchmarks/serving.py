@@ -12,8 +12,6 @@ r"""Serving benchmark: steady-state throughput, scheduler host time, compiles, s
 """
 import datetime
 import os
-import platform
-import subprocess
 import tempfile
 
 from absl import app, flags
@@ -21,6 +19,8 @@ import numpy as np
 
 from configs import serve_default
 from moe_serve.serving import run
+
+import common  # benchmarks/common.py (the script's folder is on sys.path)
 
 _APPEND = flags.DEFINE_bool("append", False, "Append the results to benchmarks/RESULTS.md.")
 _SIZE = flags.DEFINE_string("size", "base", "Model size (base|tiny).")
@@ -66,15 +66,6 @@ def compare(rate):
   return out
 
 
-def _machine():
-  try:
-    cpu = [l for l in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-           if l.startswith("Model name")][0].split(":", 1)[1].strip()
-  except (OSError, IndexError):
-    cpu = platform.processor()
-  return f"{cpu}, {os.cpu_count()} cores"
-
-
 def _dist(d):
   if d.kind == "lognormal":
     return f"lognormal(median {d.median:g}, sigma {d.sigma:g}) in [{d.low}, {d.high}]"
@@ -89,7 +80,7 @@ def main(argv):
   cmp_ = compare(rate)
   cfg = _cfg()
   lines = [
-      f"\n## Serving simulator ({datetime.date.today()}, {_machine()})\n",
+      f"\n## Serving simulator ({datetime.date.today()}, {common.machine()})\n",
       f"`python benchmarks/serving.py --size={_SIZE.value} --num_requests={_REQUESTS.value} "
       f"--rate={rate:g}`; "
       f"{_SIZE.value} model (random init), {cfg.serve.max_num_seqs} slots, buckets "

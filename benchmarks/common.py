@@ -1,0 +1,43 @@
+"""Shared by the benchmarks: the machine line of a results heading, interleaved timing."""
+import os
+import platform
+import subprocess
+import time
+
+import jax
+
+
+def machine():
+  """'CPU model, N cores, jax X on platform' for a RESULTS.md heading."""
+  try:
+    lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    model = next(l.split(":", 1)[1].strip() for l in lines.splitlines() if "Model name" in l)
+  except (OSError, subprocess.CalledProcessError, StopIteration):
+    model = platform.processor() or "unknown CPU"
+  cores = len(os.sched_getaffinity(0))
+  return f"{model}, {cores} cores, jax {jax.__version__} on {jax.devices()[0].platform}"
+
+
+def interleaved_ms(fns, repeats, warmup=2):
+  """{name: [ms per call]} for fns = {name: (fn, args) or (fn, args, carry)}: one call of every
+  function per round, so that load from other processes on shared cores hits every case alike.
+  `carry(args, out)` gives the next call's args (e.g. to thread a donated cache)."""
+  state = {name: spec[1] for name, spec in fns.items()}
+
+  def call(name):
+    fn, _, *carry = fns[name]
+    out = fn(*state[name])
+    jax.block_until_ready(out)
+    if carry:
+      state[name] = carry[0](state[name], out)
+
+  for name in fns:
+    for _ in range(warmup):
+      call(name)
+  times = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name in fns:
+      t0 = time.perf_counter()
+      call(name)
+      times[name].append(1e3 * (time.perf_counter() - t0))
+  return times

@@ -1,0 +1,93 @@
+r"""The compute cost of batch invariance: one engine step of the default study per capacity scope.
+
+  python benchmarks/scope_cost.py                      # scopes batch/sequence/none x cf 1.0/1.25/2.0
+  python benchmarks/scope_cost.py --repeats=50 --append_to=benchmarks/RESULTS.md
+
+The step is the default study's fixed bucket (configs/study_default.py: 16 decode rows, 2 prefill
+rows of 64, the bundled model, `gather` dispatch, routing recorded): 14 requests decoding and 2
+prefilling full chunks, as in a busy step. Every (scope, factor) gets its own jitted step and
+cache; a round calls each once (interleaved, so load on shared cores hits all alike). Reported:
+median ms per step and the median over rounds of (step / `batch` step at the same factor). The
+study's own `step wall ms` column times whole runs and moves with the host's load; this is the
+controlled measurement.
+"""
+import datetime
+import statistics
+import sys
+
+from absl import app, flags
+import numpy as np
+
+from configs import study_default
+from moe_serve import bundled
+from moe_serve.model import api, parts, routing
+from moe_serve.parallel import steps
+
+import common  # benchmarks/common.py (the script's folder is on sys.path)
+
+_SCOPES = flags.DEFINE_list("scopes", ["batch", "sequence", "none"], "capacity scopes")
+_FACTORS = flags.DEFINE_list("factors", ["1.0", "1.25", "2.0"], "capacity factors")
+_REPEATS = flags.DEFINE_integer("repeats", 30, "timed rounds (median reported)")
+_APPEND = flags.DEFINE_string("append_to", None, "append the markdown table to this file")
+
+
+def busy_step(cfg, seed=0):
+  """The study bucket's shape with every slot busy: B-2 decode rows, 2 full prefill chunks."""
+  b, p, c = (cfg.serve.buckets[k][0] for k in ("decode_rows", "prefill_rows", "chunk_lens"))
+  rng = np.random.default_rng(seed)
+  vocab = cfg.model.vocab_size
+  n_dec = b - p  # the prefilling requests hold the last p slots
+  seg_B = np.where(np.arange(b) < n_dec, np.arange(b), -1)
+  decode = parts.decode_part(rng.integers(3, vocab, b), np.arange(b), np.full(b, 40), seg_B)
+  prefill = parts.chunk_part(rng.integers(3, vocab, (p, c)), np.arange(n_dec, b),
+                             np.zeros(p), np.full(p, c), np.arange(n_dec, b))
+  batch = parts.StepBatch(decode, prefill)
+  parts.check_one_request_per_row(batch)
+  return batch
+
+
+def _next_args(args, out):
+  return args[0], out[1], args[2]  # the donated cache comes back as the step's second output
+
+
+def main(argv):
+  del argv
+  cfg = study_default.get_config(None)
+  params = bundled.params_for(cfg)
+  batch = busy_step(cfg)
+  b = batch.decode.tokens_BxL.shape[0]
+  t = batch.decode.tokens_BxL.size + batch.prefill.tokens_BxL.size
+  fns, rows_of = {}, {}
+  for f in map(float, _FACTORS.value):
+    for scope in _SCOPES.value:
+      m = cfg.model.copy_and_resolve_references()
+      m.router.update(capacity_scope=scope, capacity_factor_prefill=f, capacity_factor_decode=f)
+      shapes = tuple(x.shape for x in (batch.decode.tokens_BxL, batch.prefill.tokens_BxL))
+      rows_of[(scope, f)] = routing.buffer_capacity(m.router, m.num_experts, t, b, shapes)
+      cache = api.init_cache(m, cfg.serve.max_num_seqs)
+      fns[(scope, f)] = (steps.make_step_fn(m, record_routing=True), (params, cache, batch),
+                         _next_args)
+  print(f"timing {len(fns)} steps x {_REPEATS.value} rounds ...", flush=True)
+  times = common.interleaved_ms(fns, _REPEATS.value)
+  header = ["scope", "cf", "buffer rows / expert", "ms per step (median)",
+            "vs batch (median of rounds)"]
+  table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for (scope, f), ms in times.items():
+    base = times.get(("batch", f))
+    ratio = statistics.median(a / z for a, z in zip(ms, base)) if base else float("nan")
+    table.append(f"| {scope} | {f:g} | {rows_of[(scope, f)]} | {statistics.median(ms):.2f} | "
+                 f"{ratio:.2f}x |")
+  command = "python benchmarks/scope_cost.py " + " ".join(sys.argv[1:])
+  text = (f"\n## Cost of batch invariance per step ({datetime.date.today().isoformat()}, "
+          f"{common.machine()})\n\n`{command.strip()}`; one busy step of the default study's bucket "
+          f"(T={t} tokens: {b} decode rows, {batch.prefill.tokens_BxL.shape} prefill), bundled "
+          f"model, gather dispatch, routing recorded; {_REPEATS.value} interleaved rounds.\n\n"
+          + "\n".join(table) + "\n")
+  print(text)
+  if _APPEND.value:
+    with open(_APPEND.value, "a", encoding="utf-8") as fh:
+      fh.write(text)
+
+
+if __name__ == "__main__":
+  app.run(main)
