@@ -2,12 +2,14 @@ r"""Measures engine steps and fits the cost_model clock's coefficients to them.
 
   python scripts/calibrate.py --config=configs/serve_default.py --workdir=runs/calibrate
 
-Serves the config's workload with clock.mode=measured, fits on 3 of every 4 steps, and prints the
+Serves the config's workload with clock.mode=measured on the config's model (params_dir: the
+bundled one by default, as scripts/serve.py), fits on 3 of every 4 steps, and prints the
 median and p90 absolute error on the held-out steps plus the --config.clock.* overrides to use.
 """
 from absl import app, flags
 from ml_collections import config_flags
 
+from moe_serve import bundled
 from moe_serve.metrics import writers
 from moe_serve.serving import calibrate, run
 from moe_serve.parallel import distributed
@@ -22,7 +24,8 @@ def main(argv):
   distributed.initialize_from_flags(multi_process=False)  # one process; see distributed.py
   cfg = _CONFIG.value
   cfg.clock.mode = "measured"
-  _, log = run.serve(cfg, _WORKDIR.value)
+  engine = run.build_engine(cfg, params=bundled.params_for(cfg))  # the model serve.py serves
+  _, log = run.serve(cfg, _WORKDIR.value, engine=engine)
   result = calibrate.calibrate(log.steps, log.wall, _HOLDOUT.value)
   writers.write_json(f"{_WORKDIR.value}/calibration.json", result)
   print(f"fit on {result['fit_steps']} steps, held out {result['heldout_steps']} "
