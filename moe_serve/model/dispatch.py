@@ -1,8 +1,9 @@
 """Dispatch backends: execute a `Routing` with the experts' SwiGLU weights. All must agree.
 
 - `einsum`: one-hot dispatch/combine tensors [T, E, C] into [E, C, D] expert buffers (GShard
-  style). For `none`/`sequence` scopes (no static capacity) it evaluates every expert on every
-  token and mixes with the kept weights, i.e. the dense reference.
+  style). When C >= T (`none`, or `sequence` outside an engine step: no smaller static bound)
+  it evaluates every expert on every token and mixes with the kept weights, i.e. the dense
+  reference.
 - `gather`: each kept pair gets a row (its rank among the expert's kept pairs) of an [E, C, D]
   buffer; the buffer is filled by a gather of token rows and read back by a gather.
 - `ragged`: pairs sorted by expert, one `jax.lax.ragged_dot` per weight matrix (dropless).
@@ -40,15 +41,8 @@ def _swiglu(x_CxD, w_gate_DxF, w_up_DxF, w_down_FxD):
 
 
 def experts_sharded():
-  """Whether the logical `exp` axis maps to mesh axes of total size > 1 in the current (trace)
-  context: then the experts may be split over devices."""
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty:
-    return False
-  target = dict(nn.get_logical_axis_rules()).get("exp")
-  names = (target,) if isinstance(target, str) else tuple(target or ())
-  sizes = dict(mesh.shape)
-  return any(sizes.get(n, 1) > 1 for n in names)
+  """Whether the logical `exp` axis is split over devices in the current (trace) context."""
+  return layers.logical_axis_size("exp") > 1
 
 
 def expert_buffers(w, x_ExCxD, loop=None):

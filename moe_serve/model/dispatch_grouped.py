@@ -21,8 +21,6 @@ kept is ever dropped here.
 
 Axis letters as in layers.py, plus G dispatch groups and S tokens per group.
 """
-import math
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -37,15 +35,9 @@ EXPERT_BUFFER_AXES = ("exp", "exp_buffer_groups", None, "embed_moe")  # [E, G, C
 
 
 def num_groups():
-  """G: the total size of the mesh axes that `exp_groups` maps to in the current trace context
-  (1 outside a mesh, or when the rules do not name `exp_groups`)."""
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty:
-    return 1
-  target = dict(nn.get_logical_axis_rules()).get("exp_groups")
-  names = (target,) if isinstance(target, str) else tuple(target or ())
-  sizes = dict(mesh.shape)
-  return math.prod(sizes.get(n, 1) for n in names)
+  """G: the number of shards of the logical `exp_groups` axis in the current trace context (1
+  outside a mesh, or when the rules do not name `exp_groups`)."""
+  return layers.logical_axis_size("exp_groups")
 
 
 def group_capacity(num_tokens, groups, flat_capacity, router_cfg=None, num_experts=None,

@@ -3,6 +3,7 @@
 Axis letters (used in every model file): B rows/slots, L length, D model, N query heads,
 M kv heads, H head dim, F FFN hidden, V vocab, E experts, K choices, T flat tokens, C capacity.
 """
+import math
 from typing import Sequence
 
 import flax.linen as nn
@@ -25,6 +26,18 @@ def param_with_axes(module, name, shape, axes: Sequence[str | None], init=None):
 def constrain(x, axes):
   """Logical sharding constraint; a no-op outside a mesh/rules context."""
   return nn.with_logical_constraint(x, tuple(axes))
+
+
+def logical_axis_size(name):
+  """How many shards the logical axis `name` has in the current trace context: the product of
+  the sizes of the mesh axes the rules map it to (1 outside a mesh, or when unmapped)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return 1
+  target = dict(nn.get_logical_axis_rules()).get(name)
+  names = (target,) if isinstance(target, str) else tuple(target or ())
+  sizes = dict(mesh.shape)
+  return math.prod(sizes.get(n, 1) for n in names)
 
 
 class RMSNorm(nn.Module):

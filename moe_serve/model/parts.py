@@ -83,9 +83,9 @@ def check_one_request_per_row(batch: StepBatch):
   request at most one row, as api.step requires. Host-side (numpy), vectorised."""
   ids = []
   for name, part in (("decode", batch.decode), ("prefill", batch.prefill)):
-    seg_BxL = np.asarray(part.segment_ids_BxL)
+    seg_BxL = np.asarray(part.segment_ids_BxL, np.int64)
     real_BxL = seg_BxL >= 0
-    lo_B = np.where(real_BxL, seg_BxL, np.iinfo(np.int32).max).min(axis=1, initial=2**31 - 1)
+    lo_B = np.where(real_BxL, seg_BxL, 2**62).min(axis=1, initial=2**62)
     hi_B = np.where(real_BxL, seg_BxL, -1).max(axis=1, initial=-1)
     mixed_B = real_BxL.any(axis=1) & (lo_B != hi_B)
     if mixed_B.any():

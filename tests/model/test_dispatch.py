@@ -102,16 +102,19 @@ def test_buffer_capacity_bounds_every_experts_kept_pairs(tiny_cfg):
 
 
 @pytest.mark.parametrize("kind", ["topk", "expert_choice"])
-@pytest.mark.parametrize("cf", [0.5, 1.0, 1.5])
-def test_sequence_scope_row_bound_holds_when_every_token_wants_one_expert(tiny_cfg, kind, cf):
-  """An engine step's layout (5 decode rows, 4 prefill rows of 8, one request per row, short and
-  empty rows): the per-row buffer bound holds even when all tokens prefer expert 0, and the
-  buffer backends at that bound equal the reference (nothing the router kept is lost)."""
+@pytest.mark.parametrize("cf,min_capacity", [(0.5, 1), (1.0, 1), (1.5, 1), (0.5, 3)])
+@pytest.mark.parametrize("lens", [(8, 8, 8, 8), (8, 5, 8, 0)])
+def test_sequence_scope_row_bound_holds_when_every_token_wants_one_expert(tiny_cfg, kind, cf,
+                                                                         min_capacity, lens):
+  """An engine step's layout (5 decode rows, 4 prefill rows of 8, one request per row; full
+  rows, or short and empty ones): the per-row buffer bound holds even when all tokens prefer
+  expert 0, is reached with full rows, and the buffer backends at that bound equal the
+  reference (nothing the router kept is lost)."""
   r = tiny_cfg.model.router
   r.update(kind=kind, capacity_scope="sequence", capacity_factor_prefill=cf,
-           capacity_factor_decode=cf, k=1 if kind == "expert_choice" else 2)
+           capacity_factor_decode=cf, min_capacity=min_capacity,
+           k=1 if kind == "expert_choice" else 2)
   shapes = ((5, 1), (4, 8))
-  lens = [8, 5, 8, 0]
   seg_T = np.concatenate([np.arange(5)] + [np.where(np.arange(8) < n, 5 + i, -1)
                                            for i, n in enumerate(lens)])
   x, logits, _ = _inputs(seed=7)
@@ -121,9 +124,11 @@ def test_sequence_scope_row_bound_holds_when_every_token_wants_one_expert(tiny_c
   assert cap < T
   per_expert = np.bincount(np.asarray(rt.expert_index)[np.asarray(rt.kept)], minlength=E)
   assert per_expert.max() <= cap
-  if kind == "topk":  # 5 decode tokens + min(n, row capacity) from each prefill row
-    want_0 = 5 + sum(min(n, max(r.min_capacity, math.ceil(2 * cf * n / E))) for n in lens)
+  if kind == "topk":  # 5 decode tokens + min(n, the request's capacity) from each prefill row
+    want_0 = 5 + sum(min(n, max(min_capacity, math.ceil(2 * cf * n / E))) for n in lens)
     assert per_expert[0] == want_0
+    if min(lens) == 8:
+      assert want_0 == cap  # the bound is tight
   want = _numpy_reference(x, rt.expert_index, rt.combine_weight, _weights(2))
   for name, y in _run_all(x, rt, _weights(2), cap).items():
     np.testing.assert_allclose(y, want, atol=ATOL, rtol=RTOL, err_msg=name)

@@ -88,7 +88,7 @@ def test_expert_parallel_step_moves_tokens_by_all_to_all(reference, sizes, dispa
   batch = parts.StepBatch(
       parts.decode_part(np.ones(n), np.arange(n), np.zeros(n), np.arange(n)),
       parts.chunk_part(np.ones((n, workload.CHUNK)), np.arange(n), np.zeros(n),
-                       np.full(n, workload.CHUNK), np.arange(n)))
+                       np.full(n, workload.CHUNK), n + np.arange(n)))  # one request per row
   text = step.lower(params, make_cache(n), batch).compile().as_text()
   moe = _moe(hlo.collectives(text))
   # Two all-to-alls per MoE layer (to the experts, back), at the buffer re-layout.

@@ -5,6 +5,7 @@ so a request's logits do not depend on what else runs (DESIGN.md section 4, cont
 """
 import jax
 import numpy as np
+import pytest
 
 from moe_serve.model import api
 from moe_serve.parallel import compiles
@@ -12,6 +13,7 @@ from moe_serve.serving import clock as clock_lib
 from moe_serve.serving import run as run_lib
 from moe_serve.serving.engine import Engine
 from moe_serve.serving.request import Request, SamplingParams
+from moe_serve.serving.scheduler import Plan, Seq
 from tests.serving.conftest import tiny_serve_cfg
 
 FIXED = dict(decode_rows=(8,), prefill_rows=(2,), chunk_lens=(8,))
@@ -138,3 +140,16 @@ def test_prompt_logprobs_match_a_full_forward(tiny_model):
     assert len(rec["prompt_logprobs"]) == len(req.prompt) - 1
     # Cached chunked attention sums in another order than the full forward (test_decoder.py).
     np.testing.assert_allclose(rec["prompt_logprobs"], want, atol=1e-5, rtol=0)
+
+
+
+def test_a_plan_with_a_request_in_two_rows_is_refused(tiny_model):
+  """The step sizes `sequence`-scope expert buffers by one request per row; the engine checks
+  every batch it builds, so a scheduler bug cannot silently overflow them."""
+  engine = _engine(_fixed_cfg(), tiny_model)
+  req = _req(3, 6, 4, arrival=0.0)
+  seq = Seq(req=req, key=(0, 3), tokens=list(req.prompt), num_computed=2, slot=0)
+  ok = engine._build(Plan(decode=[], prefill=[(seq, 4)], admitted=[], preempted=[]))  # pylint: disable=protected-access
+  assert ok[0] == (8, 2, 8)
+  with pytest.raises(ValueError, match=r"requests \[3\] have more than one row"):
+    engine._build(Plan(decode=[seq], prefill=[(seq, 4)], admitted=[], preempted=[]))  # pylint: disable=protected-access
