@@ -1,7 +1,9 @@
-"""Shared by the benchmarks: the machine line of a results heading, interleaved timing."""
+"""Shared by the benchmarks: interleaved timing and RESULTS.md sections (date, machine, command)."""
+import datetime
 import os
 import platform
 import subprocess
+import sys
 import time
 
 import jax
@@ -41,3 +43,17 @@ def interleaved_ms(fns, repeats, warmup=2):
       call(name)
       times[name].append(1e3 * (time.perf_counter() - t0))
   return times
+
+
+def report(title, description, header, rows, append_to=None):
+  """Prints (and appends to `append_to`) a RESULTS.md section: heading with date and machine,
+  the command that ran, `description`, and a markdown table of `rows` (lists of strings)."""
+  table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  table += ["| " + " | ".join(r) + " |" for r in rows]
+  command = " ".join(["python", os.path.relpath(sys.argv[0])] + sys.argv[1:])
+  text = (f"\n## {title} ({datetime.date.today().isoformat()}, {machine()})\n\n"
+          f"`{command}`; {description}\n\n" + "\n".join(table) + "\n")
+  print(text)
+  if append_to:
+    with open(append_to, "a", encoding="utf-8") as fh:
+      fh.write(text)

@@ -11,9 +11,7 @@ it does the same matmul FLOPs as the k experts each token activates. Each figure
 of `--repeats` rounds after 2 warm-up calls; a round calls every case once (interleaved), and
 the ratio column is the median over rounds of (best dropping backend / dense) in the same round.
 """
-import datetime
 import statistics
-import sys
 
 from absl import app, flags
 import jax
@@ -95,17 +93,11 @@ def main(argv):
       rows.append([str(t), str(e)] + [f"{ms[n]:.2f}" for n, _, _ in CASES] +
                   [f"{ratio:.2f}x ({best})"])
       print(" | ".join(rows[-1]), flush=True)
-  table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  table += ["| " + " | ".join(r) + " |" for r in rows]
-  command = "python benchmarks/dispatch.py " + " ".join(sys.argv[1:])
-  text = (f"\n## MoE dispatch backends ({datetime.date.today().isoformat()}, {common.machine()})\n\n"
-          f"`{command.strip()}`; D={_D_MODEL.value}, F={_D_FF.value}, k={_K.value}, "
-          f"capacity factor {_FACTOR.value} (batch scope, token priority), float32; "
-          f"median of {_REPEATS.value} interleaved rounds, ms per layer call.\n\n" + "\n".join(table) + "\n")
-  print(text)
-  if _APPEND.value:
-    with open(_APPEND.value, "a", encoding="utf-8") as fh:
-      fh.write(text)
+  common.report("MoE dispatch backends",
+                f"D={_D_MODEL.value}, F={_D_FF.value}, k={_K.value}, capacity factor "
+                f"{_FACTOR.value} (batch scope, token priority), float32; median of "
+                f"{_REPEATS.value} interleaved rounds, ms per layer call.",
+                header, rows, _APPEND.value)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,7 @@ median ms per step and the median over rounds of (step / `batch` step at the sam
 study's own `step wall ms` column times whole runs and moves with the host's load; this is the
 controlled measurement.
 """
-import datetime
 import statistics
-import sys
 
 from absl import app, flags
 import numpy as np
@@ -71,22 +69,17 @@ def main(argv):
   times = common.interleaved_ms(fns, _REPEATS.value)
   header = ["scope", "cf", "buffer rows / expert", "ms per step (median)",
             "vs batch (median of rounds)"]
-  table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  rows = []
   for (scope, f), ms in times.items():
     base = times.get(("batch", f))
     ratio = statistics.median(a / z for a, z in zip(ms, base)) if base else float("nan")
-    table.append(f"| {scope} | {f:g} | {rows_of[(scope, f)]} | {statistics.median(ms):.2f} | "
-                 f"{ratio:.2f}x |")
-  command = "python benchmarks/scope_cost.py " + " ".join(sys.argv[1:])
-  text = (f"\n## Cost of batch invariance per step ({datetime.date.today().isoformat()}, "
-          f"{common.machine()})\n\n`{command.strip()}`; one busy step of the default study's bucket "
-          f"(T={t} tokens: {b} decode rows, {batch.prefill.tokens_BxL.shape} prefill), bundled "
-          f"model, gather dispatch, routing recorded; {_REPEATS.value} interleaved rounds.\n\n"
-          + "\n".join(table) + "\n")
-  print(text)
-  if _APPEND.value:
-    with open(_APPEND.value, "a", encoding="utf-8") as fh:
-      fh.write(text)
+    rows.append([scope, f"{f:g}", str(rows_of[(scope, f)]), f"{statistics.median(ms):.2f}",
+                 f"{ratio:.2f}x"])
+  common.report("Cost of batch invariance per step",
+                f"one busy step of the default study's bucket (T={t} tokens: {b} decode rows, "
+                f"{batch.prefill.tokens_BxL.shape} prefill), bundled model, gather dispatch, "
+                f"routing recorded; {_REPEATS.value} interleaved rounds.",
+                header, rows, _APPEND.value)
 
 
 if __name__ == "__main__":
