@@ -1,6 +1,6 @@
 r"""The compute cost of batch invariance: one engine step of the default study per capacity scope.
 
-  python benchmarks/scope_cost.py                      # scopes batch/sequence/none x cf 1.0/1.25/2.0
+  python benchmarks/scope_cost.py          # scopes batch/sequence/none x cf 1.0/1.25/2.0
   python benchmarks/scope_cost.py --repeats=50 --append_to=benchmarks/RESULTS.md
 
 The step is the default study's fixed bucket (configs/study_default.py: 16 decode rows, 2 prefill

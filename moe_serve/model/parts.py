@@ -77,7 +77,6 @@ def prefill_batches(prompts_ids, chunk, rows=None):
     yield StepBatch(idle, chunk_part(toks, np.arange(n), np.full(n, start), lens, seg))
 
 
-
 def check_one_request_per_row(batch: StepBatch):
   """Raises ValueError unless every row of `batch` holds at most one request (segment id) and a
   request at most one row, as api.step requires. Host-side (numpy), vectorised."""

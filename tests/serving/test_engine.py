@@ -149,7 +149,7 @@ def test_a_plan_with_a_request_in_two_rows_is_refused(tiny_model):
   engine = _engine(_fixed_cfg(), tiny_model)
   req = _req(3, 6, 4, arrival=0.0)
   seq = Seq(req=req, key=(0, 3), tokens=list(req.prompt), num_computed=2, slot=0)
-  ok = engine._build(Plan(decode=[], prefill=[(seq, 4)], admitted=[], preempted=[]))  # pylint: disable=protected-access
-  assert ok[0] == (8, 2, 8)
+  build = engine._build  # pylint: disable=protected-access
+  assert build(Plan(decode=[], prefill=[(seq, 4)], admitted=[], preempted=[]))[0] == (8, 2, 8)
   with pytest.raises(ValueError, match=r"requests \[3\] have more than one row"):
-    engine._build(Plan(decode=[seq], prefill=[(seq, 4)], admitted=[], preempted=[]))  # pylint: disable=protected-access
+    build(Plan(decode=[seq], prefill=[(seq, 4)], admitted=[], preempted=[]))
