@@ -7,6 +7,14 @@ def _num(x, fmt="{:.2f}"):
   return "-" if x is None else fmt.format(x)
 
 
+def _goodput(s):
+  slo = {k: v for k, v in s["slo"].items() if v is not None}
+  if not slo:
+    return "goodput: no SLO given (--slo_ttft_ms, --slo_tpot_ms)"
+  within = ", ".join(f"{k.replace('_ms', '')} <= {v:g} ms" for k, v in slo.items())
+  return f"goodput {_num(s['goodput'])} req/s ({within})"
+
+
 def format_summary(s):
   """The summary as aligned text: totals, then one row per latency metric, then per domain."""
   lines = [
@@ -14,8 +22,7 @@ def format_summary(s):
       f"{s['preemptions']} preemptions; {s.get('steps', '?')} steps; "
       f"virtual duration {s['duration_s']:.3f} s ({s.get('clock_mode', '?')} clock)",
       f"throughput: {_num(s['request_throughput'])} req/s, "
-      f"{_num(s['output_throughput'], '{:.1f}')} output tok/s; goodput "
-      f"{_num(s['goodput'])} req/s (SLO ttft {s['slo']['ttft_ms']} ms, tpot {s['slo']['tpot_ms']} ms)",
+      f"{_num(s['output_throughput'], '{:.1f}')} output tok/s; {_goodput(s)}",
   ]
   if "wall" in s:
     w = s["wall"]

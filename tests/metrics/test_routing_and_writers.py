@@ -38,6 +38,9 @@ def test_csv_and_table(tmp_path):
   assert float(rows["per_domain/x/output_throughput"]) == 3.5
   text = table.format_summary(s)
   assert "3 completed, 1 rejected" in text and "ttft_ms" in text and "500.00" in text
+  assert f"goodput {s['goodput']:.2f} req/s (ttft <= 600 ms)" in text
+  s["slo"] = {"ttft_ms": None, "tpot_ms": None}
+  assert "goodput: no SLO given" in table.format_summary(s)
   json.dumps(s)  # the summary is JSON-serialisable as is
 
 
