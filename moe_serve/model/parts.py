@@ -5,6 +5,7 @@ cache: decode rows `[B, 1]` and prefill chunk rows `[P, C]`. Each row belongs to
 with a negative segment id are padding: they write nothing to the cache and never take an
 expert's capacity.
 """
+import collections
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -92,6 +93,12 @@ def check_one_request_per_row(batch: StepBatch):
       raise ValueError(f"{name} row {b} holds more than one request "
                        f"(segment ids {lo_B[b]} and {hi_B[b]}); a step row is one request's")
     ids.append(hi_B[real_BxL.any(axis=1)])
-  ids, counts = np.unique(np.concatenate(ids), return_counts=True)
-  if (counts > 1).any():
-    raise ValueError(f"requests {ids[counts > 1].tolist()} have more than one row in the step")
+  check_distinct_requests(np.concatenate(ids).tolist())
+
+
+def check_distinct_requests(request_ids):
+  """Raises ValueError if a request id appears twice among a step's rows (a request may have at
+  most one row). The engine calls this on its plan: each row it builds holds one request."""
+  if len(set(request_ids)) != len(request_ids):
+    dup = sorted(i for i, n in collections.Counter(request_ids).items() if n > 1)
+    raise ValueError(f"requests {dup} have more than one row in the step")

@@ -96,6 +96,10 @@ class Engine:
 
   # ------------------------------------------------------------------ batch building
   def _build(self, plan):
+    # One request per row is what the step's `sequence`-scope expert buffers are sized by; each
+    # row below is filled from one request, so only a request in two rows could break it.
+    parts.check_distinct_requests([s.req.id for s in plan.decode] +
+                                  [s.req.id for s, _ in plan.prefill])
     longest = max((n for _, n in plan.prefill), default=1)
     b, p, c = self.buckets.pick(len(plan.decode), len(plan.prefill), longest)
     r = b + p
@@ -125,7 +129,6 @@ class Engine:
       kv += n * start + n * (n + 1) // 2
     batch = parts.StepBatch(parts.decode_part(d_tok, d_slot, d_pos, d_seg),
                             parts.chunk_part(p_tok, p_slot, p_start, p_len, p_seg))
-    parts.check_one_request_per_row(batch)  # what the step's MoE buffers are sized by
     return (b, p, c), batch, (last, seeds, pos, temp, top_k, top_p), kv
 
   # ------------------------------------------------------------------ bookkeeping
