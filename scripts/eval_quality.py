@@ -14,7 +14,7 @@ from absl import app, flags
 
 from configs import serve_default
 from moe_serve import bundled
-from moe_serve.metrics import quality
+from moe_serve.experiments import quality_runners
 from moe_serve.parallel import distributed
 
 _DIR = flags.DEFINE_string("model_dir", bundled.DEFAULT_DIR, "Bundled model directory.")
@@ -34,8 +34,8 @@ def main(argv):
   serve_cfg = serve_default.get_config()
   serve_cfg.model = cfg.model
   t0 = time.perf_counter()
-  full = quality.evaluate_served(serve_cfg, params)
-  subset = quality.evaluate_served(serve_cfg, params, per_domain=_SUBSET.value)
+  full = quality_runners.evaluate_served(serve_cfg, params)
+  subset = quality_runners.evaluate_served(serve_cfg, params, per_domain=_SUBSET.value)
   out = {"capacity_scope": _SCOPE.value, "full": _summary(full),
          f"subset_{_SUBSET.value}": _summary(subset), "eval_s": time.perf_counter() - t0}
   print(json.dumps(out, indent=2, sort_keys=True))

@@ -6,7 +6,7 @@ import pytest
 
 from configs import serve_default
 from moe_serve import bundled
-from moe_serve.metrics import quality
+from moe_serve.experiments import quality_runners
 
 _QUALITY = os.path.join(bundled.DEFAULT_DIR, "quality.json")
 _SUBSET = 16  # rows per task domain: 64 task prompts, as recorded in quality.json
@@ -32,7 +32,7 @@ def test_reproduces_recorded_subset_accuracy(dropless):
     recorded = json.load(f)[f"subset_{_SUBSET}"]
   serve_cfg = serve_default.get_config()  # served like scripts/eval_quality.py serves it
   serve_cfg.model = cfg.model
-  got = quality.evaluate_served(serve_cfg, params, per_domain=_SUBSET)
+  got = quality_runners.evaluate_served(serve_cfg, params, per_domain=_SUBSET)
   assert sum(n for d, n in got["count"].items() if d in got["exact_match"]) >= 50
   for domain, want in recorded["exact_match"].items():
     # 1 prompt in 16 of slack per domain: another CPU's float32 rounding can flip a near-tie

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from moe_serve.experiments import prompts
+from moe_serve.experiments import prompts, quality_runners
 from moe_serve.metrics import determinism as det
 from moe_serve.metrics import latency, quality
 from moe_serve.model.transformer import is_moe_layer
@@ -135,7 +135,7 @@ def run(cfg, params, log=print):
   serving["step_wall_ms_median"] = float(np.median(step_s) * 1e3) if step_s else None
   serving["output_tok_per_wall_s"] = (serving["output_tokens"] / sum(step_s)) if step_s else None
   examples = prompts.eval_examples(st.quality_per_domain)
-  runner = quality.EngineRunner(cfg, params, engine=engine, first_id=QUALITY_ID0)
+  runner = quality_runners.EngineRunner(cfg, params, engine=engine, first_id=QUALITY_ID0)
   q = quality.evaluate(runner, examples, st.max_new_tokens)
   q.pop("records")
   r = m.router

@@ -1,16 +1,17 @@
 """End-to-end demo: build the model, prefill a batch of prompts with the cache, decode greedily.
 
 Reports parameter counts, the generated text and prefill/decode tokens per second. It goes
-through the same jitted engine step that serving uses (parallel/steps.py).
+through the same jitted engine step that serving uses (parallel/steps.py), driven by the greedy
+loop of serving/greedy.py (every prompt decodes max_new_tokens tokens; EOS does not stop it).
 """
 import time
 
 import jax
-import numpy as np
 
 from moe_serve.data import tokenizer
-from moe_serve.model import api, parts
+from moe_serve.model import api
 from moe_serve.parallel import steps
+from moe_serve.serving import greedy
 
 DEMO_PROMPTS = ("12+34=", "reverse: moe_serve", "def add(a, b):", "The experts ", "sort: dcba")
 
@@ -39,39 +40,22 @@ def run(cfg, log=print, mesh=None):
       f"({m.num_experts} experts, top-{m.router.k}; random init)")
   cache = new_cache()
 
-  def prefill(cache):
-    last = [None] * n
-    for batch in parts.prefill_batches(prompts, cfg.generate.chunk, rows):
-      logits, cache, _ = step(params, cache, batch)
-      lens = np.asarray(batch.prefill.segment_ids_BxL >= 0).sum(1)
-      pre = np.asarray(logits["prefill"])  # one device->host copy per step
-      for i in np.nonzero(lens)[0]:
-        last[i] = pre[i, lens[i] - 1]
-    return np.stack([np.asarray(x) for x in last]).argmax(-1), cache
-
-  def decode(cache, first):
-    out, tok, pos = [first], first, np.array([len(p) for p in prompts])
-    pad = rows - n
-    seg = np.concatenate([np.arange(n), -np.ones(pad)])
-    for _ in range(cfg.generate.max_new_tokens - 1):
-      batch = parts.StepBatch(
-          parts.decode_part(np.concatenate([tok, np.zeros(pad)]), np.arange(rows),
-                            np.concatenate([pos, np.zeros(pad)]), seg),
-          parts.empty_part(0, cfg.generate.chunk))
-      logits, cache, _ = step(params, cache, batch)
-      tok, pos = np.asarray(logits["decode"])[:n].argmax(-1), pos + 1
-      out.append(tok)
-    return np.stack(out, 1), cache
+  chunk, max_new = cfg.generate.chunk, cfg.generate.max_new_tokens
+  prefill = lambda cache: greedy.prefill(step, params, cache, prompts, chunk, rows)
+  decode = lambda cache, first: greedy.decode(step, params, cache, first,
+                                              [len(p) for p in prompts], max_new, chunk, rows,
+                                              stop_at_eos=False)
 
   t0 = time.perf_counter()  # warm-up: compiles both step shapes
-  first, warm_cache = prefill(cache)
-  decode(warm_cache, first)
+  warm_cache, logits = prefill(cache)
+  decode(warm_cache, greedy.first_tokens(logits))
   compile_s = time.perf_counter() - t0
   t0 = time.perf_counter()
-  first, cache = prefill(new_cache())
+  cache, logits = prefill(new_cache())
+  first = greedy.first_tokens(logits)
   prefill_s = time.perf_counter() - t0
   t0 = time.perf_counter()
-  generated, cache = decode(cache, first)
+  cache, generated = decode(cache, first)
   decode_s = time.perf_counter() - t0
 
   for p, g in zip(DEMO_PROMPTS[:n], generated):

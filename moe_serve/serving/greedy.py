@@ -1,0 +1,73 @@
+"""Greedy generation through the jitted engine step: chunked prefill of a group, then decode.
+
+The one home of the prefill/decode loop that the demo (experiments/generate_demo.py) and the
+quality step runner (experiments/quality_runners.py) drive, without the engine's scheduler: prompt
+i of a group goes to cache slot i and step row i; rows past the group are idle (segment id -1),
+e.g. to fill a fixed slot count or a multiple of a mesh's data axis. `step` is a step function
+from parallel/steps.py: (params, cache, StepBatch) -> (logits, cache, aux), cache donated.
+
+Letters: N prompts in the group, R step rows (= cache slots, R >= N), C prefill chunk length,
+L one prompt's length, V vocabulary.
+"""
+import numpy as np
+
+from moe_serve.data import tokenizer
+from moe_serve.model import parts
+
+
+def prefill(step, params, cache, prompts_ids, chunk, rows):
+  """Prefills prompt i into slot i, `chunk` tokens per step; returns (cache, logits) where
+  logits[i] is prompt i's numpy [L, V] (position t predicts token t + 1)."""
+  pieces = [[] for _ in prompts_ids]
+  for batch in parts.prefill_batches(prompts_ids, chunk, rows):
+    logits, cache, _ = step(params, cache, batch)
+    logits_RxCxV = np.asarray(logits["prefill"])  # one device->host copy per step
+    lens_R = np.asarray(batch.prefill.segment_ids_BxL >= 0).sum(1)
+    for i, piece in enumerate(pieces):
+      piece.append(logits_RxCxV[i, :lens_R[i]])
+  return cache, [np.concatenate(piece) for piece in pieces]
+
+
+def decode(step, params, cache, first_N, positions_N, max_new_tokens, chunk, rows,
+           stop_at_eos=True):
+  """Greedy decode of N prefilled prompts from their first tokens `first_N` at `positions_N`.
+
+  Returns (cache, completions): completion i is a token list that starts with first_N[i] and
+  has max_new_tokens tokens, or, with `stop_at_eos`, ends at its first EOS (kept), its row then
+  going idle. Idle rows feed token 0 at position 0 (padding: they touch no cache and no
+  capacity). `chunk` is the (empty) prefill part's length, so the step keeps one shape.
+  """
+  n = len(first_N)
+  rows_R = np.arange(rows)
+  tok_R, pos_R, live_R = np.zeros(rows, np.int64), np.zeros(rows, np.int64), rows_R < n
+  tok_R[:n], pos_R[:n] = first_N, positions_N
+  if stop_at_eos:
+    live_R[:n] &= tok_R[:n] != tokenizer.EOS
+  completions = [[int(t)] for t in tok_R[:n]]
+  no_prefill = parts.empty_part(0, chunk)
+  for _ in range(max_new_tokens - 1):
+    if not live_R.any():
+      break
+    batch = parts.StepBatch(
+        parts.decode_part(np.where(live_R, tok_R, 0), rows_R, np.where(live_R, pos_R, 0),
+                          np.where(live_R, rows_R, -1)), no_prefill)
+    logits, cache, _ = step(params, cache, batch)
+    tok_R, pos_R = np.asarray(logits["decode"]).argmax(-1), pos_R + 1
+    for i in np.nonzero(live_R)[0]:
+      completions[i].append(int(tok_R[i]))
+      if stop_at_eos:
+        live_R[i] = tok_R[i] != tokenizer.EOS
+  return cache, completions
+
+
+def first_tokens(prefill_logits):
+  """The greedy first token of each prompt: argmax of its last prefill position."""
+  return np.asarray([lg[-1].argmax() for lg in prefill_logits], np.int64)
+
+
+def generate(step, params, cache, prompts_ids, max_new_tokens, chunk, rows, stop_at_eos=True):
+  """Prefill then greedy decode of one group (N <= rows); returns (cache, completions) as in
+  `decode`."""
+  cache, logits = prefill(step, params, cache, prompts_ids, chunk, rows)
+  return decode(step, params, cache, first_tokens(logits), [len(p) for p in prompts_ids],
+                max_new_tokens, chunk, rows, stop_at_eos)

@@ -1,0 +1,26 @@
+"""The greedy loop: every token is a full forward pass's argmax, idle rows change nothing."""
+import jax
+import numpy as np
+
+from moe_serve.data import tokenizer
+from moe_serve.model import api
+from moe_serve.parallel import steps
+from moe_serve.serving import greedy
+
+
+def test_decode_without_eos_stop_matches_forward_and_ignores_idle_rows(tiny_cfg):
+  m = tiny_cfg.model
+  params = api.init_params(m, jax.random.key(0))
+  step = steps.make_step_fn(m)
+  prompts = [tokenizer.encode("12+34="), tokenizer.encode("The experts ")]
+  outs = {}
+  for rows in (2, 4):  # 4: two idle rows (segment id -1) in every step
+    _, outs[rows] = greedy.generate(step, params, api.init_cache(m, rows), prompts, 5, 8, rows,
+                                    stop_at_eos=False)
+  assert outs[2] == outs[4]
+  forward = steps.make_forward_fn(m)
+  for p, out in zip(prompts, outs[4]):
+    assert len(out) == 5  # no EOS stop: every prompt decodes max_new_tokens tokens
+    seq = p + out
+    logits_LxV, _ = forward(params, np.asarray([seq], np.int32))
+    assert np.argmax(np.asarray(logits_LxV[0]), -1)[len(p) - 1:-1].tolist() == out
