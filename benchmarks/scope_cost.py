@@ -17,9 +17,8 @@ from absl import app, flags
 import numpy as np
 
 from configs import study_default
-from moe_serve import bundled
 from moe_serve.model import api, parts, routing
-from moe_serve.parallel import steps
+from moe_serve.parallel import steps, weights
 
 import common  # benchmarks/common.py (the script's folder is on sys.path)
 
@@ -51,7 +50,7 @@ def _next_args(args, out):
 def main(argv):
   del argv
   cfg = study_default.get_config(None)
-  params = bundled.params_for(cfg)
+  params, _ = weights.load(cfg)
   batch = busy_step(cfg)
   b = batch.decode.tokens_BxL.shape[0]
   t = batch.decode.tokens_BxL.size + batch.prefill.tokens_BxL.size

@@ -29,6 +29,9 @@ def get_config(arg=None):
   tiny = arg.size == "tiny"
   # base: the bundled trained model's weights (MODEL.md); "" = random init from cfg.seed.
   cfg.params_dir = "" if tiny else bundled.DEFAULT_DIR
+  # One device unless asked: scripts/serve.py and calibrate.py build this mesh and serve on it;
+  # e.g. --config.mesh.data=2 --config.mesh.expert=4 on 8 devices (docs/sharding.md).
+  cfg.mesh.update(data=1, expert=1, tensor=1)
 
   cfg.serve = ml_collections.ConfigDict(dict(
       policy="fcfs",  # fcfs | priority (smaller first) | sjf (prompt + max_new_tokens)
@@ -67,6 +70,7 @@ def get_config(arg=None):
       mix=ml_collections.ConfigDict({d: 1.0 for d in DOMAINS}),
       temperature=0.0, top_k=0, top_p=1.0,
       num_priorities=1,  # priorities drawn uniformly from 0..num_priorities-1
-      trace="",  # a JSONL trace to replay instead (see serving/workload.py: load_trace)
+      trace="",  # a JSONL trace to replay instead (docs/serving.md, Traces)
+      skip_bad_lines=False,  # True: bad trace lines are skipped and listed, not an error
   ))
   return cfg

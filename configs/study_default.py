@@ -20,7 +20,7 @@ def get_config(arg=None):
   tiny = arg.size == "tiny"
   cfg = serve_default.get_config(f"size={arg.size}")
   if not tiny:  # the bundled model's architecture (the router is the study's own, below)
-    cfg.model = bundled.load_config().model
+    cfg.model = bundled.load_model_config()
   else:
     cfg.model.max_len = 160  # eval text examples: 64 + 64 characters with BOS
   cfg.params_dir = "" if tiny else bundled.DEFAULT_DIR  # "" = random init from cfg.seed

@@ -4,6 +4,7 @@ Every check raises `ConfigError` naming the field, the bad value and what would 
 before anything is compiled. Other modules add their checks here, not at their call sites.
 """
 import ast
+import difflib
 import math
 
 import ml_collections
@@ -170,6 +171,35 @@ def validate_routing_rules(r):
                       "tokens), got capacity_scope='none'; use 'batch', 'group' or 'sequence'")
 
 
+def require_one_device(mesh_cfg, script):
+  """ConfigError unless `config.mesh` asks for one device: for scripts that serve on one device,
+  so a mesh override is refused instead of silently ignored."""
+  sizes = {a: mesh_cfg[a] for a in MESH_AXES}
+  if any(v != 1 for v in sizes.values()):
+    raise ConfigError(f"{script} serves on one device, so mesh {sizes} cannot be honoured; "
+                      "set mesh.data=mesh.expert=mesh.tensor=1 (scripts/serve.py, "
+                      "calibrate.py and generate.py run on a mesh)")
+
+
+def unknown_field(cfg, dotted):
+  """None if `dotted` (e.g. "serve.max_num_seqs") names a field of `cfg`, else a message that
+  names the full path and the nearest valid names."""
+  node, done = cfg, []
+  for part in dotted.split("."):
+    if not hasattr(node, "keys") or part not in node:
+      valid = sorted(node.keys()) if hasattr(node, "keys") else []
+      where = ".".join(done) or "the config"
+      near = difflib.get_close_matches(part, valid, n=3, cutoff=0.5)
+      hint = f"; did you mean {', '.join('.'.join(done + [n]) for n in near)}?" if near else ""
+      if not valid:
+        return f"unknown config field {dotted!r}: {where} is a value, not a section"
+      listing = "" if near else f" (fields of {where}: {valid})"
+      return f"unknown config field {dotted!r}: {where} has no field {part!r}{hint}{listing}"
+    node = node[part]
+    done.append(part)
+  return None
+
+
 def validate(cfg):
   """Validates a full experiment config (the parts present); returns it for chaining."""
   if "model" not in cfg:
@@ -281,8 +311,13 @@ def validate_serve(cfg):
                       "scripts/calibrate.py and copy its overrides")
 
   w = cfg.workload
-  if not isinstance(w.num_requests, int) or w.num_requests < 0:
-    raise ConfigError(f"workload.num_requests={w.num_requests!r} must be an integer >= 0")
+  for name in ("num_requests", "seed"):
+    if not isinstance(w[name], int) or isinstance(w[name], bool) or w[name] < 0:
+      raise ConfigError(f"workload.{name}={w[name]!r} must be an integer >= 0")
+  if not isinstance(w.get("trace", ""), str):
+    raise ConfigError(f"workload.trace={w.trace!r} must be a path (or '' for the generator)")
+  if not isinstance(w.get("skip_bad_lines", False), bool):
+    raise ConfigError(f"workload.skip_bad_lines={w.skip_bad_lines!r} must be true or false")
   _positive(w, "workload", "num_priorities")
   _choice(w.arrival.kind, "workload.arrival.kind", ARRIVAL_KINDS)
   _finite(w.arrival.rate, "workload.arrival.rate", strict=True)

@@ -6,13 +6,15 @@ Serves the config's workload with clock.mode=measured on the config's model (par
 bundled one by default, as scripts/serve.py), fits on 3 of every 4 steps, and prints the
 median and p90 absolute error on the held-out steps plus the --config.clock.* overrides to use.
 """
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from moe_serve import bundled
+from moe_serve import cli
+from moe_serve import config as config_lib
 from moe_serve.metrics import writers
+from moe_serve.parallel import distributed, weights
+from moe_serve.parallel import mesh as mesh_lib
 from moe_serve.serving import calibrate, run
-from moe_serve.parallel import distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/serve_default.py", "Config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
@@ -24,8 +26,16 @@ def main(argv):
   distributed.initialize_from_flags(multi_process=False)  # one process; see distributed.py
   cfg = _CONFIG.value
   cfg.clock.mode = "measured"
-  engine = run.build_engine(cfg, params=bundled.params_for(cfg))  # the model serve.py serves
-  _, log = run.serve(cfg, _WORKDIR.value, engine=engine)
+  config_lib.validate_serve(config_lib.validate(cfg))
+  if _HOLDOUT.value < 2:
+    raise config_lib.ConfigError(f"--holdout_every={_HOLDOUT.value} must be >= 2 (every n-th "
+                                 "step is held out; the rest are fitted)")
+  requests = run.make_requests(cfg)
+  mesh = mesh_lib.make_mesh(cfg.mesh, cfg.model)
+  params, source = weights.load(cfg, mesh)  # the model serve.py serves
+  engine = run.build_engine(cfg, params=params, mesh=mesh)
+  _, log = run.serve(cfg, _WORKDIR.value, engine=engine, requests=requests,
+                     params_source=source)
   result = calibrate.calibrate(log.steps, log.wall, _HOLDOUT.value)
   writers.write_json(f"{_WORKDIR.value}/calibration.json", result)
   print(f"fit on {result['fit_steps']} steps, held out {result['heldout_steps']} "
@@ -37,4 +47,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

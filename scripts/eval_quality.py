@@ -10,15 +10,17 @@ The engine runs configs/serve_default.py with the bundled model in place of the 
 import json
 import time
 
-from absl import app, flags
+from absl import flags
 
 from configs import serve_default
-from moe_serve import bundled
+from moe_serve import bundled, cli, files
+from moe_serve import config as config_lib
 from moe_serve.experiments import quality_runners
-from moe_serve.parallel import distributed
+from moe_serve.parallel import distributed, weights
 
-_DIR = flags.DEFINE_string("model_dir", bundled.DEFAULT_DIR, "Bundled model directory.")
-_SCOPE = flags.DEFINE_string("capacity_scope", "none", "Router capacity scope when serving.")
+_DIR = flags.DEFINE_string("model_dir", bundled.DEFAULT_DIR, "Model directory.")
+_SCOPE = flags.DEFINE_enum("capacity_scope", "none", config_lib.CAPACITY_SCOPES,
+                           "Router capacity scope when serving.")
 _SUBSET = flags.DEFINE_integer("subset", 16, "Rows per domain of the fixed test subset.")
 _OUT = flags.DEFINE_string("out", None, "Write the summary JSON here.")
 
@@ -30,9 +32,14 @@ def _summary(result):
 def main(argv):
   del argv
   distributed.initialize_from_flags(multi_process=False)  # one process; see distributed.py
-  cfg, params = bundled.load(_DIR.value, capacity_scope=_SCOPE.value)
+  if _SUBSET.value < 1:
+    raise config_lib.ConfigError(f"--subset={_SUBSET.value} must be >= 1")
   serve_cfg = serve_default.get_config()
-  serve_cfg.model = cfg.model
+  serve_cfg.model = bundled.load_model_config(_DIR.value)
+  serve_cfg.model.router.capacity_scope = _SCOPE.value
+  serve_cfg.params_dir = _DIR.value
+  config_lib.validate_serve(config_lib.validate(serve_cfg))
+  params, _ = weights.load(serve_cfg)
   t0 = time.perf_counter()
   full = quality_runners.evaluate_served(serve_cfg, params)
   subset = quality_runners.evaluate_served(serve_cfg, params, per_domain=_SUBSET.value)
@@ -40,9 +47,8 @@ def main(argv):
          f"subset_{_SUBSET.value}": _summary(subset), "eval_s": time.perf_counter() - t0}
   print(json.dumps(out, indent=2, sort_keys=True))
   if _OUT.value:
-    with open(_OUT.value, "w", encoding="utf-8") as f:
-      f.write(json.dumps(out, indent=2, sort_keys=True) + "\n")
+    files.write_text_atomic(_OUT.value, json.dumps(out, indent=2, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -7,9 +7,9 @@ Multi-process (one command per process; see moe_serve/parallel/distributed.py):
   python scripts/generate.py --config=configs/tiny.py \
       --coordinator_address=127.0.0.1:1234 --num_processes=2 --process_id=0
 """
-from absl import app
 from ml_collections import config_flags
 
+from moe_serve import cli
 from moe_serve import config as config_lib
 from moe_serve.experiments import generate_demo
 from moe_serve.parallel import distributed
@@ -27,4 +27,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

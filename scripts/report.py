@@ -2,9 +2,9 @@ r"""Rebuilds a sweep's report (results.csv, results.md, plots/) from its finishe
 
   python scripts/report.py --workdir=runs/study [--out_dir=runs/study]
 """
-from absl import app
 from absl import flags
 
+from moe_serve import cli
 from moe_serve.experiments import report
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory.", required=True)
@@ -17,4 +17,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

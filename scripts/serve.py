@@ -3,15 +3,22 @@ r"""Serves a workload through the MoE model on virtual time and writes every log
   python scripts/serve.py --config=configs/serve_default.py --workdir=runs/NAME
   python scripts/serve.py --config=configs/serve_default.py:size=tiny --workdir=runs/tiny \
       --slo_ttft_ms=200 --slo_tpot_ms=50 --config.serve.tensorboard=true
+  python scripts/serve.py --config=configs/serve_default.py --workdir=runs/mesh \
+      --config.mesh.data=2 --config.mesh.expert=2 --config.mesh.tensor=2   # on 8 devices
+
+The whole config is checked before anything is built; the parameters come from
+`--config.params_dir` (a model directory, verified against its digest) or a random init.
 """
 import time
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 import tqdm
 
-from moe_serve import bundled
-from moe_serve.parallel import distributed
+from moe_serve import cli
+from moe_serve import config as config_lib
+from moe_serve.parallel import distributed, weights
+from moe_serve.parallel import mesh as mesh_lib
 from moe_serve.serving import run
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/serve_default.py", "Config file.")
@@ -23,9 +30,12 @@ _SLO_TPOT = flags.DEFINE_float("slo_tpot_ms", None, "TPOT SLO for goodput (ms)."
 def main(argv):
   del argv
   distributed.initialize_from_flags(multi_process=False)  # one process; see distributed.py
-  cfg = _CONFIG.value
-  engine = run.build_engine(cfg, params=bundled.params_for(cfg, log=tqdm.tqdm.write))
-  requests = run.make_requests(cfg)
+  cfg = config_lib.validate_serve(config_lib.validate(_CONFIG.value))
+  skipped = []
+  requests = run.make_requests(cfg, skipped=skipped)  # a bad trace stops here, before loading
+  mesh = mesh_lib.make_mesh(cfg.mesh, cfg.model)  # ConfigError if it does not fit the devices
+  params, source = weights.load(cfg, mesh, log=tqdm.tqdm.write)
+  engine = run.build_engine(cfg, params=params, mesh=mesh)
   bar = tqdm.tqdm(total=len(requests), unit="req", dynamic_ncols=True)
   t0 = time.perf_counter()
 
@@ -37,9 +47,10 @@ def main(argv):
       bar.refresh()
 
   run.serve(cfg, _WORKDIR.value, engine=engine, requests=requests, slo_ttft_ms=_SLO_TTFT.value,
-            slo_tpot_ms=_SLO_TPOT.value, on_step=on_step, log=tqdm.tqdm.write)
+            slo_tpot_ms=_SLO_TPOT.value, on_step=on_step, log=tqdm.tqdm.write,
+            params_source=source, skipped_lines=skipped)
   bar.close()
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

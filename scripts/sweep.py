@@ -4,12 +4,13 @@ r"""Runs a study grid resumably (one subdirectory per run) and writes its report
   python scripts/sweep.py --config=configs/study_default.py --workdir=runs/study \
       --config.study.repeats=10 --config.study.load=60
 
-Killed at any moment and started again with the same workdir, it reruns only unfinished runs.
+Every setting of the grid is checked before the first run starts. Killed at any moment and started
+again with the same workdir, it reruns only unfinished runs (and any whose result is unreadable).
 """
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from moe_serve import cli
 from moe_serve.experiments import study
 from moe_serve.parallel import distributed
 
@@ -26,4 +27,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -6,9 +6,10 @@ r"""Trains (or resumes) a model; optionally exports it as a bundled model direct
 Metrics: one JSON line per record in WORKDIR/metrics.jsonl (TensorBoard with
 --config.train.tensorboard=True). Re-running the same command resumes from the last checkpoint.
 """
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from moe_serve import cli
 from moe_serve import bundled
 from moe_serve.training import trainer
 from moe_serve.parallel import distributed
@@ -31,4 +32,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

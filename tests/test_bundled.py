@@ -7,6 +7,7 @@ import pytest
 from configs import serve_default
 from moe_serve import bundled
 from moe_serve.experiments import quality_runners
+from moe_serve.parallel import weights
 
 _QUALITY = os.path.join(bundled.DEFAULT_DIR, "quality.json")
 _SUBSET = 16  # rows per task domain: 64 task prompts, as recorded in quality.json
@@ -14,14 +15,17 @@ _SUBSET = 16  # rows per task domain: 64 task prompts, as recorded in quality.js
 
 @pytest.fixture(scope="module")
 def dropless():
-  return bundled.load_default(capacity_scope="none")
+  """The bundled model served dropless, loaded as scripts/eval_quality.py loads it."""
+  cfg = serve_default.get_config()
+  cfg.model = bundled.load_model_config()
+  cfg.model.router.capacity_scope = "none"
+  return cfg, weights.load(cfg, log=lambda *_: None)[0]
 
 
 def test_config_is_the_trained_router(dropless):
-  trained = bundled.load_config()
-  r = trained.model.router
+  r = bundled.load_model_config().router
   assert (r.kind, r.k, r.capacity_scope, r.capacity_factor_prefill) == ("topk", 2, "batch", 1.25)
-  assert trained.model.num_experts == 8
+  assert bundled.load_model_config().num_experts == 8
   cfg, _ = dropless
   assert cfg.model.router.capacity_scope == "none"
 
@@ -30,9 +34,7 @@ def test_reproduces_recorded_subset_accuracy(dropless):
   cfg, params = dropless
   with open(_QUALITY, encoding="utf-8") as f:
     recorded = json.load(f)[f"subset_{_SUBSET}"]
-  serve_cfg = serve_default.get_config()  # served like scripts/eval_quality.py serves it
-  serve_cfg.model = cfg.model
-  got = quality_runners.evaluate_served(serve_cfg, params, per_domain=_SUBSET)
+  got = quality_runners.evaluate_served(cfg, params, per_domain=_SUBSET)
   assert sum(n for d, n in got["count"].items() if d in got["exact_match"]) >= 50
   for domain, want in recorded["exact_match"].items():
     # 1 prompt in 16 of slack per domain: another CPU's float32 rounding can flip a near-tie

@@ -10,7 +10,7 @@ import jax
 
 from moe_serve.data import tokenizer
 from moe_serve.model import api
-from moe_serve.parallel import steps
+from moe_serve.parallel import steps, weights
 from moe_serve.serving import greedy
 
 DEMO_PROMPTS = ("12+34=", "reverse: moe_serve", "def add(a, b):", "The experts ", "sort: dcba")
@@ -26,18 +26,18 @@ def run(cfg, log=print, mesh=None):
   if max(len(p) for p in prompts) + cfg.generate.max_new_tokens > m.max_len:
     raise ValueError(f"prompt + generate.max_new_tokens={cfg.generate.max_new_tokens} exceeds "
                      f"model.max_len={m.max_len}")
+  params, source = weights.load(cfg, mesh, log=log)
   if mesh is None:
-    params = api.init_params(m, jax.random.key(cfg.seed))
     step, new_cache = steps.make_step_fn(m), lambda: api.init_cache(m, rows)
   else:
     rules = cfg.logical_axis_rules
-    params = steps.make_init_fn(m, mesh, rules)(cfg.seed)
     step = steps.make_step_fn(m, mesh, rules)
     make_cache = steps.make_cache_fn(m, mesh, rules)
     new_cache = lambda: make_cache(rows)
   total, active = api.count_params(m, params)
   log(f"parameters: {total:,} total, {active:,} active per token "
-      f"({m.num_experts} experts, top-{m.router.k}; random init)")
+      f"({m.num_experts} experts, top-{m.router.k}; "
+      f"{source.get('dir') or 'random init, seed %d' % cfg.seed})")
   cache = new_cache()
 
   chunk, max_new = cfg.generate.chunk, cfg.generate.max_new_tokens

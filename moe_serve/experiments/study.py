@@ -1,29 +1,49 @@
-"""The study behind scripts/sweep.py: load the model once, run the grid resumably, report."""
-from moe_serve import bundled
+"""The study behind scripts/sweep.py: check every setting, load the model once, run the grid
+resumably, report."""
 from moe_serve import config as config_lib
 from moe_serve.experiments import determinism, report, sweep
+from moe_serve.parallel import weights
 
 
 def axes_of(cfg):
   """`sweep.axes` ((key, values), ...) as the dict experiments/sweep.py takes."""
   axes = {}
   for item in cfg.sweep.axes:
+    if not isinstance(item, (list, tuple)) or len(item) != 2:
+      raise config_lib.ConfigError(f"sweep.axes item {item!r} must be a (dotted key, values) pair")
     key, values = item
+    if not isinstance(values, (list, tuple)) or not values:
+      raise config_lib.ConfigError(f"sweep.axes: {key!r} needs a non-empty list of values, "
+                                   f"got {values!r}")
     axes[key] = list(values)
+  return axes
+
+
+def validate(cfg, script="sweep.py"):
+  """Checks the study config and every setting of its grid (ConfigError naming the setting), so
+  no run starts before all of them are known to be valid. Returns the axes."""
+  config_lib.validate_study(config_lib.validate(cfg))
+  config_lib.require_one_device(cfg.mesh, script)
+  axes = axes_of(cfg)
+  for point in sweep.grid(axes):
+    run_cfg = sweep.apply_overrides(cfg, point)
+    try:
+      config_lib.validate_study(config_lib.validate(determinism.apply_capacity_factor(run_cfg)))
+    except config_lib.ConfigError as e:
+      raise config_lib.ConfigError(f"sweep setting {point}: {e}") from None
   return axes
 
 
 def run(cfg, workdir, progress=True, log=print):
   """Runs every unfinished grid point of the study in `workdir`, then writes the report."""
-  config_lib.validate(cfg)
-  config_lib.validate_study(cfg)
-  params = bundled.params_for(cfg, log)
+  axes = validate(cfg)
+  params, source = weights.load(cfg, log=log)
 
   def one(run_cfg, run_dir):
     del run_dir  # everything a run produces is its result.json
-    config_lib.validate(run_cfg)
-    config_lib.validate_study(run_cfg)
-    return determinism.run(run_cfg, params, log=log)
+    result = determinism.run(run_cfg, params, log=log)
+    result["params"] = source
+    return result
 
-  sweep.run_sweep(cfg, axes_of(cfg), workdir, one, progress=progress, log=log)
+  sweep.run_sweep(cfg, axes, workdir, one, progress=progress, log=log)
   return report.build(workdir, log=log)

@@ -14,6 +14,9 @@ import time
 
 import tqdm
 
+from moe_serve import config as config_lib
+from moe_serve import files
+
 RESULT_FILE = "result.json"
 MANIFEST_FILE = "sweep.json"
 _TMP_PREFIX = ".tmp-"
@@ -37,17 +40,17 @@ def run_name(overrides):
 
 
 def apply_overrides(cfg, overrides):
-  """Returns a copy of `cfg` with dotted-key overrides applied; unknown keys are an error."""
+  """Returns a copy of `cfg` with dotted-key overrides applied; an unknown key is a ConfigError
+  naming the nearest valid names."""
   cfg = cfg.copy_and_resolve_references()
   for key, value in overrides.items():
-    node = cfg
+    message = config_lib.unknown_field(cfg, key)
+    if message:
+      raise config_lib.ConfigError(f"sweep override: {message}")
     *parents, leaf = key.split(".")
+    node = cfg
     for p in parents:
-      if p not in node:
-        raise KeyError(f"sweep override {key!r}: config has no section {p!r}")
       node = node[p]
-    if leaf not in node:
-      raise KeyError(f"sweep override {key!r}: config has no field {leaf!r}")
     node[leaf] = value
   return cfg
 
@@ -59,24 +62,55 @@ def config_hash(cfg):
   return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def _check_same_config(workdir, digest):
+def _read_manifest(workdir):
+  """The manifest of an existing sweep directory (None if there is none yet)."""
   path = os.path.join(workdir, MANIFEST_FILE)
   if not os.path.exists(path):
-    return
-  with open(path) as f:
-    old = json.load(f).get("config_hash")
+    return None
+  try:
+    with open(path, encoding="utf-8") as f:
+      manifest = json.load(f)
+    if not isinstance(manifest, dict) or "axes" not in manifest:
+      raise ValueError("it has no `axes`")
+    return manifest
+  except (ValueError, UnicodeDecodeError) as e:
+    raise config_lib.ConfigError(
+        f"sweep manifest {path} is unreadable ({e}); if this directory holds this sweep's "
+        f"runs, delete {path} and run the same command again (finished runs are kept), else "
+        "use a new --workdir") from None
+
+
+def _check_same_config(workdir, digest):
+  old = (_read_manifest(workdir) or {}).get("config_hash")
   if old is not None and old != digest:
-    raise ValueError(f"{workdir} holds runs of another config (hash {old}, this one {digest}); "
-                     "resuming would mix results: use a new --workdir (or delete this one)")
+    raise config_lib.ConfigError(
+        f"{workdir} holds runs of another config (hash {old}, this one {digest}); resuming "
+        "would mix results: use a new --workdir (or delete this one)")
 
 
-def _write_json_atomic(path, obj):
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+def read_result(run_dir):
+  """A finished run's record, or None if its result.json is missing or unreadable."""
+  try:
+    with open(os.path.join(run_dir, RESULT_FILE), encoding="utf-8") as f:
+      record = json.load(f)
+    return record if isinstance(record, dict) and "result" in record else None
+  except (OSError, ValueError):
+    return None
+
+
+def _finished(workdir, name, log):
+  """Whether run `name` is finished; a run directory without a readable result is moved aside
+  (to be rerun), and said so."""
+  run_dir = os.path.join(workdir, name)
+  if not os.path.exists(run_dir):
+    return False
+  if read_result(run_dir) is not None:
+    return True
+  aside = os.path.join(workdir, f"{_TMP_PREFIX}broken-{name}-{os.getpid()}")
+  os.rename(run_dir, aside)
+  shutil.rmtree(aside, ignore_errors=True)
+  log(f"sweep: {name} has no readable {RESULT_FILE}; running it again")
+  return False
 
 
 def _clean_leftovers(workdir):
@@ -96,9 +130,10 @@ def run_sweep(base_cfg, axes, workdir, run_fn, progress=True, log=print):
   digest = config_hash(base_cfg)
   _check_same_config(workdir, digest)
   manifest = {"axes": [[k, v] for k, v in axes.items()], "config_hash": digest}
-  _write_json_atomic(os.path.join(workdir, MANIFEST_FILE), manifest)
+  files.write_text_atomic(os.path.join(workdir, MANIFEST_FILE),
+                          json.dumps(manifest, indent=1, sort_keys=True))
   _clean_leftovers(workdir)
-  todo = [p for p in points if not os.path.exists(os.path.join(workdir, run_name(p)))]
+  todo = [p for p in points if not _finished(workdir, run_name(p), log)]
   if len(todo) < len(points):
     log(f"sweep: {len(points) - len(todo)} of {len(points)} runs already finished in {workdir}")
   bar = tqdm.tqdm(total=len(points), initial=len(points) - len(todo), unit="run",
@@ -112,7 +147,8 @@ def run_sweep(base_cfg, axes, workdir, run_fn, progress=True, log=print):
     result = run_fn(apply_overrides(base_cfg, overrides), tmp_dir)
     record = {"overrides": overrides, "name": name, "result": result,
               "wall_s": round(time.time() - t0, 3)}
-    _write_json_atomic(os.path.join(tmp_dir, RESULT_FILE), record)
+    files.write_text_atomic(os.path.join(tmp_dir, RESULT_FILE),
+                            json.dumps(record, indent=1, sort_keys=True))
     os.rename(tmp_dir, os.path.join(workdir, name))  # the commit point of the run
     bar.update(1)
   bar.close()
@@ -122,13 +158,11 @@ def run_sweep(base_cfg, axes, workdir, run_fn, progress=True, log=print):
 def load_results(workdir, points=None):
   """Finished runs of a sweep directory (all of them, or those of `points`, in that order)."""
   if points is None:
-    with open(os.path.join(workdir, MANIFEST_FILE)) as f:
-      axes = json.load(f)["axes"]
+    manifest = _read_manifest(workdir)
+    if manifest is None:
+      raise config_lib.ConfigError(f"{workdir} is not a sweep directory ({MANIFEST_FILE} is "
+                                   "missing)")
+    axes = manifest["axes"]
     points = grid(dict(axes) if isinstance(axes, list) else axes)
-  out = []
-  for p in points:
-    path = os.path.join(workdir, run_name(p), RESULT_FILE)
-    if os.path.exists(path):
-      with open(path) as f:
-        out.append(json.load(f))
-  return out
+  records = (read_result(os.path.join(workdir, run_name(p))) for p in points)
+  return [r for r in records if r is not None]

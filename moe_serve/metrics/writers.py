@@ -7,25 +7,27 @@ import csv
 import json
 import os
 
+from moe_serve.files import atomic_open
+
 
 def dumps(record):
   return json.dumps(record, sort_keys=True, separators=(",", ":"))
 
 
 def write_jsonl(path, records):
-  """Writes one JSON object per line (overwrites)."""
-  with open(path, "w") as f:
+  """Writes one JSON object per line (replaces the file atomically)."""
+  with atomic_open(path) as f:
     for rec in records:
       f.write(dumps(rec) + "\n")
 
 
 def read_jsonl(path):
-  with open(path) as f:
+  with open(path, encoding="utf-8") as f:
     return [json.loads(line) for line in f if line.strip()]
 
 
 def write_json(path, obj):
-  with open(path, "w") as f:
+  with atomic_open(path) as f:
     json.dump(obj, f, sort_keys=True, indent=1)
     f.write("\n")
 
@@ -44,7 +46,7 @@ def flatten(summary, prefix=""):
 
 def write_summary_csv(path, summary):
   """Two columns, metric and value, one row per scalar of the (flattened) summary."""
-  with open(path, "w", newline="") as f:
+  with atomic_open(path, newline="") as f:
     w = csv.writer(f)
     w.writerow(["metric", "value"])
     for name, value in sorted(flatten(summary).items()):

@@ -6,7 +6,11 @@ Files under the workdir (DESIGN.md section 3, Exports):
 - wall.jsonl: wall seconds per step (step, and host work around it); never deterministic;
 - summary.json, summary.csv: latency/throughput metrics plus run facts (the `wall` entry and
   `compiles_after_warmup` are measurements of this process, not of the simulated server);
-- config.json; tb/ with TensorBoard scalars when serve.tensorboard is set.
+- config.json; skipped_lines.jsonl (bad trace lines, with workload.skip_bad_lines); tb/ with
+  TensorBoard scalars when serve.tensorboard is set.
+Each file is written under a temporary name and renamed when complete, so a killed run or a full
+disk never leaves a truncated file posing as a complete one. `summary.json`'s `params` says where
+the parameters came from (a model directory and its step, or a random init and its seed).
 """
 import os
 import time
@@ -16,7 +20,7 @@ import jax
 from moe_serve import config as config_lib
 from moe_serve.metrics import latency, table, writers
 from moe_serve.model import api
-from moe_serve.parallel import compiles, steps
+from moe_serve.parallel import compiles, steps, weights
 from moe_serve.serving import clock as clock_lib
 from moe_serve.serving import workload
 from moe_serve.serving.engine import Engine
@@ -30,16 +34,15 @@ def make_step_fn(cfg, mesh=None):
 
 
 def build_engine(cfg, step_fn=None, params=None, cache=None, mesh=None):
-  """An Engine for `cfg`; pass `params` to serve a trained model, `mesh` to shard it (then the
-  step, parameters and cache come from parallel/steps.py's sharded builders).
-
-  Without `params` the model is randomly initialised from cfg.seed (the same values on any mesh).
+  """An Engine for `cfg`, sharded on `mesh` if given (then the step and cache come from
+  parallel/steps.py's sharded builders). Without `params` they come from the one loading path
+  (parallel/weights.py: `cfg.params_dir`, or a random init from cfg.seed, the same values on any
+  mesh); pass `params` to reuse parameters already placed.
   """
   m, rules = cfg.model, cfg.logical_axis_rules
   step_fn = step_fn or make_step_fn(cfg, mesh)
   if params is None:
-    params = (steps.make_init_fn(m, mesh, rules)(cfg.seed) if mesh is not None
-              else api.init_params(m, jax.random.key(cfg.seed)))
+    params, _ = weights.load(cfg, mesh)
   if cache is None:
     cache = (steps.make_cache_fn(m, mesh, rules)(cfg.serve.max_num_seqs) if mesh is not None
              else jax.device_put(api.init_cache(m, cfg.serve.max_num_seqs), jax.devices()[0]))
@@ -48,24 +51,40 @@ def build_engine(cfg, step_fn=None, params=None, cache=None, mesh=None):
   return Engine(cfg, step_fn, params, cache, clock_lib.Clock(cfg.clock))
 
 
-def make_requests(cfg, prompt_source=None):
-  """The trace in workload.trace if set, else the generated workload (synthetic prompts)."""
+def make_requests(cfg, prompt_source=None, skipped=None):
+  """The trace in workload.trace if set, else the generated workload (synthetic prompts).
+
+  With `workload.skip_bad_lines`, bad trace lines are appended to `skipped` (a list) as
+  {"line", "reason"} and the rest are served; otherwise the first bad line is a TraceError.
+  """
   if cfg.workload.trace:
+    if cfg.workload.get("skip_bad_lines", False):
+      skipped = [] if skipped is None else skipped
+      return workload.load_trace(cfg.workload.trace, skipped=skipped)
     return workload.load_trace(cfg.workload.trace)
   return workload.generate(cfg.workload, prompt_source or workload.SyntheticPromptSource())
 
 
 def serve(cfg, workdir, engine=None, requests=None, slo_ttft_ms=None, slo_tpot_ms=None,
-          on_step=None, log=print):
-  """Runs the whole thing; returns (summary dict, RunLog). Writes the files listed above."""
+          on_step=None, log=print, params_source=None, skipped_lines=()):
+  """Runs the whole thing; returns (summary dict, RunLog). Writes the files listed above.
+
+  `params_source` says where the engine's parameters came from (weights.load's second value;
+  default: the config's `params_dir` or seed when this builds the engine); `skipped_lines` are
+  the bad trace lines that make_requests skipped, kept in skipped_lines.jsonl.
+  """
   config_lib.validate(cfg)
   config_lib.validate_serve(cfg)
   os.makedirs(workdir, exist_ok=True)
-  random_init = engine is None
-  engine = engine or build_engine(cfg)
-  requests = make_requests(cfg) if requests is None else requests
-  if random_init:
-    log("model: random init from config seed (no trained weights loaded)")
+  skipped_lines = list(skipped_lines)
+  if engine is None:
+    engine = build_engine(cfg)
+    params_source = weights.source(cfg)
+  if requests is None:
+    requests = make_requests(cfg, skipped=skipped_lines)
+  if skipped_lines:
+    log(f"workload: skipped {len(skipped_lines)} bad trace lines (skipped_lines.jsonl); "
+        f"first: line {skipped_lines[0]['line']}: {skipped_lines[0]['reason']}")
 
   # ----------------------------------------------------------------- warm-up: compile every bucket
   t0 = time.perf_counter()
@@ -93,7 +112,8 @@ def serve(cfg, workdir, engine=None, requests=None, slo_ttft_ms=None, slo_tpot_m
   host_s = sum(w["host_s"] for w in runlog.wall)
   summary.update(
       steps=len(runlog.steps), clock_mode=cfg.clock.mode, batching=cfg.serve.batching,
-      policy=cfg.serve.policy, params="random init" if random_init else "given",
+      policy=cfg.serve.policy, params=params_source or "given (source not recorded)",
+      skipped_trace_lines=len(skipped_lines),
       compiles_warmup=warm_compiles(), compiles_after_warmup=run_compiles(),
       wall=dict(warmup_s=warmup_s, run_s=run_s, step_s=step_s, host_s=host_s,
                 host_fraction=host_s / step_s if step_s else None,
@@ -104,6 +124,8 @@ def serve(cfg, workdir, engine=None, requests=None, slo_ttft_ms=None, slo_tpot_m
   writers.write_json(os.path.join(workdir, "summary.json"), summary)
   writers.write_summary_csv(os.path.join(workdir, "summary.csv"), summary)
   writers.write_json(os.path.join(workdir, "config.json"), cfg.to_dict())
+  if skipped_lines:
+    writers.write_jsonl(os.path.join(workdir, "skipped_lines.jsonl"), skipped_lines)
   if tb is not None:
     tb.summary(summary)
     tb.close()

@@ -102,42 +102,95 @@ def generate(wl, prompt_source: PromptSource):
   return out
 
 
-_TRACE_FIELDS = ("arrival", "max_new_tokens", "domain")
+_TRACE_REQUIRED = ("arrival", "max_new_tokens", "domain")
+_TRACE_OPTIONAL = ("prompt", "tokens", "id", "priority", "seed", "temperature", "top_k", "top_p")
 
 
-def load_trace(path):
-  """Requests from a JSONL trace, one object per line.
+def _is_int(v):
+  return isinstance(v, int) and not isinstance(v, bool)
 
-  Fields: arrival (s), max_new_tokens, domain, and `prompt` (text, tokenized with BOS) or
-  `tokens` (ids); optional id (default: line index), priority, seed, temperature, top_k, top_p.
-  Blank lines are skipped. A malformed line raises TraceError naming the file and line number;
-  values that parse but are unusable (e.g. an unknown domain) are left to the engine to reject.
+
+def _is_number(v):
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# field -> (check, what it must be); JSON integers only where an integer is meant (not 4.9, "4",
+# true), finite numbers only (json accepts NaN and Infinity).
+_TRACE_CHECKS = {
+    "arrival": (lambda v: _is_number(v) and v >= 0, "a finite number of seconds >= 0"),
+    "max_new_tokens": (lambda v: _is_int(v) and v > 0, "a JSON integer > 0"),
+    "domain": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "prompt": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "tokens": (lambda v: isinstance(v, list) and v and all(_is_int(t) and t >= 0 for t in v),
+               "a non-empty list of JSON integers >= 0"),
+    "id": (lambda v: _is_int(v) and 0 <= v < 2**31, "a JSON integer in [0, 2**31)"),
+    "priority": (_is_int, "a JSON integer"),
+    "seed": (lambda v: _is_int(v) and 0 <= v < 2**32, "a JSON integer in [0, 2**32)"),
+    "temperature": (lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
+    "top_k": (lambda v: _is_int(v) and v >= 0, "a JSON integer >= 0"),
+    "top_p": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+}
+
+
+def _json_constant(name):
+  raise ValueError(f"{name} is not a finite number")
+
+
+def parse_trace_line(raw, index):
+  """One trace line (bytes) -> Request; TraceError (without the file:line) if it is bad."""
+  try:
+    text = raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise TraceError(f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+  try:
+    rec = json.loads(text, parse_constant=_json_constant)
+  except (json.JSONDecodeError, ValueError) as e:
+    raise TraceError(f"not valid JSON ({getattr(e, 'msg', e)})") from None
+  if not isinstance(rec, dict):
+    raise TraceError(f"expected a JSON object, got {type(rec).__name__}")
+  unknown = sorted(set(rec) - set(_TRACE_REQUIRED) - set(_TRACE_OPTIONAL))
+  if unknown:
+    raise TraceError(f"unknown fields {unknown}; a trace line has {list(_TRACE_REQUIRED)}, one "
+                     f"of prompt/tokens, and optionally {list(_TRACE_OPTIONAL[2:])}")
+  missing = [k for k in _TRACE_REQUIRED if k not in rec]
+  if missing or ("prompt" in rec) == ("tokens" in rec):
+    raise TraceError(f"needs fields {list(_TRACE_REQUIRED)} and exactly one of prompt/tokens; "
+                     f"missing {missing or 'prompt or tokens'}")
+  for key, value in rec.items():
+    ok, what = _TRACE_CHECKS[key]
+    if not ok(value):
+      raise TraceError(f"bad field value: {key}={json.dumps(value)} must be {what}")
+  prompt = tokenizer.encode(rec["prompt"]) if "prompt" in rec else rec["tokens"]
+  sp = SamplingParams(float(rec.get("temperature", 0.0)), rec.get("top_k", 0),
+                      float(rec.get("top_p", 1.0)), rec.get("seed", 0))
+  return Request(id=rec.get("id", index), prompt=prompt, max_new_tokens=rec["max_new_tokens"],
+                 sampling=sp, arrival=float(rec["arrival"]), domain=rec["domain"],
+                 priority=rec.get("priority", 0))
+
+
+def load_trace(path, skipped=None):
+  """Requests from a JSONL trace, one object per line (docs/serving.md, Traces).
+
+  Fields: arrival (s), max_new_tokens, domain, and `prompt` (non-empty UTF-8 text, tokenized
+  with BOS) or `tokens` (ids); optional id (default: the request's index), priority, seed,
+  temperature, top_k, top_p. Types are strict and unknown fields are refused. Blank lines are
+  skipped. A bad line raises TraceError naming file:line; with a list as `skipped`, bad lines are
+  appended to it as {"line", "reason"} instead and the rest are returned. A trace with no request
+  is an error. Values that parse but the engine cannot serve (e.g. an unknown domain) are
+  rejected by the engine, with their reason in requests.jsonl.
   """
   out = []
-  with open(path) as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
+  with open(path, "rb") as f:
+    for lineno, raw in enumerate(f, 1):
+      if not raw.strip():
         continue
-      where = f"{path}:{lineno}"
       try:
-        rec = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise TraceError(f"{where}: not valid JSON ({e.msg})") from None
-      if not isinstance(rec, dict):
-        raise TraceError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-      missing = [k for k in _TRACE_FIELDS if k not in rec]
-      if missing or ("prompt" in rec) == ("tokens" in rec):
-        raise TraceError(f"{where}: needs fields {list(_TRACE_FIELDS)} and exactly one of "
-                         f"prompt/tokens; missing {missing or 'prompt or tokens'}")
-      try:
-        prompt = (tokenizer.encode(rec["prompt"]) if "prompt" in rec
-                  else [int(t) for t in rec["tokens"]])
-        sp = SamplingParams(float(rec.get("temperature", 0.0)), int(rec.get("top_k", 0)),
-                            float(rec.get("top_p", 1.0)), int(rec.get("seed", 0)))
-        out.append(Request(id=int(rec.get("id", len(out))), prompt=prompt,
-                           max_new_tokens=int(rec["max_new_tokens"]), sampling=sp,
-                           arrival=float(rec["arrival"]), domain=str(rec["domain"]),
-                           priority=int(rec.get("priority", 0))))
-      except (TypeError, ValueError, AttributeError) as e:
-        raise TraceError(f"{where}: bad field value ({e})") from None
+        out.append(parse_trace_line(raw, len(out)))
+      except TraceError as e:
+        if skipped is None:
+          raise TraceError(f"{path}:{lineno}: {e}") from None
+        skipped.append({"line": lineno, "reason": str(e)})
+  if not out:
+    bad = f" ({len(skipped)} bad lines skipped)" if skipped else ""
+    raise TraceError(f"{path}: the trace holds no request{bad}")
   return out

@@ -17,12 +17,26 @@ def _plain(value):
   return arr.tolist()
 
 
+def cut_partial_line(path):
+  """Cuts a last line that lacks its newline (a run killed, or a disk filled, mid-write) so that
+  appending after it keeps every line whole; returns the number of bytes cut."""
+  if not os.path.exists(path):
+    return 0
+  with open(path, "rb+") as f:
+    data = f.read()
+    keep = data.rfind(b"\n") + 1
+    if keep < len(data):
+      f.truncate(keep)
+  return len(data) - keep
+
+
 class MetricsWriter:
   """Appends records to `workdir/metrics.jsonl`; mirrors scalars to TensorBoard if asked."""
 
   def __init__(self, workdir, tensorboard=False):
     os.makedirs(workdir, exist_ok=True)
     self.path = os.path.join(workdir, "metrics.jsonl")
+    self.cut_bytes = cut_partial_line(self.path)
     self._tb = None
     if tensorboard:
       try:

@@ -112,6 +112,9 @@ def train(cfg, workdir, log=print, stop_after=None, progress=False):
   optimizer = optim.make_optimizer(t_cfg)
   lr_fn = optim.schedule(t_cfg)
   writer = log_lib.MetricsWriter(workdir, tensorboard=t_cfg.tensorboard)
+  if writer.cut_bytes:
+    log(f"{writer.path}: cut a partial last line ({writer.cut_bytes} bytes) left by an "
+        "interrupted run")
   mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"), max_to_keep=2)
 
   # --- state: fresh or resumed --------------------------------------------------------------

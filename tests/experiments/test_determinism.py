@@ -9,16 +9,15 @@ changes some completion, and makes routing decisions differ.
 import pytest
 
 from configs import study_default
-from moe_serve import bundled
 from moe_serve import config as config_lib
 from moe_serve.experiments import determinism, prompts
-from moe_serve.parallel import compiles
+from moe_serve.parallel import compiles, weights
 
 
 @pytest.fixture(scope="module")
 def setup():
   cfg = study_default.get_config("size=tiny")
-  return cfg, bundled.params_for(cfg, log=lambda *_: None), prompts.EvalPromptSource()
+  return cfg, weights.load(cfg, log=lambda *_: None)[0], prompts.EvalPromptSource()
 
 
 def _run(cfg, params, source, scope, loads_seeds, repeats=3):

@@ -9,6 +9,7 @@ import time
 import ml_collections
 import pytest
 
+from moe_serve import config as config_lib
 from moe_serve.experiments import sweep
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -24,7 +25,8 @@ def test_grid_order_names_and_overrides():
   cfg = ml_collections.ConfigDict({"model": {"router": {"capacity_scope": "none"}}})
   assert sweep.apply_overrides(cfg, {"model.router.capacity_scope": "batch"}).model.router.capacity_scope == "batch"
   assert cfg.model.router.capacity_scope == "none"  # the base config is not modified
-  with pytest.raises(KeyError, match="no field 'scope'"):
+  with pytest.raises(config_lib.ConfigError, match="no field 'scope'; did you mean "
+                                                   "model.router.capacity_scope"):
     sweep.apply_overrides(cfg, {"model.router.scope": "batch"})
   with pytest.raises(ValueError, match="non-empty list"):
     sweep.grid({"a": []})

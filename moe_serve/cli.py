@@ -1,0 +1,82 @@
+"""What every script shares at its entry: flag parsing that names bad config overrides, and user
+errors printed as one line instead of a traceback.
+
+  from moe_serve import cli
+  if __name__ == "__main__":
+    cli.run(main)
+
+A mistyped override (`--config.serve.max_num_seq=8`) stops before anything loads, naming the full
+path and the nearest valid names. A ConfigError, TraceError or CheckpointError raised by `main`
+(bad input, not a bug) prints `error: ...` on stderr and exits with status 2.
+"""
+import importlib.util
+import re
+import sys
+
+from absl import app, flags
+
+from moe_serve import checkpoint
+from moe_serve import config as config_lib
+from moe_serve.serving import workload
+
+USER_ERRORS = (config_lib.ConfigError, workload.TraceError, checkpoint.CheckpointError)
+_OVERRIDE = re.compile(r"^--?(?:no)?config\.([A-Za-z0-9_.]+)(?:=|$)")
+
+
+def _config_spec(argv):
+  """The `--config` file spec on the command line, or the flag's default."""
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1]
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return flags.FLAGS["config"].default if "config" in flags.FLAGS else None
+
+
+def _load_config(spec):
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("_config_for_checks", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def bad_override(argv):
+  """The message for the first `--config.x.y=...` override that names no field, else None."""
+  overrides = [m.group(1) for m in map(_OVERRIDE.match, argv[1:]) if m]
+  spec = _config_spec(argv)
+  if not overrides or not spec:
+    return None
+  cfg = _load_config(spec)
+  for dotted in overrides:
+    message = config_lib.unknown_field(cfg, dotted)
+    if message:
+      return f"{message} (from the command line override --config.{dotted})"
+  return None
+
+
+def _parse_flags(argv):
+  message = None
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    message = bad_override(argv) or f"could not parse the flags: {type(e).__name__}: {e}"
+  except flags.Error as e:
+    message = str(e)
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _main_reporting_user_errors(main):
+  def wrapped(argv):
+    try:
+      return main(argv)
+    except USER_ERRORS as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+  return wrapped
+
+
+def run(main):
+  """`absl.app.run(main)` with the checks above."""
+  app.run(_main_reporting_user_errors(main), flags_parser=_parse_flags)
