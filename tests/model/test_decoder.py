@@ -11,8 +11,7 @@ import pytest
 
 from moe_serve.model import api, parts
 from moe_serve.parallel import compiles, steps
-
-ATOL = 1e-5
+from tests.tolerances import LOGITS_ATOL
 
 
 def _setup(cfg, seed=0):
@@ -67,7 +66,7 @@ def test_token_by_token_decode_matches_full_forward(tiny_cfg, variant):
                             parts.empty_part(0, 4))
     logits, cache, _ = step(params, cache, batch)
     got.append(np.asarray(logits["decode"]))
-  np.testing.assert_allclose(np.stack(got, 1), full, atol=ATOL, rtol=0)
+  np.testing.assert_allclose(np.stack(got, 1), full, atol=LOGITS_ATOL, rtol=0)
   np.testing.assert_array_equal(np.asarray(cache["lengths"]), [12, 12])
 
 
@@ -80,8 +79,8 @@ def test_chunked_prefill_matches_single_shot(tiny_cfg, chunk):
   single, _ = _prefill_chunks(m, step, params, api.init_cache(m, 3), toks, 12, slots)
   chunked, cache = _prefill_chunks(m, step, params, api.init_cache(m, 3), toks, chunk, slots)
   full, _ = api.forward(m, params, toks)
-  np.testing.assert_allclose(chunked, single, atol=ATOL, rtol=0)
-  np.testing.assert_allclose(single, full, atol=ATOL, rtol=0)
+  np.testing.assert_allclose(chunked, single, atol=LOGITS_ATOL, rtol=0)
+  np.testing.assert_allclose(single, full, atol=LOGITS_ATOL, rtol=0)
   np.testing.assert_array_equal(np.asarray(cache["lengths"]), [12, 0, 12])
 
 

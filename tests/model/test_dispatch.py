@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from moe_serve.model import dispatch, routing
+from tests.tolerances import DISPATCH_ATOL, DISPATCH_RTOL
 
-ATOL, RTOL = 2e-6, 1e-5
 T, D, E, F = 37, 16, 4, 8
 
 
@@ -68,7 +68,7 @@ def test_dropless_every_backend_equals_the_dense_reference(tiny_cfg, k):
   got["dense_reference"] = np.asarray(dispatch.dense_reference(x, rt, _weights()))
   got["run_einsum"] = np.asarray(dispatch.run("einsum", x, rt, _weights(), cap))
   for name, y in got.items():
-    np.testing.assert_allclose(y, want, atol=ATOL, rtol=RTOL, err_msg=name)
+    np.testing.assert_allclose(y, want, atol=DISPATCH_ATOL, rtol=DISPATCH_RTOL, err_msg=name)
   assert np.abs(want[np.asarray(seg) < 0]).max() == 0.0  # padding passes on its residual only
 
 
@@ -88,7 +88,7 @@ def test_backends_agree_when_dropping(tiny_cfg, scope, priority, kind):
   got = _run_all(x, rt, _weights(1), cap)
   want = _numpy_reference(x, rt.expert_index, rt.combine_weight, _weights(1))
   for name, y in got.items():
-    np.testing.assert_allclose(y, want, atol=ATOL, rtol=RTOL, err_msg=name)
+    np.testing.assert_allclose(y, want, atol=DISPATCH_ATOL, rtol=DISPATCH_RTOL, err_msg=name)
 
 
 def test_buffer_capacity_bounds_every_experts_kept_pairs(tiny_cfg):
@@ -131,7 +131,7 @@ def test_sequence_scope_row_bound_holds_when_every_token_wants_one_expert(tiny_c
       assert want_0 == cap  # the bound is tight
   want = _numpy_reference(x, rt.expert_index, rt.combine_weight, _weights(2))
   for name, y in _run_all(x, rt, _weights(2), cap).items():
-    np.testing.assert_allclose(y, want, atol=ATOL, rtol=RTOL, err_msg=name)
+    np.testing.assert_allclose(y, want, atol=DISPATCH_ATOL, rtol=DISPATCH_RTOL, err_msg=name)
 
 
 def test_too_small_a_buffer_drops_rather_than_corrupts(tiny_cfg):
@@ -143,11 +143,11 @@ def test_too_small_a_buffer_drops_rather_than_corrupts(tiny_cfg):
   rt = routing.route(logits, seg, r)
   a = dispatch.einsum_dispatch(x, rt, _weights(), 3)
   b = dispatch.gather_dispatch(x, rt, _weights(), 3)
-  np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=ATOL, rtol=RTOL)
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=DISPATCH_ATOL, rtol=DISPATCH_RTOL)
   slot = np.asarray(dispatch.buffer_slots(rt, E))
   keep = np.asarray(rt.kept) & (slot < 3)
   want = _numpy_reference(x, rt.expert_index, np.where(keep, rt.combine_weight, 0.0), _weights())
-  np.testing.assert_allclose(np.asarray(b), want, atol=ATOL, rtol=RTOL)
+  np.testing.assert_allclose(np.asarray(b), want, atol=DISPATCH_ATOL, rtol=DISPATCH_RTOL)
 
 
 def test_buffer_slots_are_ranks_per_expert():
@@ -195,4 +195,5 @@ def test_expert_loop_equals_batched_experts():
   x_ExCxD = jax.random.normal(jax.random.key(7), (E, 5, D))
   loop = dispatch.expert_buffers(_weights(), x_ExCxD, loop=True)
   batched = dispatch.expert_buffers(_weights(), x_ExCxD, loop=False)
-  np.testing.assert_allclose(np.asarray(loop), np.asarray(batched), atol=ATOL, rtol=RTOL)
+  np.testing.assert_allclose(np.asarray(loop), np.asarray(batched),
+                             atol=DISPATCH_ATOL, rtol=DISPATCH_RTOL)

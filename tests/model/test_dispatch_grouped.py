@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from moe_serve.model import dispatch_grouped, routing
-from tests.model.test_dispatch import ATOL, E, RTOL, T, _inputs, _numpy_reference, _weights
+from tests.model.test_dispatch import E, T, _inputs, _numpy_reference, _weights
+from tests.tolerances import DISPATCH_ATOL, DISPATCH_RTOL
 
 
 def _route(r, seed):
@@ -36,7 +37,8 @@ def test_grouped_dispatch_equals_the_reference(tiny_cfg, kind, scope, groups):
   for backend in ("einsum", "gather"):
     got = jax.jit(dispatch_grouped.grouped_dispatch, static_argnums=(0, 4, 5))(
         backend, x, rt, _weights(1), groups, cap)
-    np.testing.assert_allclose(np.asarray(got), want, atol=ATOL, rtol=RTOL, err_msg=backend)
+    np.testing.assert_allclose(np.asarray(got), want,
+                               atol=DISPATCH_ATOL, rtol=DISPATCH_RTOL, err_msg=backend)
 
 
 @pytest.mark.parametrize("scope", ["batch", "group", "sequence", "none"])
@@ -91,4 +93,5 @@ def test_sequence_scope_group_bound_per_row_when_every_token_wants_one_expert(ti
   for backend in ("einsum", "gather"):
     got = jax.jit(dispatch_grouped.grouped_dispatch, static_argnums=(0, 4, 5))(
         backend, x, rt, _weights(1), groups, cap)
-    np.testing.assert_allclose(np.asarray(got), want, atol=ATOL, rtol=RTOL, err_msg=backend)
+    np.testing.assert_allclose(np.asarray(got), want,
+                               atol=DISPATCH_ATOL, rtol=DISPATCH_RTOL, err_msg=backend)

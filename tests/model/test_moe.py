@@ -14,8 +14,7 @@ import pytest
 
 from moe_serve.model import api, moe, parts, routing
 from moe_serve.parallel import steps
-
-ATOL = 1e-5
+from tests.tolerances import LOGITS_ATOL
 
 
 def _forward(m, params, toks, **kw):
@@ -51,7 +50,7 @@ def test_backends_agree_in_the_model(tiny_cfg, scope):
     if scope == "batch":
       assert float(aux["drop_rate"].max()) > 0  # the capped cases really drop
   for backend, logits in out.items():
-    np.testing.assert_allclose(logits, out["einsum"], atol=ATOL, rtol=0, err_msg=backend)
+    np.testing.assert_allclose(logits, out["einsum"], atol=LOGITS_ATOL, rtol=0, err_msg=backend)
 
 
 def test_routing_records_only_when_asked(tiny_cfg):
@@ -190,7 +189,7 @@ def test_sequence_scope_decode_equals_the_dropless_forward(tiny_cfg):
   assert np.abs(decoded - np.asarray(capped)).max() > 1e-3
   m.router.capacity_scope = "none"
   dropless, _ = _forward(m, params, toks)
-  np.testing.assert_allclose(decoded, np.asarray(dropless), atol=ATOL, rtol=0)
+  np.testing.assert_allclose(decoded, np.asarray(dropless), atol=LOGITS_ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("dispatch", ["gather"])  # einsum: test_backends_agree_in_the_model
@@ -206,7 +205,8 @@ def test_sequence_scope_single_shot_prefill_equals_forward_with_drops(tiny_cfg, 
                                          _prefill_batch(toks, [0, 1]))
   assert float(aux["drop_rate"].max()) > 0
   full, _ = _forward(m, params, toks)
-  np.testing.assert_allclose(np.asarray(logits["prefill"]), np.asarray(full), atol=ATOL, rtol=0)
+  np.testing.assert_allclose(np.asarray(logits["prefill"]), np.asarray(full),
+                             atol=LOGITS_ATOL, rtol=0)
 
 
 # gather: tokens share [E, C, D] buffers with other requests' tokens, the case that could leak.

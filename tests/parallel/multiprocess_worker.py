@@ -17,7 +17,7 @@ from configs import base
 from moe_serve.parallel import distributed
 from moe_serve.parallel import mesh as mesh_lib
 from moe_serve.parallel import steps
-from tests.parallel import workload
+from tests.parallel import step_driver
 
 _OUT = flags.DEFINE_string("out", None, "Directory for process 0's results.")
 NEW_TOKENS = 4
@@ -35,9 +35,9 @@ def run_workload(cfg):
   m, rules = cfg.model, cfg.logical_axis_rules
   mesh = mesh_lib.make_mesh(cfg.mesh, m)
   params = steps.make_init_fn(m, mesh, rules)(0)
-  cache = steps.make_cache_fn(m, mesh, rules)(workload.SLOTS)
-  return workload.run(steps.make_step_fn(m, mesh, rules), params, cache,
-                      workload.prompts(m.vocab_size), NEW_TOKENS)
+  cache = steps.make_cache_fn(m, mesh, rules)(step_driver.SLOTS)
+  return step_driver.run(steps.make_step_fn(m, mesh, rules), params, cache,
+                         step_driver.prompts(m.vocab_size), NEW_TOKENS)
 
 
 def main(argv):

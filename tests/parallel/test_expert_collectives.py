@@ -4,10 +4,10 @@ With the `exp` axis split over the mesh, `dispatch.run` takes the grouped path
 (model/dispatch_grouped.py): token groups [G, S, D] over data x expert fill their [G, E, C, D]
 buffers locally, the buffers are re-laid out as [E, G, C, D] (experts on `expert`), an all-to-all,
 and back. The tests run the shared workload with capacity (`batch` scope, drops happen) on meshes
-with expert > 1, check greedy tokens and logits against one device (ATOL as in
-test_sharded_steps.py: 5e-5 in float32; docs/sharding.md measures at most 5.5e-6 for these
-routings), compare the recorded routing, then read the compiled step's HLO (the compilation the
-run already did: lowering the same shapes again hits jit's cache).
+with expert > 1, check greedy tokens and logits against one device (tests/tolerances.py's
+SHARDED_LOGITS_ATOL, as in test_sharded_steps.py: 5e-5 in float32; docs/sharding.md measures at most
+5.5e-6 for these routings), compare the recorded routing, then read the compiled step's HLO (the
+compilation the run already did: lowering the same shapes again hits jit's cache).
 """
 import jax
 import numpy as np
@@ -18,9 +18,9 @@ from moe_serve.model import api, parts
 from moe_serve.parallel import hlo
 from moe_serve.parallel import mesh as mesh_lib
 from moe_serve.parallel import sharding, steps
-from tests.parallel import workload
+from tests.parallel import step_driver
+from tests.tolerances import SHARDED_LOGITS_ATOL
 
-ATOL = 5e-5  # see test_sharded_steps.py: reductions split over devices sum in another order
 NEW_TOKENS = 4
 CASES = [((1, 8, 1), "einsum"), ((2, 4, 1), "gather"), ((2, 2, 2), "einsum")]
 
@@ -38,10 +38,10 @@ def reference():
   """One device, flat gather dispatch: params, prompts, tokens, logits, aux of every step."""
   m = _cfg("gather").model
   params = jax.device_get(jax.jit(lambda: api.init_params(m, jax.random.key(0)))())
-  prompts = workload.prompts(m.vocab_size)
+  prompts = step_driver.prompts(m.vocab_size)
   step, auxes = _recording(steps.make_step_fn(m, record_routing=True))
-  toks, logits = workload.run(step, params, api.init_cache(m, workload.SLOTS), prompts,
-                              NEW_TOKENS)
+  toks, logits = step_driver.run(step, params, api.init_cache(m, step_driver.SLOTS), prompts,
+                                 NEW_TOKENS)
   return params, prompts, toks, logits, auxes
 
 
@@ -75,20 +75,21 @@ def test_expert_parallel_step_moves_tokens_by_all_to_all(reference, sizes, dispa
   params = sharding.put(ref_params, sharding.param_shardings(m, mesh, rules))
   make_cache = steps.make_cache_fn(m, mesh, rules)
   recording, auxes = _recording(step)
-  toks, logits = workload.run(recording, params, make_cache(workload.SLOTS), prompts, NEW_TOKENS)
+  toks, logits = step_driver.run(recording, params, make_cache(step_driver.SLOTS), prompts,
+                                 NEW_TOKENS)
   np.testing.assert_array_equal(toks, ref_toks)
-  np.testing.assert_allclose(logits, ref_logits, atol=ATOL, rtol=0)
+  np.testing.assert_allclose(logits, ref_logits, atol=SHARDED_LOGITS_ATOL, rtol=0)
   # The same Routing on every step and layer: which expert, and which pairs were kept.
   for aux, ref_aux in zip(auxes, ref_auxes, strict=True):
     for rt, ref_rt in zip(aux["routing"], ref_aux["routing"], strict=True):
       np.testing.assert_array_equal(rt.expert_index, ref_rt.expert_index)
       np.testing.assert_array_equal(rt.kept, ref_rt.kept)
 
-  n = workload.SLOTS  # the workload's step shapes: decode [n, 1] + prefill [n, CHUNK]
+  n = step_driver.SLOTS  # the workload's step shapes: decode [n, 1] + prefill [n, CHUNK]
   batch = parts.StepBatch(
       parts.decode_part(np.ones(n), np.arange(n), np.zeros(n), np.arange(n)),
-      parts.chunk_part(np.ones((n, workload.CHUNK)), np.arange(n), np.zeros(n),
-                       np.full(n, workload.CHUNK), n + np.arange(n)))  # one request per row
+      parts.chunk_part(np.ones((n, step_driver.CHUNK)), np.arange(n), np.zeros(n),
+                       np.full(n, step_driver.CHUNK), n + np.arange(n)))  # one request per row
   text = step.lower(params, make_cache(n), batch).compile().as_text()
   moe = _moe(hlo.collectives(text))
   # Two all-to-alls per MoE layer (to the experts, back), at the buffer re-layout.
@@ -100,6 +101,6 @@ def test_expert_parallel_step_moves_tokens_by_all_to_all(reference, sizes, dispa
              for a, b in ((m.d_model, m.d_ff_expert), (m.d_ff_expert, m.d_model))}
   assert not [x for x in moe if x.kind == "all-gather" and any(w in x.shape for w in weights)]
   # No reduction over the split expert axis: the combine is local to each group.
-  t = n + n * workload.CHUNK
+  t = n + n * step_driver.CHUNK
   assert not [x for x in moe if x.kind == "all-reduce" and f"f32[{t},{m.d_model}]" in x.shape]
   assert not [x for x in moe if "gsec,gecd->gsd" in x.op_name or "skd,sk->sd" in x.op_name]

@@ -2,15 +2,16 @@
 
 The tiny config gets 8 experts here so that every mesh below is valid.
 
-Tolerance: float32 logits agree to ATOL = 5e-5 absolute (logits are O(1) here). They are not
-bitwise equal, even with dropless routing and fixed step shapes, because sharding changes the
-arithmetic, not the routing: contractions split over `tensor` or `expert` are summed across
-devices by an all-reduce in a different order, and each device runs its matmuls on a slice of the
-rows, and XLA:CPU's float32 results for a row depend on the row count (DESIGN.md section 1).
-Measured max |delta logit| per mesh: 1.7e-6 to 6.0e-6 (tests/parallel/measure_agreement.py,
-docs/sharding.md); 5e-5 leaves room for other routings and XLA versions. Routing is
-computed on the global token set whatever the mesh (GSPMD keeps global semantics), so the
-scope/capacity decisions only change if such a rounding difference flips a near tie.
+Tolerance: float32 logits agree to tests/tolerances.py's SHARDED_LOGITS_ATOL = 5e-5 absolute (logits
+are O(1) here). They are not bitwise equal, even with dropless routing and fixed step shapes,
+because sharding changes the arithmetic, not the routing: contractions split over `tensor` or
+`expert` are summed across devices by an all-reduce in a different order, and each device runs its
+matmuls on a slice of the rows, and XLA:CPU's float32 results for a row depend on the row count
+(DESIGN.md section 1). Measured max |delta logit| per mesh: 1.7e-6 to 6.0e-6
+(benchmarks/sharded_agreement.py, docs/sharding.md); 5e-5 leaves room for other routings and XLA
+versions. Routing is computed on the global token set whatever the mesh (GSPMD keeps global
+semantics), so the scope/capacity decisions only change if such a rounding difference flips a near
+tie.
 The single-device mesh runs the same computation as the unsharded jit and is bitwise equal.
 """
 import jax
@@ -21,9 +22,9 @@ from moe_serve import config as config_lib
 from moe_serve.model import api, parts
 from moe_serve.parallel import mesh as mesh_lib
 from moe_serve.parallel import sharding, steps
-from tests.parallel import workload
+from tests.parallel import step_driver
+from tests.tolerances import SHARDED_LOGITS_ATOL
 
-ATOL = 5e-5
 NEW_TOKENS = 6
 MESHES = [(8, 1, 1), (1, 8, 1), (2, 4, 1), (2, 2, 2), (1, 1, 1)]
 
@@ -41,9 +42,9 @@ def reference(cfg):
   """Unsharded jits on one device: params, tokens, logits of the workload."""
   m = cfg.model
   params = jax.device_get(jax.jit(lambda: api.init_params(m, jax.random.key(0)))())
-  prompts = workload.prompts(m.vocab_size)
-  toks, logits = workload.run(steps.make_step_fn(m), params,
-                              api.init_cache(m, workload.SLOTS), prompts, NEW_TOKENS)
+  prompts = step_driver.prompts(m.vocab_size)
+  toks, logits = step_driver.run(steps.make_step_fn(m), params,
+                                 api.init_cache(m, step_driver.SLOTS), prompts, NEW_TOKENS)
   return params, prompts, toks, logits
 
 
@@ -76,12 +77,13 @@ def test_sharded_workload_matches_one_device(cfg, reference, sizes):
   m, rules = cfg.model, cfg.logical_axis_rules
   ref_params, prompts, ref_toks, ref_logits = reference
   _, params, step, make_cache = _build(cfg, sizes, ref_params)
-  toks, logits = workload.run(step, params, make_cache(workload.SLOTS), prompts, NEW_TOKENS)
+  toks, logits = step_driver.run(step, params, make_cache(step_driver.SLOTS), prompts,
+                                 NEW_TOKENS)
   np.testing.assert_array_equal(toks, ref_toks)
   if sizes == (1, 1, 1):
     np.testing.assert_array_equal(logits, ref_logits)
   else:
-    np.testing.assert_allclose(logits, ref_logits, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(logits, ref_logits, atol=SHARDED_LOGITS_ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("sizes", [(2, 2, 2), (1, 8, 1)], ids=lambda s: "x".join(map(str, s)))
@@ -103,22 +105,22 @@ def test_forward_sharded_matches_one_device(cfg, reference):
   want, _ = steps.make_forward_fn(m)(ref_params, toks)
   mesh, params, _, _ = _build(cfg, (2, 2, 2), reference[0])
   got, aux = steps.make_forward_fn(m, mesh, rules)(params, toks)
-  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=ATOL, rtol=0)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=SHARDED_LOGITS_ATOL, rtol=0)
   assert aux["expert_load"].shape == (m.num_layers, m.num_experts)
 
 
 def test_cache_is_sharded_and_donated(cfg, reference):
   m = cfg.model
   _, params, step, make_cache = _build(cfg, (2, 2, 2), reference[0])
-  cache = make_cache(workload.SLOTS)
+  cache = make_cache(step_driver.SLOTS)
   k = cache["layers"][0]["k"]
   assert k.sharding.spec == jax.sharding.PartitionSpec("data", None, "tensor", None)
   assert cache["lengths"].sharding.spec == jax.sharding.PartitionSpec("data")
   # each device holds 4 of the 8 slots and 1 of the 2 kv heads
   assert {s.data.shape for s in k.addressable_shards} == {(4, m.max_len, 1, m.head_dim)}
-  n = workload.SLOTS
+  n = step_driver.SLOTS
   batch = parts.StepBatch(parts.decode_part(np.ones(n), np.arange(n), np.zeros(n), np.arange(n)),
-                          parts.chunk_part(np.zeros((n, workload.CHUNK)), np.arange(n),
+                          parts.chunk_part(np.zeros((n, step_driver.CHUNK)), np.arange(n),
                                            np.zeros(n), np.zeros(n), -np.ones(n)))
   logits, new_cache, _ = step(params, cache, batch)
   assert k.is_deleted(), "the cache passed in should be donated"

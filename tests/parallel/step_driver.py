@@ -1,12 +1,15 @@
-"""A small fixed-shape serving workload (chunked prefill, then greedy decode) shared by the
-sharded and multi-process tests, so that every mesh runs exactly the same steps.
+"""A small fixed-shape driver of the engine step (chunked prefill, then greedy decode) shared by
+the sharded and multi-process tests, so that every mesh runs exactly the same steps.
 
 Every step has the same shape (decode [SLOTS, 1] + prefill [SLOTS, CHUNK], idle rows padded):
-one compilation per mesh, and the shapes stay fixed as the dropless contract requires.
+one compilation per mesh, and the shapes stay fixed as the dropless contract requires. The
+prefill is serving/greedy.py's; the decode keeps an all-padding prefill part of the same shape
+(greedy.decode's prefill part is empty, another shape), and it returns every step's logits.
 """
 import numpy as np
 
 from moe_serve.model import parts
+from moe_serve.serving import greedy
 
 SLOTS = 8  # a multiple of every data axis tested
 CHUNK = 8
@@ -26,21 +29,8 @@ def run(step, params, cache, prompt_list, new_tokens):
   """
   n = len(prompt_list)
   slots = np.arange(n)
-  idle = parts.decode_part(np.zeros(n), slots, np.zeros(n), -np.ones(n))
-  last = [None] * n
-  for start in range(0, max(len(p) for p in prompt_list), CHUNK):
-    toks = np.zeros((n, CHUNK), np.int32)
-    lens = np.zeros(n, np.int32)
-    for i, p in enumerate(prompt_list):
-      piece = p[start:start + CHUNK]
-      toks[i, :len(piece)], lens[i] = piece, len(piece)
-    seg = np.where(lens > 0, slots, -1)
-    batch = parts.StepBatch(idle, parts.chunk_part(toks, slots, np.full(n, start), lens, seg))
-    logits, cache, _ = step(params, cache, batch)
-    pre = np.asarray(logits["prefill"])
-    for i in np.nonzero(lens)[0]:
-      last[i] = pre[i, lens[i] - 1]
-  all_logits = [np.stack(last)]
+  cache, prefill_logits = greedy.prefill(step, params, cache, prompt_list, CHUNK, n)
+  all_logits = [np.stack([logits_LxV[-1] for logits_LxV in prefill_logits])]
   tok, pos = all_logits[0].argmax(-1), np.array([len(p) for p in prompt_list])
   out = [tok]
   for _ in range(new_tokens - 1):
