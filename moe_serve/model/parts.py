@@ -3,7 +3,11 @@
 A full forward pass is one part without a cache. An engine step is two parts against the slot KV
 cache: decode rows `[B, 1]` and prefill chunk rows `[P, C]`. Each row belongs to one slot; tokens
 with a negative segment id are padding: they write nothing to the cache and never take an
-expert's capacity.
+expert's capacity. After attention the parts' tokens meet in one flat token set `[T]` whose order
+`FlatOrder` defines (decode rows first, then the P x C prefill tokens).
+
+Axis letters: B rows of a part (decode rows in a step), L tokens per row, P prefill rows,
+C chunk length, T flat tokens (sum of rows x length over the parts).
 """
 import collections
 from typing import NamedTuple
@@ -13,6 +17,7 @@ import numpy as np
 
 
 class Part(NamedTuple):
+  """Rows of tokens `[B, L]` that attend the same way (see the module docstring)."""
   tokens_BxL: jnp.ndarray  # int32
   positions_BxL: jnp.ndarray  # int32, position of each token in its sequence
   segment_ids_BxL: jnp.ndarray  # int32, request id; negative = padding
@@ -20,8 +25,55 @@ class Part(NamedTuple):
 
 
 class StepBatch(NamedTuple):
+  """An engine step's input: decode rows, then prefill chunk rows (the flat token order)."""
   decode: Part  # [B, 1]
   prefill: Part  # [P, C]
+
+
+class FlatOrder(NamedTuple):
+  """Where each part's tokens sit in the flat token set `[T]` that the FFN/MoE sees.
+
+  Parts in list order (an engine step: decode rows `[B, 1]`, then prefill rows `[P, C]`), each
+  part row-major, padding included: T = sum of rows x length. The model (transformer.py), the
+  engine's step cost and drop records, and the tracer all index tokens through this.
+  """
+  row_shapes: tuple  # (rows, length) of each part, in order
+
+  @classmethod
+  def of(cls, xs):
+    """The order of per-part arrays `[rows, length, ...]` (or Parts, by their tokens)."""
+    return cls(tuple(tuple(getattr(x, "tokens_BxL", x).shape[:2]) for x in xs))
+
+  @classmethod
+  def of_step(cls, decode_rows, prefill_rows, chunk_len):
+    """The order of an engine step of shape (B, P, C)."""
+    return cls(((decode_rows, 1), (prefill_rows, chunk_len)))
+
+  @property
+  def num_tokens(self):
+    """T: every token position of every part, padding included."""
+    return self.start(len(self.row_shapes))
+
+  def start(self, part):
+    """Flat index of the first token of part `part` (the tokens of the parts before it)."""
+    return sum(rows * length for rows, length in self.row_shapes[:part])
+
+  def index(self, part, row, offset):
+    """Flat index of token `offset` of row `row` of part `part`."""
+    return self.start(part) + row * self.row_shapes[part][1] + offset
+
+  def flatten(self, xs, xp=jnp):
+    """Per-part arrays `[rows, length, ...]` -> one `[T, ...]` array (`xp`: jnp or np)."""
+    return xp.concatenate([xp.asarray(x).reshape((rows * length,) + tuple(x.shape[2:]))
+                           for x, (rows, length) in zip(xs, self.row_shapes)], axis=0)
+
+  def unflatten(self, x_Tx):
+    """`[T, ...]` -> per-part arrays `[rows, length, ...]` (the inverse of `flatten`)."""
+    out = []
+    for i, (rows, length) in enumerate(self.row_shapes):
+      start = self.start(i)
+      out.append(x_Tx[start:start + rows * length].reshape((rows, length) + x_Tx.shape[1:]))
+    return out
 
 
 def full_part(tokens_BxL, segment_ids_BxL=None):

@@ -1,8 +1,11 @@
 """Decoder-only MoE transformer over a list of parts (see parts.py).
 
 Each block runs attention per part (each part its own way: within itself, or against the slot
-cache), then concatenates every part's tokens into one flat token set `[T, D]` for the FFN/MoE:
-this is where the tokens of different requests meet and may compete for expert capacity.
+cache), then concatenates every part's tokens into one flat token set `[T, D]` for the FFN/MoE
+(in `parts.FlatOrder`: decode rows first): this is where the tokens of different requests meet
+and may compete for expert capacity.
+
+Axis letters: B rows of a part, L tokens per row, D model width, T flat tokens, V vocabulary.
 """
 from typing import Sequence
 
@@ -12,30 +15,22 @@ import jax.numpy as jnp
 from moe_serve.model import layers
 from moe_serve.model.attention import Attention
 from moe_serve.model.moe import MoE
-from moe_serve.model.parts import Part
+from moe_serve.model.parts import FlatOrder, Part
 
 
 def is_moe_layer(model_cfg, i):
+  """Whether layer `i` (from 0) has an MoE FFN: every `moe_every`-th layer."""
   return (i + 1) % model_cfg.moe_every == 0
 
 
 def flatten_parts(xs, parts):
-  """[B_i, L_i, D] per part -> ([T, D], [T] segment ids) with T = sum B_i * L_i."""
-  x_TxD = jnp.concatenate([x.reshape(-1, x.shape[-1]) for x in xs], axis=0)
-  seg_T = jnp.concatenate([jnp.asarray(p.segment_ids_BxL).reshape(-1) for p in parts], axis=0)
-  return x_TxD, seg_T
-
-
-def unflatten_parts(x_TxD, xs):
-  out, start = [], 0
-  for x in xs:
-    n = x.shape[0] * x.shape[1]
-    out.append(x_TxD[start:start + n].reshape(x.shape))
-    start += n
-  return out
+  """[B, L, D] per part -> ([T, D], [T] segment ids) in the parts' FlatOrder."""
+  order = FlatOrder.of(xs)
+  return order.flatten(xs), order.flatten([p.segment_ids_BxL for p in parts])
 
 
 class Block(nn.Module):
+  """One pre-norm layer: attention per part, then the FFN or MoE on the flat token set."""
   cfg: "ml_collections.ConfigDict"  # the model section  # noqa: F821
   use_moe: bool
 
@@ -52,21 +47,22 @@ class Block(nn.Module):
         continue
       y, cache_layer = attn(norm_attn(x), part, cache_layer)
       new_xs.append(x + y)
+    order = FlatOrder.of(new_xs)
     x_TxD, seg_T = flatten_parts(new_xs, parts)
     x_TxD = layers.constrain(x_TxD, ("activation_tokens", "activation_embed"))
     h_TxD = layers.RMSNorm(m.norm_eps, name="norm_ffn")(x_TxD)
     if self.use_moe:
       # Decode tokens lead the flat set; the MoE gives them capacity_factor_decode.
-      num_decode = sum(x.shape[0] * x.shape[1] for x in new_xs[:num_decode_parts])
+      num_decode = order.start(num_decode_parts)
       token_ids_T = None
       if m.router.kind == "hash":
-        token_ids_T = jnp.concatenate([jnp.asarray(p.tokens_BxL).reshape(-1) for p in parts])
-      row_shapes = tuple(x.shape[:2] for x in new_xs) if rows_are_requests else None
+        token_ids_T = order.flatten([p.tokens_BxL for p in parts])
+      row_shapes = order.row_shapes if rows_are_requests else None
       y_TxD = MoE(m, name="moe")(h_TxD, seg_T, num_decode, token_ids_T, record_routing,
                                  row_shapes)
     else:
       y_TxD = layers.SwiGLU(m.d_ff, m.dtype, name="mlp")(h_TxD)
-    return unflatten_parts(x_TxD + y_TxD, new_xs), cache_layer
+    return order.unflatten(x_TxD + y_TxD), cache_layer
 
 
 class Decoder(nn.Module):

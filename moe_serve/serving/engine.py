@@ -9,6 +9,9 @@ Records (plain dicts, written as JSONL by metrics/writers.py):
 - `steps`: one per step, only deterministic fields (virtual time, never wall time);
 - `wall`: one per step, wall seconds of the step and of the host work around it;
 - `requests`: one per request, finished or rejected, in id order.
+
+Axis letters: B decode rows, P prefill rows, C chunk length (a step's shape is (B, P, C)),
+R = B + P sampled rows, T flat tokens (parts.FlatOrder), V vocabulary.
 """
 import time
 import warnings
@@ -46,6 +49,7 @@ class Buckets(NamedTuple):
 
 
 class RunLog(NamedTuple):
+  """What `Engine.run` returns: the three record lists (see the module docstring)."""
   requests: list
   steps: list
   wall: list
@@ -85,10 +89,8 @@ class Engine:
     for b, p, c in self.buckets.all() * 2:
       batch = parts.StepBatch(parts.empty_part(b, 1), parts.empty_part(p, c))
       logits, self.cache, _ = self.step_fn(self.params, self.cache, batch)
-      r = b + p
-      out = sampling.sample(logits["decode"], logits["prefill"], np.zeros(p, np.int32),
-                            np.zeros(r, np.uint32), np.zeros(r, np.int32), np.zeros(r, np.float32),
-                            np.zeros(r, np.int32), np.ones(r, np.float32))
+      out = sampling.sample(logits["decode"], logits["prefill"],
+                            sampling.SamplingBatch.padding(b, p))
       jax.block_until_ready(out)
       if self.want_prompt_logprobs and p:
         jax.block_until_ready(sampling.prompt_logprobs(logits["prefill"], np.zeros((p, c),
@@ -102,41 +104,32 @@ class Engine:
                                   [s.req.id for s, _ in plan.prefill])
     longest = max((n for _, n in plan.prefill), default=1)
     b, p, c = self.buckets.pick(len(plan.decode), len(plan.prefill), longest)
-    r = b + p
     d_tok, d_slot, d_pos, d_seg = (np.zeros(b, np.int32) for _ in range(4))
     d_seg -= 1
     p_tok = np.zeros((p, c), np.int32)
-    p_slot, p_start, p_len, p_seg, last = (np.zeros(p, np.int32) for _ in range(5))
+    p_slot, p_start, p_len, p_seg = (np.zeros(p, np.int32) for _ in range(4))
     p_seg -= 1
-    seeds = np.zeros(r, np.uint32)
-    pos = np.zeros(r, np.int32)
-    temp, top_p = np.zeros(r, np.float32), np.ones(r, np.float32)
-    top_k = np.zeros(r, np.int32)
-    kv = 0
+    samp = sampling.SamplingBatch.padding(b, p)
+    kv = 0  # attended_kv: each real token attends to its position + 1 keys
     for i, seq in enumerate(plan.decode):
       n = seq.num_computed
       d_tok[i], d_slot[i], d_pos[i], d_seg[i] = seq.tokens[-1], seq.slot, n, seq.req.id
-      sp = seq.req.sampling
-      seeds[i], pos[i], temp[i], top_k[i], top_p[i] = sp.seed, n + 1, *sp[:3]
+      samp.set_row(i, seq.req.sampling, n + 1)
       kv += n + 1
     for j, (seq, n) in enumerate(plan.prefill):
       start = seq.num_computed
       p_tok[j, :n] = seq.tokens[start:start + n]
-      p_slot[j], p_start[j], p_len[j], p_seg[j], last[j] = seq.slot, start, n, seq.req.id, n - 1
-      sp = seq.req.sampling
-      i = b + j
-      seeds[i], pos[i], temp[i], top_k[i], top_p[i] = sp.seed, start + n, *sp[:3]
+      p_slot[j], p_start[j], p_len[j], p_seg[j] = seq.slot, start, n, seq.req.id
+      samp.last_P[j] = n - 1
+      samp.set_row(b + j, seq.req.sampling, start + n)
       kv += n * start + n * (n + 1) // 2
     batch = parts.StepBatch(parts.decode_part(d_tok, d_slot, d_pos, d_seg),
                             parts.chunk_part(p_tok, p_slot, p_start, p_len, p_seg))
-    return (b, p, c), batch, (last, seeds, pos, temp, top_k, top_p), kv
+    return (b, p, c), batch, samp, kv
 
   # ------------------------------------------------------------------ bookkeeping
   def _emit(self, seq, token, logprob, now):
-    seq.tokens.append(token)
-    seq.outputs.append(token)
-    seq.logprobs.append(logprob)
-    seq.token_times.append(now)
+    seq.append_output(token, logprob, now)
     if token == self.eos_id:
       self.sched.finish(seq, "eos")
       self.done += 1
@@ -158,7 +151,7 @@ class Engine:
     lp = np.asarray(sampling.prompt_logprobs(logits["prefill"], targets))
     for j, (seq, n) in enumerate(plan.prefill):
       keep = targets[j] >= 0
-      seq.prompt_logprobs.extend(lp[j][keep].tolist())
+      seq.add_prompt_logprobs(lp[j][keep].tolist())
 
   def _drops(self, aux, batch, plan):
     if not self.record_routing:
@@ -170,12 +163,10 @@ class Engine:
                       "(aux['routing']); drops are not logged for this run")
         self._warned_routing = True
       return None
-    seg_T = np.concatenate([np.asarray(batch.decode.segment_ids_BxL).reshape(-1),
-                            np.asarray(batch.prefill.segment_ids_BxL).reshape(-1)])
+    seg_T = parts.FlatOrder.of(batch).flatten([p.segment_ids_BxL for p in batch], np)
     per_req = routing_metrics.drops_by_request(kept, seg_T)
     for seq in plan.decode + [s for s, _ in plan.prefill]:
-      got = per_req.get(seq.req.id, [0] * len(kept))
-      seq.drops = got if seq.drops is None else [a + g for a, g in zip(seq.drops, got)]
+      seq.add_drops(per_req.get(seq.req.id, [0] * len(kept)))
     return [int(x) for x in routing_metrics.drops_per_layer(kept, seg_T)]
 
   # ------------------------------------------------------------------ the loop
@@ -220,7 +211,7 @@ class Engine:
       shape, batch, samp, kv = self._build(plan)
       t_dev = time.perf_counter()
       logits, self.cache, aux = self.step_fn(self.params, self.cache, batch)
-      toks, lps = jax.device_get(sampling.sample(logits["decode"], logits["prefill"], *samp))
+      toks, lps = jax.device_get(sampling.sample(logits["decode"], logits["prefill"], samp))
       drops = self._drops(aux, batch, plan)  # device->host copies: timed with the step
       if self.want_prompt_logprobs:
         self._prompt_logprobs(logits, plan, shape)
@@ -228,16 +219,14 @@ class Engine:
         tracer.record(logits, aux, plan, shape)
       wall_step = time.perf_counter() - t_dev
       n_dec = len(plan.decode)
-      tokens = shape[0] + shape[1] * shape[2]
+      tokens = parts.FlatOrder.of_step(*shape).num_tokens
       now = clock.advance(clock.step_duration(tokens, kv, wall_step))
       toks, lps = toks.tolist(), lps.tolist()
       for i, seq in enumerate(plan.decode):
-        seq.num_computed += 1
+        seq.advance_decode()
         self._emit(seq, toks[i], lps[i], now)
       for j, (seq, n) in enumerate(plan.prefill):
-        seq.num_computed += n
-        if seq.num_computed == len(seq.tokens):
-          seq.prefilled = True
+        if seq.advance_prefill(n):
           self._emit(seq, toks[shape[0] + j], lps[shape[0] + j], now)
       in_step = plan.decode + [s for s, _ in plan.prefill]
       rec = dict(step=len(steps), t=start, dt=now - start, bucket=list(shape),

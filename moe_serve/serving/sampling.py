@@ -4,10 +4,38 @@ Row r draws with key fold_in(key(seed_r), position_r), where position is the ind
 will have in its sequence: the same request at the same position samples the same token whatever
 else is in the batch, and a preempted request that recomputes its prefix resamples identically.
 The logprob kept is the model's: log_softmax of the raw logits (before temperature and filters).
+
+Axis letters: B decode rows, P prefill rows, C chunk length, R = B + P sampled rows (decode rows
+first), V vocabulary.
 """
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+
+class SamplingBatch(NamedTuple):
+  """The sampler's per-row inputs for one step (host-side numpy, filled row by row)."""
+  last_P: np.ndarray  # int32: the chunk position whose logits give prefill row p's token
+  seeds_R: np.ndarray  # uint32: the request's SamplingParams.seed
+  positions_R: np.ndarray  # int32: the index the new token will have in its sequence
+  temperature_R: np.ndarray  # float32; 0 is greedy
+  top_k_R: np.ndarray  # int32; 0 is off
+  top_p_R: np.ndarray  # float32; 1 is off
+
+  @classmethod
+  def padding(cls, decode_rows, prefill_rows):
+    """B + P greedy rows (seed 0, position 0, last chunk position 0): unused rows stay so."""
+    r = decode_rows + prefill_rows
+    return cls(np.zeros(prefill_rows, np.int32), np.zeros(r, np.uint32), np.zeros(r, np.int32),
+               np.zeros(r, np.float32), np.zeros(r, np.int32), np.ones(r, np.float32))
+
+  def set_row(self, r, params, position):
+    """Row `r` samples with `params` (request.SamplingParams) the token at `position`."""
+    self.seeds_R[r], self.positions_R[r] = params.seed, position
+    self.temperature_R[r], self.top_k_R[r] = params.temperature, params.top_k
+    self.top_p_R[r] = params.top_p
 
 
 def _sample_row(logits_V, seed, position, temperature, top_k, top_p):
@@ -30,16 +58,15 @@ def _sample_row(logits_V, seed, position, temperature, top_k, top_p):
 
 
 @jax.jit
-def sample(decode_BxV, prefill_PxCxV, last_P, seeds_R, positions_R, temperature_R, top_k_R,
-           top_p_R):
+def sample(decode_BxV, prefill_PxCxV, batch: SamplingBatch):
   """Samples one token per row, R = B + P: decode rows, then each chunk's token `last_P[p]`.
 
   Returns (tokens [R] int32, logprobs [R] float32). Callers ignore rows they do not need.
   """
-  pre_PxV = jnp.take_along_axis(prefill_PxCxV, last_P[:, None, None], axis=1)[:, 0]
+  pre_PxV = jnp.take_along_axis(prefill_PxCxV, batch.last_P[:, None, None], axis=1)[:, 0]
   logits_RxV = jnp.concatenate([decode_BxV, pre_PxV], axis=0).astype(jnp.float32)
-  return jax.vmap(_sample_row)(logits_RxV, seeds_R.astype(jnp.uint32), positions_R,
-                               temperature_R, top_k_R, top_p_R)
+  return jax.vmap(_sample_row)(logits_RxV, batch.seeds_R.astype(jnp.uint32), batch.positions_R,
+                               batch.temperature_R, batch.top_k_R, batch.top_p_R)
 
 
 @jax.jit

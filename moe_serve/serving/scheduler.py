@@ -15,12 +15,12 @@ Chunk boundaries depend only on the request (never on load), so a request's pref
 same computation whatever else is running.
 """
 import bisect
-import dataclasses
 import heapq
 from typing import NamedTuple
 
 from moe_serve import config as config_lib
 from moe_serve.serving.request import Request
+from moe_serve.serving.sequence import Seq
 
 POLICIES = config_lib.SERVE_POLICIES
 
@@ -36,30 +36,8 @@ def policy_key(req: Request, policy):
   raise ValueError(f"serve.policy={policy!r} is not one of {list(POLICIES)}")
 
 
-@dataclasses.dataclass(eq=False)
-class Seq:
-  """The engine's state of one admitted request."""
-  req: Request
-  key: tuple
-  tokens: list  # prompt + outputs so far
-  num_computed: int = 0  # tokens whose keys/values are in the slot
-  slot: int = -1
-  blocks: int = 0
-  prefilled: bool = False  # every token but the last sampled one is in the cache
-  outputs: list = dataclasses.field(default_factory=list)
-  logprobs: list = dataclasses.field(default_factory=list)
-  token_times: list = dataclasses.field(default_factory=list)
-  preemptions: int = 0
-  admitted_at: float | None = None  # first admission
-  finish_reason: str | None = None
-  drops: list | None = None  # per MoE layer, when routing is recorded
-  prompt_logprobs: list = dataclasses.field(default_factory=list)  # when serve.prompt_logprobs
-
-  def __lt__(self, other):  # heap ties never happen (keys are unique); keep heapq total
-    return self.key < other.key
-
-
 class Plan(NamedTuple):
+  """One step's work; decode and prefill rows in policy order."""
   decode: list  # Seqs, each feeding tokens[-1] at position num_computed
   prefill: list  # (Seq, n): tokens[num_computed : num_computed + n]
   admitted: list
@@ -82,11 +60,13 @@ class Scheduler:
 
   # ------------------------------------------------------------------ queue
   def add(self, req: Request):
-    seq = Seq(req=req, key=policy_key(req, self.policy), tokens=list(req.prompt))
+    """Queues a new request; returns its Seq."""
+    seq = Seq.waiting(req, policy_key(req, self.policy))
     heapq.heappush(self.waiting, seq)
     return seq
 
   def has_work(self):
+    """Whether anything waits or runs."""
     return bool(self.waiting or self.running)
 
   @property
@@ -96,22 +76,19 @@ class Scheduler:
   def _blocks_for(self, num_tokens):
     return -(-num_tokens // self.block_size)
 
-  def _release(self, seq):
-    heapq.heappush(self.free_slots, seq.slot)
-    self.free_blocks += seq.blocks
-    seq.slot, seq.blocks = -1, 0
+  def _free(self, slot, blocks):
+    heapq.heappush(self.free_slots, slot)
+    self.free_blocks += blocks
 
   def _preempt(self, seq):
-    self._release(seq)
-    seq.num_computed, seq.prefilled = 0, False
-    seq.preemptions += 1
+    self._free(*seq.preempt())
     heapq.heappush(self.waiting, seq)
 
   def finish(self, seq, reason):
     """Frees a finished request's slot and blocks."""
     self.running.remove(seq)
-    self._release(seq)
-    seq.finish_reason = reason
+    self._free(*seq.release())
+    seq.finish(reason)
 
   # ------------------------------------------------------------------ one step
   def schedule(self, now) -> Plan:
@@ -134,7 +111,7 @@ class Scheduler:
         preempted.append(seq)
         continue
       self.free_blocks -= need
-      seq.blocks += need
+      seq.reserve(need)
       decode.append(seq)
       kept.append(seq)
     self.running = kept
@@ -147,11 +124,8 @@ class Scheduler:
         if need > self.free_blocks:
           break
         heapq.heappop(self.waiting)
-        seq.slot = heapq.heappop(self.free_slots)
-        seq.blocks = need
+        seq.admit(heapq.heappop(self.free_slots), need, now)
         self.free_blocks -= need
-        if seq.admitted_at is None:
-          seq.admitted_at = now
         bisect.insort(self.running, seq, key=lambda s: s.key)
         admitted.append(seq)
 
@@ -160,7 +134,7 @@ class Scheduler:
     for seq in self.running:
       if seq.prefilled:
         continue
-      n = min(self.chunk_size, len(seq.tokens) - seq.num_computed)
+      n = seq.next_chunk_len(self.chunk_size)
       if len(prefill) == self.max_prefill_rows or n > budget:
         break  # strict policy order: a later request never takes the place of an earlier one
       prefill.append((seq, n))

@@ -2,11 +2,17 @@
 position and the experts each of their tokens was routed to, for determinism studies.
 
 Only requests named in `ids` are traced, so the cost is a few rows copied per step.
+
+Axis letters: V vocabulary, K routing choices per token (routing.Routing), T flat step tokens
+(parts.FlatOrder).
 """
 import numpy as np
 
+from moe_serve.model import parts
+
 
 def _log_softmax(x_V):
+  """log_softmax of one row, computed in float64 and returned as float32."""
   x = np.asarray(x_V, np.float64)
   m = x.max()
   return (x - m - np.log(np.exp(x - m).sum())).astype(np.float32)
@@ -35,7 +41,7 @@ class Tracer:
     in_step = [s.req.id for s in plan.decode] + [s.req.id for s, _ in plan.prefill]
     if self.ids.isdisjoint(in_step):
       return
-    b, _, c = shape
+    order = parts.FlatOrder.of_step(*shape)
     logits = {k: np.asarray(v) for k, v in logits.items()}  # one device->host copy per step
     records = [{"expert_index": np.asarray(r.expert_index), "kept": np.asarray(r.kept)}
                for r in aux.get("routing") or ()]
@@ -45,7 +51,7 @@ class Tracer:
         continue
       self.dists[rid].append(_log_softmax(logits["decode"][i]))
       if records:
-        self.routing[rid][seq.num_computed] = _kept_experts(records, [i])[0]
+        self.routing[rid][seq.num_computed] = _kept_experts(records, [order.index(0, i, 0)])[0]
     for j, (seq, n) in enumerate(plan.prefill):
       rid = seq.req.id
       if rid not in self.ids:
@@ -53,7 +59,7 @@ class Tracer:
       if seq.num_computed + n == len(seq.tokens):  # this chunk ends the prefill: a token is sampled
         self.dists[rid].append(_log_softmax(logits["prefill"][j, n - 1]))
       if records:
-        rows = [b + j * c + o for o in range(n)]
+        rows = [order.index(1, j, o) for o in range(n)]
         for o, experts in enumerate(_kept_experts(records, rows)):
           self.routing[rid][seq.num_computed + o] = experts
 

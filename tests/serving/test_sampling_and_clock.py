@@ -12,9 +12,10 @@ V = 50
 def _sample(logits_RxV, seeds, positions, temp, top_k, top_p):
   r = logits_RxV.shape[0]
   full = lambda x, dt: np.broadcast_to(np.asarray(x, dt), (r,)).copy()
-  toks, lps = sampling.sample(logits_RxV, np.zeros((0, 1, V), np.float32), np.zeros(0, np.int32),
-                              full(seeds, np.uint32), full(positions, np.int32),
-                              full(temp, np.float32), full(top_k, np.int32), full(top_p, np.float32))
+  batch = sampling.SamplingBatch(np.zeros(0, np.int32), full(seeds, np.uint32),
+                                 full(positions, np.int32), full(temp, np.float32),
+                                 full(top_k, np.int32), full(top_p, np.float32))
+  toks, lps = sampling.sample(logits_RxV, np.zeros((0, 1, V), np.float32), batch)
   return np.asarray(toks), np.asarray(lps)
 
 

@@ -1,0 +1,105 @@
+"""One admitted request's life in the engine, and the only code that changes its state.
+
+    waiting --admit--> prefilling --advance_prefill (last chunk)--> decoding --finish--> done
+       ^                   |                                            |
+       +------------------ preempt (recompute) -------------------------+
+
+`tokens` is prompt + outputs so far; `num_computed` counts the tokens whose keys/values are in
+the slot. A prefill chunk advances `num_computed` by its length; when the whole of `tokens` is in
+the cache the chunk's last logits give the first output token (`prefilled`). From then on each
+decode step writes `tokens[-1]` (advance_decode) and appends the next output. A preemption frees
+the slot and blocks and forgets every computed key/value, keeping the outputs: re-admitted, the
+request prefills prompt + outputs again and resamples the same tokens (serving/sampling.py keys
+on the position). The scheduler calls admit/reserve/release/preempt, the engine the rest.
+"""
+import dataclasses
+
+from moe_serve.serving.request import Request
+
+
+@dataclasses.dataclass(eq=False)
+class Seq:
+  """The engine's state of one admitted request (see the module docstring)."""
+  req: Request
+  key: tuple  # the scheduling policy's sort key (scheduler.policy_key); unique
+  tokens: list  # prompt + outputs so far
+  num_computed: int = 0  # tokens whose keys/values are in the slot
+  slot: int = -1
+  blocks: int = 0  # KV blocks held
+  prefilled: bool = False  # every token but the last sampled one is in the cache
+  outputs: list = dataclasses.field(default_factory=list)
+  logprobs: list = dataclasses.field(default_factory=list)
+  token_times: list = dataclasses.field(default_factory=list)
+  preemptions: int = 0
+  admitted_at: float | None = None  # first admission
+  finish_reason: str | None = None
+  drops: list | None = None  # per MoE layer, when routing is recorded
+  prompt_logprobs: list = dataclasses.field(default_factory=list)  # when serve.prompt_logprobs
+
+  @classmethod
+  def waiting(cls, req: Request, key):
+    """A request that has not run yet: its tokens are its prompt."""
+    return cls(req=req, key=key, tokens=list(req.prompt))
+
+  def __lt__(self, other):  # heap ties never happen (keys are unique); keep heapq total
+    return self.key < other.key
+
+  # ------------------------------------------------------------------ scheduler side
+  def admit(self, slot, blocks, now):
+    """Takes `slot` and `blocks` KV blocks; the first admission's time is kept."""
+    self.slot, self.blocks = slot, blocks
+    if self.admitted_at is None:
+      self.admitted_at = now
+
+  def reserve(self, blocks):
+    """Holds `blocks` more KV blocks (for the next decode token)."""
+    self.blocks += blocks
+
+  def release(self):
+    """Gives up the slot and blocks; returns (slot, blocks) for the scheduler's free lists."""
+    held = self.slot, self.blocks
+    self.slot, self.blocks = -1, 0
+    return held
+
+  def preempt(self):
+    """Recompute preemption: releases (returned as in `release`) and forgets every computed
+    key/value; the outputs stay, to be prefilled again with the prompt."""
+    held = self.release()
+    self.num_computed, self.prefilled = 0, False
+    self.preemptions += 1
+    return held
+
+  def next_chunk_len(self, chunk_size):
+    """Tokens the next prefill chunk computes: min(chunk_size, tokens not yet computed)."""
+    return min(chunk_size, len(self.tokens) - self.num_computed)
+
+  # ------------------------------------------------------------------ engine side
+  def advance_prefill(self, n):
+    """A chunk of `n` tokens was computed; True when it ended the prefill (a token is due)."""
+    self.num_computed += n
+    if self.num_computed == len(self.tokens):
+      self.prefilled = True
+    return self.prefilled
+
+  def advance_decode(self):
+    """The decode row's token (tokens[-1]) was written to the cache."""
+    self.num_computed += 1
+
+  def append_output(self, token, logprob, now):
+    """Appends a sampled token, produced at virtual time `now`."""
+    self.tokens.append(token)
+    self.outputs.append(token)
+    self.logprobs.append(logprob)
+    self.token_times.append(now)
+
+  def add_drops(self, per_layer):
+    """Adds this step's dropped (token, choice) counts per MoE layer."""
+    self.drops = per_layer if self.drops is None else [a + g for a, g in zip(self.drops, per_layer)]
+
+  def add_prompt_logprobs(self, values):
+    """Appends log p(prompt[q] | prompt[:q]) for the next prompt positions q scored."""
+    self.prompt_logprobs.extend(values)
+
+  def finish(self, reason):
+    """Marks the request done ('eos' or 'length'); the scheduler has released it."""
+    self.finish_reason = reason
