@@ -11,7 +11,8 @@ Records (plain dicts, written as JSONL by metrics/writers.py):
 - `requests`: one per request, finished or rejected, in id order.
 
 Axis letters: B decode rows, P prefill rows, C chunk length (a step's shape is (B, P, C)),
-R = B + P sampled rows, T flat tokens (parts.FlatOrder), V vocabulary.
+R = B + P sampled rows, T flat tokens (parts.FlatOrder), K routing choices per token,
+V vocabulary.
 """
 import time
 import warnings
@@ -35,15 +36,18 @@ class Buckets(NamedTuple):
 
   @classmethod
   def from_config(cls, b):
+    """From the `serve.buckets` config section."""
     return cls(*(tuple(sorted(int(x) for x in v))
                  for v in (b.decode_rows, b.prefill_rows, b.chunk_lens)))
 
   def pick(self, n_decode, n_prefill, longest_chunk):
+    """The smallest (B, P, C) holding that many decode rows, prefill rows and chunk tokens."""
     first_fit = lambda opts, n: next(o for o in opts if o >= n)
     return (first_fit(self.decode_rows, n_decode), first_fit(self.prefill_rows, n_prefill),
             first_fit(self.chunk_lens, longest_chunk))
 
   def all(self):
+    """Every step shape (B, P, C) a run may use, each once (what `Engine.warmup` compiles)."""
     return [(b, p, c) for b in self.decode_rows for p in self.prefill_rows for c in self.chunk_lens
             if p > 0 or c == self.chunk_lens[0]]  # with no prefill rows C is irrelevant
 

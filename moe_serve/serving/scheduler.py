@@ -71,6 +71,7 @@ class Scheduler:
 
   @property
   def blocks_used(self):
+    """KV blocks held by running requests."""
     return self.num_blocks - self.free_blocks
 
   def _blocks_for(self, num_tokens):

@@ -4,6 +4,8 @@ The fake keeps, per slot, the tokens written at each position (its "KV cache"). 
 logits are one-hot at `next_token(prefix)`, where the prefix is read back from the slot's
 positions 0..p: a wrong position, a skipped write, or state left in a reused slot changes the
 outputs, so comparing a run with `expected_completion` checks the engine's bookkeeping.
+
+Axis letters: S slots, L positions in a slot, V vocabulary.
 """
 import numpy as np
 
