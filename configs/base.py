@@ -9,7 +9,7 @@ import ml_collections
 
 from moe_serve import config as config_lib
 
-# Logical axis name -> mesh axis. Only configs map names to mesh axes (DESIGN.md section 5).
+# Logical axis name -> mesh axis. Only configs map names to mesh axes (docs/design.md section 3).
 LOGICAL_AXIS_RULES = (
     ("vocab", "tensor"),
     ("embed", None),

@@ -3,7 +3,8 @@
 float32 unless the name says otherwise. Tiny-model logits are O(1) to O(10); dispatch outputs are
 O(1) (inputs N(0, 1), weights N(0, 1/fan_in)). A real bug (a wrong token, slot, weight, mask or
 position) moves values by O(0.1) or more, far above every bound here. Properties that a contract
-states as bitwise (DESIGN contract 2, one-device meshes) use assert_array_equal, never these.
+states as bitwise (docs/design.md contract 2, one-device meshes) use assert_array_equal, never
+these.
 """
 
 # Dispatch backends (model/dispatch*.py) against each other and a dense numpy reference: they add

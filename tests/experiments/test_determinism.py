@@ -1,4 +1,4 @@
-"""The repeat-in-traffic experiment on the tiny model (random init; DESIGN.md contracts 2 and 3).
+"""The repeat-in-traffic experiment on the tiny model (random init; docs/design.md contracts 2, 3).
 
 Contract 2: with capacity scope `none` or `sequence` and fixed step shapes, every repeat of every
 target, injected into different random traffic (so different co-requests, slots and step

@@ -1,4 +1,4 @@
-"""The decoder's cache contract (DESIGN.md section 4, contract 1), causality and slot isolation.
+"""The decoder's cache contract (docs/design.md section 4, contract 1), causality, slot isolation.
 
 Tolerance: float32 logits agree to 1e-5 absolute. The cached path attends over the whole slot
 row (max_len keys, masked) while the full forward attends over L keys, so the softmax sums are

@@ -7,7 +7,7 @@ are O(1) here). They are not bitwise equal, even with dropless routing and fixed
 because sharding changes the arithmetic, not the routing: contractions split over `tensor` or
 `expert` are summed across devices by an all-reduce in a different order, and each device runs its
 matmuls on a slice of the rows, and XLA:CPU's float32 results for a row depend on the row count
-(DESIGN.md section 1). Measured max |delta logit| per mesh: 1.7e-6 to 6.0e-6
+(docs/design.md section 1). Measured max |delta logit| per mesh: 1.7e-6 to 6.0e-6
 (benchmarks/sharded_agreement.py, docs/sharding.md); 5e-5 leaves room for other routings and XLA
 versions. Routing is computed on the global token set whatever the mesh (GSPMD keeps global
 semantics), so the scope/capacity decisions only change if such a rounding difference flips a near
