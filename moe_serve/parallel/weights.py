@@ -59,10 +59,13 @@ def load(cfg, mesh=None, log=print):
   src = source(cfg)
   if src["kind"] == "random_init":
     log(f"model: random init from seed {cfg.seed} (config params_dir is empty)")
-    params = steps.make_init_fn(cfg.model, mesh, rules)(cfg.seed)
-    if mesh is None:  # committed to the device, like restored parameters
-      params = jax.device_put(params, jax.devices()[0])
-    return params, src
+    if mesh is not None:
+      return steps.make_init_fn(cfg.model, mesh, rules)(cfg.seed), src
+    # Jitted like the sharded init, so the values are the same on one device and on any mesh
+    # (an eager init rounds some values differently), and committed like restored parameters.
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    init = jax.jit(lambda: api.init_params(cfg.model, jax.random.key(cfg.seed)), out_shardings=one)
+    return init(), src
   directory = cfg.params_dir
   check_architecture(bundled.load_model_config(directory), cfg.model, directory)
   params, step = bundled.restore(directory, abstract_params(cfg.model, mesh, rules))

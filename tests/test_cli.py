@@ -1,0 +1,83 @@
+"""Scripts check their whole config before building anything, and bad input is one clear line.
+
+In-process: `cli.bad_override` names the full path of an unknown `--config.x.y` and the nearest
+valid names; each config check named by the loading issue raises ConfigError naming its field.
+End to end: scripts/serve.py given those inputs exits with status 2 and prints `error: ...`, no
+traceback, before it loads or compiles anything.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import serve_default, study_default
+from moe_serve import cli
+from moe_serve import config as config_lib
+from moe_serve.experiments import study
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_TINY = "--config=configs/serve_default.py:size=tiny"
+
+
+def test_unknown_override_names_path_and_nearest():
+  argv = ["serve.py", _TINY, "--config.serve.max_num_seq=4", "--workdir=x"]
+  message = cli.bad_override(argv)
+  assert "unknown config field 'serve.max_num_seq'" in message
+  assert "did you mean serve.max_num_seqs" in message
+  message = cli.bad_override(["serve.py", _TINY, "--config.workload.arrival.rat=3"])
+  assert "workload.arrival has no field 'rat'; did you mean workload.arrival.rate" in message
+  message = cli.bad_override(["serve.py", _TINY, "--config.servee.policy=fcfs"])
+  assert "the config has no field 'servee'; did you mean serve" in message
+  assert cli.bad_override(["serve.py", _TINY, "--config.serve.max_num_seqs=4"]) is None
+
+
+@pytest.mark.parametrize("path, value, words", [
+    ("model.router.k", 9, "model.router.k=9 exceeds model.num_experts=4"),
+    ("model.num_experts", 0, "model.num_experts=0 must be a positive integer"),
+    ("model.head_dim", 7, "model.head_dim=7 must be even"),
+    ("workload.arrival.rate", 0.0, "workload.arrival.rate=0.0 must be a finite number > 0"),
+    ("workload.seed", -1, "workload.seed=-1 must be an integer >= 0"),
+    ("workload.num_requests", -3, "workload.num_requests=-3 must be an integer >= 0"),
+])
+def test_serve_config_checks_name_the_field(path, value, words):
+  cfg = serve_default.get_config("size=tiny")
+  *parents, leaf = path.split(".")
+  node = cfg
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+  with pytest.raises(config_lib.ConfigError, match=words.replace("(", r"\(")):
+    config_lib.validate_serve(config_lib.validate(cfg))
+
+
+def test_sweep_checks_every_setting_and_refuses_a_mesh():
+  cfg = study_default.get_config("size=tiny")
+  cfg.sweep.axes = (("model.router.capacity_scope", ("batch", "nonee")),)
+  with pytest.raises(config_lib.ConfigError, match=r"sweep setting .*'nonee'.* is not one of"):
+    study.validate(cfg)
+  cfg = study_default.get_config("size=tiny")
+  cfg.mesh.data = 2
+  with pytest.raises(config_lib.ConfigError, match=r"sweep.py serves on one device"):
+    study.validate(cfg)
+
+
+def _serve(*args, devices=1):
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  return subprocess.run([sys.executable, "scripts/serve.py", _TINY, "--workdir=/nonexistent/x",
+                         *args], cwd=_ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--config.serve.foo=1"], "unknown config field 'serve.foo': serve has no field 'foo'"),
+    (["--config.model.router.k=9"], "model.router.k=9 exceeds model.num_experts=4"),
+    (["--config.mesh.data=16"], "mesh {'data': 16, 'expert': 1, 'tensor': 1} needs 16 devices "
+                                "but only 1 exist"),
+    (["--config.params_dir=/nonexistent/model"], "/nonexistent/model is not a model directory"),
+])
+def test_serve_script_reports_bad_input_in_one_line(args, words):
+  proc = _serve(*args)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert f"error: {words}" in proc.stderr
+  assert "Traceback" not in proc.stderr
