@@ -143,6 +143,19 @@ def test_prompt_logprobs_match_a_full_forward(tiny_model):
     np.testing.assert_allclose(rec["prompt_logprobs"], want, atol=1e-5, rtol=0)
 
 
+def test_recompute_preemption_resamples_the_same_tokens_at_temperature(tiny_model):
+  """A preempted request prefills prompt + outputs again and samples its next token from the
+  chunk's logits, where an unpreempted one uses a decode row: both key the draw on the token's
+  position, so the tokens agree (logprobs may differ in the last bits: other summation order)."""
+  reqs = [_req(i, 13 + 4 * i, 12, 0.0, temperature=0.9) for i in range(4)]
+  roomy = _engine(_fixed_cfg(), tiny_model).run(reqs)
+  tight = _engine(_fixed_cfg(kv_num_blocks=5), tiny_model).run(reqs)  # as in the test above
+  assert sum(r["preemptions"] for r in roomy.requests) == 0
+  preempted = [r["id"] for r in tight.requests if r["preemptions"]]
+  assert preempted
+  roomy_tokens = {r["id"]: r["tokens"] for r in roomy.requests}
+  assert {r["id"]: r["tokens"] for r in tight.requests} == roomy_tokens
+  assert all(len(set(roomy_tokens[i])) > 3 for i in preempted)  # really sampled, not one token
 
 def test_a_plan_with_a_request_in_two_rows_is_refused(tiny_model):
   """The step sizes `sequence`-scope expert buffers by one request per row; the engine checks

@@ -1,0 +1,66 @@
+"""Virtual time worked by hand: one request, a chunked prefill, then decode steps.
+
+The cost-model clock advances each step by fixed_s + per_token_s * tokens + per_kv_s * attended_kv
+(serving/clock.py). Coefficients are powers of two, so every figure below is exact in float64.
+"""
+from fractions import Fraction
+
+import pytest
+
+from configs import serve_default
+from moe_serve import config as config_lib
+from moe_serve.metrics import latency
+from moe_serve.serving import clock as clock_lib
+from moe_serve.serving.engine import Engine
+from moe_serve.serving.request import Request
+from tests.serving import fakes
+
+VOCAB = 48
+FIXED, PER_TOKEN, PER_KV = Fraction(1, 8), Fraction(1, 64), Fraction(1, 1024)
+
+
+def _cfg():
+  cfg = serve_default.get_config("size=tiny")
+  cfg.model.vocab_size = VOCAB
+  cfg.serve.update(max_num_seqs=1, max_num_batched_tokens=5, ignore_eos=True)
+  cfg.serve.buckets.update(decode_rows=(1,), prefill_rows=(0, 1), chunk_lens=(4,))
+  cfg.clock.update(mode="cost_model", fixed_s=float(FIXED), per_token_s=float(PER_TOKEN),
+                   per_kv_s=float(PER_KV))
+  config_lib.validate(cfg)
+  config_lib.validate_serve(cfg)
+  return cfg
+
+
+def test_attended_kv_step_times_ttft_and_tpot_by_hand():
+  cfg = _cfg()
+  model = fakes.FakeModel(1, cfg.model.max_len, VOCAB)
+  req = Request(id=0, prompt=[1] + list(range(3, 12)), max_new_tokens=4, arrival=0.5,
+                domain="add")
+  log = Engine(cfg, model, None, model.init_cache(), clock_lib.Clock(cfg.clock)).run([req])
+
+  # A 10-token prompt in chunks of 4: positions 0-3, 4-7, 8-9; the last chunk samples output 1.
+  # Then outputs 2-4 come from decode rows feeding positions 10, 11, 12. A token at position q
+  # attends to q + 1 keys.
+  attended_kv = [1 + 2 + 3 + 4, 5 + 6 + 7 + 8, 9 + 10, 11, 12, 13]
+  # Step shapes (B, P, C): one decode row always (padding while prefilling), one prefill row of
+  # 4 positions while prefilling (the 2-token chunk computes 4 too), none after: B + P * C.
+  tokens = [1 + 4, 1 + 4, 1 + 4, 1, 1, 1]
+  assert [s["attended_kv"] for s in log.steps] == attended_kv
+  assert [s["bucket"] for s in log.steps] == [[1, 1, 4]] * 3 + [[1, 0, 4]] * 3
+  dt = [FIXED + PER_TOKEN * n + PER_KV * kv for n, kv in zip(tokens, attended_kv)]
+  assert dt == [Fraction(x, 1024) for x in (218, 234, 227, 155, 156, 157)]
+  assert [s["dt"] for s in log.steps] == [float(d) for d in dt]
+  assert log.steps[0]["t"] == 0.5  # the idle engine jumps to the arrival
+
+  rec = log.requests[0]
+  t_first = Fraction(1, 2) + dt[0] + dt[1] + dt[2]
+  times = [t_first, t_first + dt[3], t_first + dt[3] + dt[4], t_first + sum(dt[3:])]
+  assert rec["token_times"] == [float(t) for t in times]
+  ttft, tpot, e2el, itls = latency.per_request(rec)
+  assert ttft == float(Fraction(679, 1024))
+  assert tpot == float(Fraction(155 + 156 + 157, 1024) / 3)  # 3 gaps after the first token
+  assert e2el == float(Fraction(679 + 468, 1024))
+  assert itls == [float(d) for d in dt[3:]]
+  summary = latency.summarize(log.requests)
+  assert summary["ttft_ms"]["mean"] == pytest.approx(679 / 1024 * 1e3, rel=1e-12)
+  assert summary["tpot_ms"]["mean"] == pytest.approx(156 / 1024 * 1e3, rel=1e-12)
