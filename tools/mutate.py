@@ -1,0 +1,283 @@
+r"""Mutation testing for the core: one-line mutations, each run against the tests that should see it.
+
+    .venv/bin/python tools/mutate.py                  # every mutation, report to stdout
+    .venv/bin/python tools/mutate.py --only S1 E3     # some of them
+    .venv/bin/python tools/mutate.py --list           # what would be applied
+
+Each mutation replaces one exact snippet of one file (the snippet must occur exactly once, else
+the mutation is reported `stale`: the code moved on and the list needs updating). The files are
+never mutated in place: the committed tree (`git archive HEAD`) is copied to a temporary
+directory, the mutation is applied there, the matching tests run there (`pytest -x`, with a
+timeout), and the file is restored in a `finally` before the next mutation. A mutation is
+`killed` when the tests fail, `survived` when they pass; survivors are the ones to look at
+(docs/testing.md keeps the last report). Not part of CI: it takes tens of minutes.
+"""
+import argparse
+import dataclasses
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+ROUTING_TESTS = ("tests/model/test_routing.py",)
+SAMPLING_TESTS = ("tests/serving/test_sampling_and_clock.py",
+                  "tests/serving/test_sampling_distribution.py")
+FAKE_ENGINE_TESTS = ("tests/serving/test_scheduler_properties.py",
+                     "tests/serving/test_virtual_time.py")
+PREEMPT_TEST = ("tests/serving/test_engine.py::"
+                "test_recompute_preemption_resamples_the_same_tokens_at_temperature",)
+LATENCY_TESTS = ("tests/metrics/test_latency.py", "tests/serving/test_virtual_time.py")
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutation:
+  name: str
+  path: str
+  old: str
+  new: str
+  tests: tuple
+  why: str = ""  # what the mutation breaks
+
+
+def _m(name, path, old, new, tests, why=""):
+  return Mutation(name, path, old, new, tuple(tests), why)
+
+
+R, S = "moe_serve/model/routing.py", "moe_serve/serving/sampling.py"
+C, E = "moe_serve/serving/scheduler.py", "moe_serve/serving/engine.py"
+Q, L = "moe_serve/serving/sequence.py", "moe_serve/metrics/latency.py"
+
+MUTATIONS = [
+    # ------------------------------------------------------------------ routing
+    _m("R1", R, "-((-k * factor_sum_milli) // (num_experts * MILLI))",
+       "((k * factor_sum_milli) // (num_experts * MILLI))", ROUTING_TESTS, "capacity floor, not ceil"),
+    _m("R2", R, "kept_TxK = valid_TxK & (rank_TxK < cap_T[:, None])",
+       "kept_TxK = valid_TxK & (rank_TxK <= cap_T[:, None])", ROUTING_TESTS, "top-k capacity +1"),
+    _m("R3", R, "kept_TxE = valid_TxE & (rank_TxE < cap_T[:, None])",
+       "kept_TxE = valid_TxE & (rank_TxE <= cap_T[:, None])", ROUTING_TESTS,
+       "expert-choice capacity +1"),
+    _m("R4", R, "f_T[:num_decode] = factor_milli", "f_T[:num_decode + 1] = factor_milli",
+       ROUTING_TESTS, "one prefill position gets the decode factor"),
+    _m("R5", R, "order = (~valid_TxK,) + _priority_order(", "order = _priority_order(",
+       ROUTING_TESTS, "padding may take capacity"),
+    _m("R6", R, '    return (choice_TxK, tok_TxK)\n  # score',
+       '    return (tok_TxK, choice_TxK)\n  # score', ROUTING_TESTS, "position priority = token"),
+    _m("R7", R, "weight_TxK = weight_TxK / weight_TxK.sum(-1, keepdims=True)",
+       "weight_TxK = weight_TxK", ROUTING_TESTS, "renormalize ignored"),
+    _m("R8", R, "f_T = jnp.where(segment_ids_T >= 0, f_T, 0)", "f_T = f_T", ROUTING_TESTS,
+       "sequence scope counts padding factors"),
+    _m("R9", R, "(flat(~valid_TxE), flat(-probs_TxE), flat(tok_TxE))",
+       "(flat(~valid_TxE), flat(probs_TxE), flat(tok_TxE))", ROUTING_TESTS,
+       "expert choice takes the least probable tokens"),
+    _m("R10", R, "return 1.0 - routing.kept.sum() / (n * routing.kept.shape[1])",
+       "return 1.0 - routing.kept.sum() / n", ROUTING_TESTS, "drop rate per token, not pair"),
+    _m("R11", R, 'return cfg.capacity_scope == "none" or cfg.priority == "token"',
+       'return cfg.capacity_scope == "none" or cfg.priority == "position"', ROUTING_TESTS,
+       "wrong causality claim"),
+    _m("R12", R, "rank_T = jnp.zeros((t,), jnp.int32).at[jnp.argsort(-top1_T, stable=True)]",
+       "rank_T = jnp.zeros((t,), jnp.int32).at[jnp.argsort(top1_T, stable=True)]",
+       ROUTING_TESTS, "score priority ascending"),
+    # ------------------------------------------------------------------ sampling
+    _m("S1", S, "scaled_V = logits_V / jnp.maximum(temperature, 1e-6)",
+       "scaled_V = logits_V * jnp.maximum(temperature, 1e-6)", SAMPLING_TESTS,
+       "temperature applied inverted"),
+    _m("S2", S, "key = jax.random.fold_in(jax.random.key(seed), position)",
+       "key = jax.random.key(seed + position.astype(jnp.uint32))", SAMPLING_TESTS,
+       "key from seed + position: (s, p+1) and (s+1, p) collide"),
+    _m("S3", S, "key = jax.random.fold_in(jax.random.key(seed), position)",
+       "key = jax.random.key(seed)", SAMPLING_TESTS, "position dropped from the key"),
+    _m("S4", S, "keep_V = scaled_V >= desc_V[k - 1]", "keep_V = scaled_V > desc_V[k - 1]",
+       SAMPLING_TESTS, "top-k keeps k - 1"),
+    _m("S5", S, "n_keep = jnp.maximum(jnp.sum(before_V < top_p), 1)",
+       "n_keep = jnp.maximum(jnp.sum(before_V <= top_p), 1)", SAMPLING_TESTS,
+       "nucleus boundary inclusive"),
+    _m("S6", S, "n_keep = jnp.maximum(jnp.sum(before_V < top_p), 1)",
+       "n_keep = jnp.maximum(jnp.sum(before_V < top_p), 0)", SAMPLING_TESTS,
+       "empty nucleus possible"),
+    _m("S7", S, "k = jnp.where(top_k > 0, jnp.minimum(top_k, v), v)",
+       "k = jnp.where(top_k > 0, top_k, v)", SAMPLING_TESTS, "top_k > V not clipped"),
+    _m("S8", S, "token = jnp.where(temperature > 0, sampled, greedy)",
+       "token = jnp.where(temperature >= 0, sampled, greedy)", SAMPLING_TESTS,
+       "temperature 0 samples (at 1e-6) instead of argmax"),
+    _m("S9", S, "return token, logprobs_V[token]",
+       "return token, jax.nn.log_softmax(scaled_V)[token]", SAMPLING_TESTS,
+       "logprob after temperature"),
+    _m("S10", S, "pre_PxV = jnp.take_along_axis(prefill_PxCxV, batch.last_P[:, None, None], "
+       "axis=1)[:, 0]", "pre_PxV = prefill_PxCxV[:, -1]", SAMPLING_TESTS + FAKE_ENGINE_TESTS,
+       "prefill token from the chunk's last position, padding or not"),
+    _m("S11", S, "probs_desc_V = jax.nn.softmax(jnp.where(jnp.arange(v) < k, desc_V, -jnp.inf))",
+       "probs_desc_V = jax.nn.softmax(desc_V)", SAMPLING_TESTS,
+       "nucleus mass measured before top-k"),
+    # ------------------------------------------------------------------ scheduler
+    _m("C1", C, "need = self._blocks_for(seq.num_computed + 1) - seq.blocks",
+       "need = self._blocks_for(seq.num_computed) - seq.blocks", FAKE_ENGINE_TESTS,
+       "decode block need without the new token"),
+    _m("C2", C, "return -(-num_tokens // self.block_size)",
+       "return num_tokens // self.block_size", FAKE_ENGINE_TESTS, "blocks rounded down"),
+    _m("C3", C, "victim = queue.pop()  #", "victim = queue.pop(0)  #", FAKE_ENGINE_TESTS,
+       "preempts the highest-ranked request"),
+    _m("C4", C, "if not preempted and (self.batching", "if (self.batching", FAKE_ENGINE_TESTS,
+       "admits in a step that preempted"),
+    _m("C5", C, "break  # strict policy order", "continue  # strict policy order",
+       FAKE_ENGINE_TESTS, "a later request overtakes one that does not fit"),
+    _m("C6", C, "budget = self.max_tokens - len(decode)", "budget = self.max_tokens",
+       FAKE_ENGINE_TESTS, "token budget ignores decode tokens"),
+    _m("C7", C, "while need > self.free_blocks and queue:", "if need > self.free_blocks and queue:",
+       FAKE_ENGINE_TESTS, "at most one victim before preempting itself"),
+    _m("C8", C, "return (len(req.prompt) + req.max_new_tokens, req.arrival, req.id)",
+       "return (len(req.prompt), req.arrival, req.id)", FAKE_ENGINE_TESTS,
+       "sjf ignores the output length"),
+    _m("C9", C, "return (req.priority, req.arrival, req.id)",
+       "return (-req.priority, req.arrival, req.id)", FAKE_ENGINE_TESTS, "priority inverted"),
+    _m("C10", C, "need = self._blocks_for(len(seq.tokens))",
+       "need = self._blocks_for(len(seq.req.prompt))", FAKE_ENGINE_TESTS,
+       "re-admission reserves the prompt only"),
+    _m("C11", C, 'self.batching == "continuous" or static_idle',
+       'self.batching == "continuous" or True', FAKE_ENGINE_TESTS, "static batches refill"),
+    # ------------------------------------------------------------------ engine bookkeeping
+    _m("E1", E, "samp.set_row(i, seq.req.sampling, n + 1)", "samp.set_row(i, seq.req.sampling, n)",
+       PREEMPT_TEST, "decode row's sampling position off by one"),
+    _m("E2", E, "      kv += n + 1\n", "      kv += n\n", FAKE_ENGINE_TESTS,
+       "decode attended_kv without its own key"),
+    _m("E3", E, "kv += n * start + n * (n + 1) // 2", "kv += n * start + n * (n - 1) // 2",
+       FAKE_ENGINE_TESTS, "prefill attended_kv n(n-1)/2"),
+    _m("E4", E, "samp.last_P[j] = n - 1", "samp.last_P[j] = n", FAKE_ENGINE_TESTS,
+       "prefill token read one past the chunk"),
+    _m("E5", E, "samp.set_row(b + j, seq.req.sampling, start + n)",
+       "samp.set_row(b + j, seq.req.sampling, start + n - 1)", PREEMPT_TEST,
+       "prefill row's sampling position off by one"),
+    _m("E6", E, "elif len(seq.outputs) >= seq.req.max_new_tokens:",
+       "elif len(seq.outputs) > seq.req.max_new_tokens:", FAKE_ENGINE_TESTS, "one token too many"),
+    _m("E7", E, "slots_used=len(sched.running) + sum(1 for s in in_step if s.finish_reason)",
+       "slots_used=len(sched.running)", FAKE_ENGINE_TESTS, "finishing requests not counted"),
+    _m("E8", E, "tokens = parts.FlatOrder.of_step(*shape).num_tokens",
+       "tokens = shape[0] + shape[1]", FAKE_ENGINE_TESTS, "step tokens B + P"),
+    _m("E9", E, "self._emit(seq, toks[i], lps[i], now)", "self._emit(seq, toks[i], lps[i], start)",
+       FAKE_ENGINE_TESTS, "decode tokens stamped at the step start"),
+    _m("E10", E, "self.sched, self.clock.now = self._new_scheduler(), 0.0",
+       "self.sched = self._new_scheduler()", FAKE_ENGINE_TESTS, "clock not reset between runs"),
+    _m("E11", E, "lo = max(seq.num_computed, len(seq.prompt_logprobs))", "lo = seq.num_computed",
+       ("tests/serving/test_engine.py::test_prompt_logprobs_match_a_full_forward",),
+       "recomputed prompt positions scored twice"),
+    _m("E12", E, "blocks_in_step = sched.blocks_used  #", "blocks_in_step = 0  #",
+       FAKE_ENGINE_TESTS, "kv_blocks_used not logged"),
+    _m("E13", E, "                 decode=n_dec,", "                 decode=len(plan.prefill),",
+       FAKE_ENGINE_TESTS, "decode count logged wrong"),
+    _m("Q1", Q, "self.num_computed, self.prefilled = 0, False", "self.num_computed = 0",
+       FAKE_ENGINE_TESTS, "preempted request still marked prefilled"),
+    _m("Q2", Q, "self.preemptions += 1", "self.preemptions += 0", FAKE_ENGINE_TESTS,
+       "preemptions not counted"),
+    _m("Q3", Q, "if self.admitted_at is None:\n      self.admitted_at = now",
+       "if True:\n      self.admitted_at = now", FAKE_ENGINE_TESTS,
+       "admission time is the last admission"),
+    _m("Q4", Q, "if self.num_computed == len(self.tokens):",
+       "if self.num_computed >= len(self.tokens) - 1:", FAKE_ENGINE_TESTS,
+       "prefill ends one token early"),
+    _m("Q5", Q, "self.drops = per_layer if self.drops is None else",
+       "self.drops = per_layer if True else",
+       ("tests/serving/test_engine.py::test_routing_records_attribute_drops_to_requests",),
+       "drops overwritten, not summed"),
+    # ------------------------------------------------------------------ latency metrics
+    _m("L1", L, "tpot = (e2el - ttft) / (n - 1) if n > 1 else None",
+       "tpot = (e2el - ttft) / n if n > 1 else None", LATENCY_TESTS, "TPOT over n"),
+    _m("L2", L, 'ttft = rec["first_token"] - rec["arrival"]',
+       'ttft = rec["first_token"] - rec["admitted"]', LATENCY_TESTS, "TTFT from admission"),
+    _m("L3", L, "if n > 1 else None", "if n > 2 else None", LATENCY_TESTS,
+       "two-token requests get no TPOT"),
+    _m("L4", L, "ok_tpot = slo_tpot_ms is None or (tpot or 0.0) * 1e3 <= slo_tpot_ms",
+       "ok_tpot = slo_tpot_ms is None or (tpot or 0.0) * 1e3 < slo_tpot_ms", LATENCY_TESTS,
+       "TPOT SLO strict"),
+    _m("L5", L, 'min(r["arrival"] for r in done)) if done', 'min(r["first_token"] for r in done))'
+       ' if done', LATENCY_TESTS, "duration from the first token"),
+    _m("L6", L, "good += ok_ttft and ok_tpot", "good += ok_ttft or ok_tpot", LATENCY_TESTS,
+       "goodput needs one SLO only"),
+    _m("L7", L, "itls = np.diff(np.asarray(rec[\"token_times\"], np.float64)).tolist()",
+       "itls = np.diff(np.asarray(rec[\"token_times\"], np.float64))[1:].tolist()",
+       LATENCY_TESTS, "first ITL dropped"),
+    _m("L8", L, 'classes = sorted({r.get("priority", 0) for r in done})',
+       'classes = sorted({r.get("priority", 1) for r in done})', LATENCY_TESTS,
+       "missing priority defaults to 1"),
+]
+
+
+def _copy_tree(dest):
+  """The committed tree (HEAD) under `dest`: never the working tree others are editing."""
+  archive = subprocess.run(["git", "-C", str(ROOT), "archive", "HEAD"], check=True,
+                           capture_output=True).stdout
+  subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+
+
+def _pytest(tree, tests, timeout_s, deselect):
+  cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
+  for node in deselect:
+    cmd += ["--deselect", node]
+  env = dict(os.environ, PYTHONPATH=str(tree), PYTHONDONTWRITEBYTECODE="1")
+  try:
+    proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True,
+                          timeout=timeout_s)
+  except subprocess.TimeoutExpired:
+    return "timeout", ""
+  tail = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or [""]
+  return ("passed" if proc.returncode == 0 else f"failed(rc={proc.returncode})"), tail[0]
+
+
+def run_one(tree, mut, timeout_s, deselect):
+  """Applies `mut` in `tree`, runs its tests, restores the file (always). Returns a dict."""
+  path = tree / mut.path
+  original = path.read_text()
+  if original.count(mut.old) != 1:
+    return dict(status="stale", detail=f"snippet found {original.count(mut.old)} times")
+  t0 = time.time()
+  try:
+    path.write_text(original.replace(mut.old, mut.new))
+    outcome, detail = _pytest(tree, mut.tests, timeout_s, deselect)
+  finally:
+    path.write_text(original)
+  assert path.read_text() == original
+  status = {"passed": "survived", "timeout": "killed(timeout)"}.get(outcome, "killed")
+  return dict(status=status, detail=detail, seconds=round(time.time() - t0, 1))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--only", nargs="*", help="mutation names to run (default: all)")
+  parser.add_argument("--list", action="store_true", help="print the mutations and exit")
+  parser.add_argument("--timeout_s", type=int, default=600, help="per pytest run")
+  parser.add_argument("--deselect", nargs="*", default=[],
+                      help="test node ids to leave out (e.g. known failures on this machine)")
+  args = parser.parse_args()
+  muts = [m for m in MUTATIONS if not args.only or m.name in args.only]
+  if args.list:
+    for m in muts:
+      print(f"{m.name:4} {m.path}: {m.why}\n     - {m.old!r}\n     + {m.new!r}")
+    return 0
+  with tempfile.TemporaryDirectory(prefix="mutate-") as tmp:
+    tree = pathlib.Path(tmp)
+    _copy_tree(tree)
+    # The unmutated tests must pass, or every mutant would look killed.
+    baseline = sorted({t for m in muts for t in m.tests})
+    outcome, detail = _pytest(tree, baseline, args.timeout_s * 3, args.deselect)
+    print(f"baseline ({len(baseline)} test targets): {outcome} {detail}", flush=True)
+    if outcome != "passed":
+      return 1
+    results = []
+    for m in muts:
+      res = run_one(tree, m, args.timeout_s, args.deselect)
+      results.append((m, res))
+      print(f"{m.name:4} {res['status']:16} {res.get('seconds', '-'):>6}s  {m.path}: {m.why}"
+            f"  | {res['detail']}", flush=True)
+    survivors = [m for m, r in results if r["status"] == "survived"]
+    stale = [m for m, r in results if r["status"] == "stale"]
+    print(f"\n{len(results)} mutations: {len(results) - len(survivors) - len(stale)} killed, "
+          f"{len(survivors)} survived, {len(stale)} stale")
+    for m in survivors:
+      print(f"SURVIVED {m.name} {m.path}: {m.why}\n  - {m.old!r}\n  + {m.new!r}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
