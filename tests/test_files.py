@@ -22,7 +22,6 @@ from moe_serve import files
 from moe_serve.experiments import sweep
 from moe_serve.metrics import writers
 from moe_serve.serving import run as run_lib
-from moe_serve.training import log as log_lib
 
 
 class _FullDisk:
@@ -135,7 +134,7 @@ def test_sweep_names_an_unreadable_manifest_and_the_fix(tmp_path):
 def test_resumed_metrics_cut_a_partial_last_line(tmp_path):
   path = tmp_path / "metrics.jsonl"
   path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "lo')
-  writer = log_lib.MetricsWriter(tmp_path)
+  writer = writers.MetricsLog(tmp_path)
   assert writer.cut_bytes == len('{"step": 3, "lo')
   writer.write({"step": 3})
   assert [r["step"] for r in writer.read()] == [1, 2, 3]

@@ -1,13 +1,22 @@
-"""Writers for run records: JSONL (the source of truth), a CSV summary, TensorBoard scalars.
+"""The one metrics-writing stack: JSONL (the source of truth), a CSV summary, TensorBoard scalars.
 
-JSONL lines are `json.dumps(record, sort_keys=True, separators=(",", ":"))`: the same records give
-the same bytes, which the cost_model reproducibility test relies on.
+Serving writes whole files at the end of a run (`write_jsonl`, `write_json`: atomic, so a kill
+never leaves a truncated file); training appends a record per logged step as it goes
+(`MetricsLog`: one flushed line each, and a partial last line left by a kill is cut on resume).
+Both mirror scalars to TensorBoard under `tb/` when asked (`tensorboard --logdir WORKDIR/tb`).
+
+JSONL lines of run files are `json.dumps(record, sort_keys=True, separators=(",", ":"))`: the same
+records give the same bytes, which the cost_model reproducibility test relies on.
 """
 import csv
 import json
 import os
 
+import numpy as np
+
 from moe_serve.files import atomic_open
+
+TB_DIR = "tb"  # TensorBoard event files under a run's workdir
 
 
 def dumps(record):
@@ -54,14 +63,16 @@ def write_summary_csv(path, summary):
 
 
 class TensorBoard:
-  """Scalars per step (x = step index) and the summary at the end, under `logdir`."""
+  """Scalars under `logdir`: per serving step (x = step index), per training record, and a
+  run's summary at the end."""
 
   def __init__(self, logdir):
     try:
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
     except ImportError as e:
       raise ImportError("TensorBoard output needs tensorboardX: "
-                        "pip install -e '.[tensorboard]' -c constraints.txt") from e
+                        "pip install -e '.[tensorboard]' -c constraints.txt, or turn the "
+                        "tensorboard option off") from e
     os.makedirs(logdir, exist_ok=True)
     self._w = SummaryWriter(logdir)
 
@@ -70,10 +81,62 @@ class TensorBoard:
     for key in ("t", "dt", "decode", "prefill_tokens", "slots_used", "kv_blocks_used", "waiting"):
       self._w.add_scalar(f"step/{key}", rec[key], i)
 
+  def record(self, prefix, record, step):
+    """Every number of `record` (nested dicts flattened to a/b) as `prefix/name` at `step`."""
+    for name, value in flatten(record).items():
+      if isinstance(value, (int, float)) and not isinstance(value, bool) and name != "step":
+        self._w.add_scalar(f"{prefix}/{name}", value, step)
+    self._w.flush()
+
   def summary(self, summary, step=0):
-    for name, value in flatten(summary).items():
-      if isinstance(value, (int, float)) and not isinstance(value, bool):
-        self._w.add_scalar(f"summary/{name}", value, step)
+    self.record("summary", summary, step)
 
   def close(self):
     self._w.close()
+
+
+def plain(value):
+  """JSON-ready copy of a metrics value (arrays become lists, numpy scalars Python numbers)."""
+  if isinstance(value, dict):
+    return {k: plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [plain(v) for v in value]
+  arr = np.asarray(value)
+  if arr.ndim == 0:
+    return arr.item()
+  return arr.tolist()
+
+
+def cut_partial_line(path):
+  """Cuts a last line that lacks its newline (a run killed, or a disk filled, mid-write) so that
+  appending after it keeps every line whole; returns the number of bytes cut."""
+  if not os.path.exists(path):
+    return 0
+  with open(path, "rb+") as f:
+    data = f.read()
+    keep = data.rfind(b"\n") + 1
+    if keep < len(data):
+      f.truncate(keep)
+  return len(data) - keep
+
+
+class MetricsLog:
+  """Appends records to `workdir/name` as they come (one flushed JSON line each) and mirrors
+  their numbers to TensorBoard (`workdir/tb`, prefix = the record's `kind`) if asked."""
+
+  def __init__(self, workdir, name="metrics.jsonl", tensorboard=False):
+    os.makedirs(workdir, exist_ok=True)
+    self.path = os.path.join(workdir, name)
+    self.cut_bytes = cut_partial_line(self.path)
+    self._tb = TensorBoard(os.path.join(workdir, TB_DIR)) if tensorboard else None
+
+  def write(self, record):
+    record = plain(record)
+    with open(self.path, "a", encoding="utf-8") as f:
+      f.write(json.dumps(record, sort_keys=True) + "\n")
+    if self._tb is not None and "step" in record:
+      self._tb.record(record.get("kind", "train"), record, record["step"])
+
+  def read(self):
+    """Every record written so far (e.g. to plot the curve)."""
+    return read_jsonl(self.path) if os.path.exists(self.path) else []

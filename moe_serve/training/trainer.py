@@ -18,8 +18,8 @@ from moe_serve import checkpoint
 from moe_serve import config as config_lib
 from moe_serve.data import batches as batches_lib
 from moe_serve.data import corpus as corpus_lib
+from moe_serve.metrics import writers
 from moe_serve.model import api
-from moe_serve.training import log as log_lib
 from moe_serve.training import losses, optim
 
 
@@ -111,7 +111,7 @@ def train(cfg, workdir, log=print, stop_after=None, progress=False):
   corpus = corpus_lib.Corpus(cfg.data.seed)
   optimizer = optim.make_optimizer(t_cfg)
   lr_fn = optim.schedule(t_cfg)
-  writer = log_lib.MetricsWriter(workdir, tensorboard=t_cfg.tensorboard)
+  writer = writers.MetricsLog(workdir, tensorboard=t_cfg.tensorboard)
   if writer.cut_bytes:
     log(f"{writer.path}: cut a partial last line ({writer.cut_bytes} bytes) left by an "
         "interrupted run")

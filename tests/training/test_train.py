@@ -6,6 +6,7 @@ import pytest
 from configs import train_default
 from moe_serve import config as config_lib
 from moe_serve.data import batches, corpus
+from moe_serve.metrics import writers
 from moe_serve.training import optim, trainer
 
 
@@ -43,7 +44,7 @@ def test_kill_and_resume_is_bitwise(tmp_path):
   for (path, a), b in zip(flat_full, flat_resumed):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(path))
   # The resumed run really did restart from step 2, not from scratch.
-  records = trainer.log_lib.MetricsWriter(str(tmp_path / "cut")).read()
+  records = writers.MetricsLog(str(tmp_path / "cut")).read()
   starts = [r["step"] for r in records if r["kind"] == "run_start"]
   assert starts == [0, 2]
   assert records[0]["corpus_hash"] and records[0]["python"]
@@ -66,7 +67,7 @@ def test_stop_step_ends_early_with_the_same_schedule(tmp_path, stop):
   cfg.train.stop_step = stop
   state, summary = trainer.train(cfg, str(tmp_path), log=lambda *_: None)
   assert summary["steps"] == stop and int(state["step"]) == stop
-  lrs = [r["lr"] for r in trainer.log_lib.MetricsWriter(str(tmp_path)).read()
+  lrs = [r["lr"] for r in writers.MetricsLog(str(tmp_path)).read()
          if r["kind"] == "train"]
   # logged every 2 steps: at step s, the lr of step index s - 1 of the full 6-step schedule
   assert lrs == [float(optim.schedule(cfg.train)(s - 1)) for s in range(2, stop + 1, 2)]
