@@ -26,7 +26,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 ROUTING_TESTS = ("tests/model/test_routing.py",)
 SAMPLING_TESTS = ("tests/serving/test_sampling_and_clock.py",
                   "tests/serving/test_sampling_distribution.py")
-FAKE_ENGINE_TESTS = ("tests/serving/test_scheduler_properties.py",
+FAKE_ENGINE_TESTS = ("tests/serving/test_scheduler_by_hand.py",
+                     "tests/serving/test_scheduler_properties.py",
                      "tests/serving/test_virtual_time.py")
 PREEMPT_TEST = ("tests/serving/test_engine.py::"
                 "test_recompute_preemption_resamples_the_same_tokens_at_temperature",)

@@ -53,7 +53,8 @@ def _tv(p_V, q_V):
   return 0.5 * np.abs(p_V - q_V).sum()
 
 
-@pytest.mark.parametrize("top_k,top_p", [(0, 1.0), (4, 1.0), (0, 0.65), (5, 0.7)])
+# (5, 0.6): the nucleus is measured within the top-5 (2 tokens); over all tokens it would be 3.
+@pytest.mark.parametrize("top_k,top_p", [(0, 1.0), (4, 1.0), (0, 0.65), (5, 0.6)])
 def test_draws_follow_the_filtered_tempered_softmax(top_k, top_p):
   want_V = _target(LOGITS_V, T, top_k, top_p)
   # The nucleus must not sit on a knife edge, or float32 rounding could legitimately move it.
@@ -65,6 +66,14 @@ def test_draws_follow_the_filtered_tempered_softmax(top_k, top_p):
   assert _tv(got_V, want_V) < TV_BOUND, (got_V.round(3), want_V.round(3))
   # The bound can tell the temperature applied the wrong way round (logits * T) from the right one.
   assert _tv(want_V, _target(LOGITS_V, 1 / T, top_k, top_p)) > 2 * TV_BOUND
+
+
+def test_temperature_zero_is_argmax_with_ties_to_the_lowest_id():
+  """Greedy rows never draw: a tie for the maximum goes to the lowest id whatever the seed."""
+  tied_V = np.zeros(V, np.float32)
+  tied_V[[2, 7]] = 1.0
+  toks = _draw(tied_V, np.arange(200), np.arange(200), 0.0)
+  assert set(toks) == {2}
 
 
 def test_seed_and_position_are_not_interchangeable():

@@ -3,7 +3,8 @@
 Checked for every example: every admitted request finishes exactly once with the completion a
 lone greedy decode gives (so output lengths are max_new_tokens or end at EOS, preempted requests
 resumed correctly, and no state leaked between requests sharing a slot); the KV block budget is
-never exceeded and no slot is held by two requests at any step.
+never exceeded, no slot is held by two requests and no step exceeds the token budget or admits
+while it preempts.
 """
 import hypothesis
 from hypothesis import strategies as st
@@ -52,6 +53,8 @@ def serve_with_fake(cfg, requests):
   def on_step(eng, rec):
     eng.sched.check_invariants()  # includes: no slot held by two running requests
     assert rec["kv_blocks_used"] <= cfg.serve.kv_num_blocks
+    assert rec["decode"] + rec["prefill_tokens"] <= cfg.serve.max_num_batched_tokens
+    assert not (rec["preempted"] and rec["admitted"]), "admitted in a step that preempted"
     holders = {}
     for seq in eng.sched.running:
       assert 0 <= seq.slot < cfg.serve.max_num_seqs

@@ -22,7 +22,7 @@ FIXED, PER_TOKEN, PER_KV = Fraction(1, 8), Fraction(1, 64), Fraction(1, 1024)
 def _cfg():
   cfg = serve_default.get_config("size=tiny")
   cfg.model.vocab_size = VOCAB
-  cfg.serve.update(max_num_seqs=1, max_num_batched_tokens=5, ignore_eos=True)
+  cfg.serve.update(max_num_seqs=1, max_num_batched_tokens=5, ignore_eos=True, kv_block_size=4)
   cfg.serve.buckets.update(decode_rows=(1,), prefill_rows=(0, 1), chunk_lens=(4,))
   cfg.clock.update(mode="cost_model", fixed_s=float(FIXED), per_token_s=float(PER_TOKEN),
                    per_kv_s=float(PER_KV))
@@ -51,6 +51,13 @@ def test_attended_kv_step_times_ttft_and_tpot_by_hand():
   assert dt == [Fraction(x, 1024) for x in (218, 234, 227, 155, 156, 157)]
   assert [s["dt"] for s in log.steps] == [float(d) for d in dt]
   assert log.steps[0]["t"] == 0.5  # the idle engine jumps to the arrival
+  # The other step fields: rows and tokens, and KV blocks of 4 tokens: admission holds the whole
+  # prompt (3 blocks); the decode feeding position q needs blocks for q + 1 tokens: 4 at q = 12.
+  assert [(s["decode"], s["prefill_rows"], s["prefill_tokens"]) for s in log.steps] == (
+      [(0, 1, 4), (0, 1, 4), (0, 1, 2), (1, 0, 0), (1, 0, 0), (1, 0, 0)])
+  assert [s["kv_blocks_used"] for s in log.steps] == [3, 3, 3, 3, 3, 4]
+  assert [s["slots_used"] for s in log.steps] == [1] * 6  # the last step's finisher counts
+  assert [s["finished"] for s in log.steps] == [[]] * 5 + [[0]]
 
   rec = log.requests[0]
   t_first = Fraction(1, 2) + dt[0] + dt[1] + dt[2]
