@@ -1,5 +1,8 @@
 r"""Mutation testing for the core: one-line mutations, each run against the tests that should see it.
 
+Mutated: model/routing.py, serving/sampling.py, serving/scheduler.py, the engine's bookkeeping
+(serving/engine.py, serving/sequence.py), metrics/latency.py and quality aggregation.
+
     .venv/bin/python tools/mutate.py                  # every mutation, report to stdout
     .venv/bin/python tools/mutate.py --only S1 E3     # some of them
     .venv/bin/python tools/mutate.py --list           # what would be applied
@@ -51,6 +54,7 @@ def _m(name, path, old, new, tests, why=""):
 R, S = "moe_serve/model/routing.py", "moe_serve/serving/sampling.py"
 C, E = "moe_serve/serving/scheduler.py", "moe_serve/serving/engine.py"
 Q, L = "moe_serve/serving/sequence.py", "moe_serve/metrics/latency.py"
+N = "moe_serve/metrics/quality.py"
 
 MUTATIONS = [
     # ------------------------------------------------------------------ routing
@@ -182,6 +186,14 @@ MUTATIONS = [
        "self.drops = per_layer if True else",
        ("tests/serving/test_engine.py::test_routing_records_attribute_drops_to_requests",),
        "drops overwritten, not summed"),
+    # ------------------------------------------------------------------ quality aggregation
+    _m("N1", N, 'nll = {d: sum(r["nll_sum"] for r in rs) / max(1, sum(r["tokens"] for r in rs))',
+       'nll = {d: float(np.mean([r["nll_sum"] / r["tokens"] for r in rs]))',
+       ("tests/metrics/test_quality_aggregation.py",), "NLL averaged per example, not pooled"),
+    _m("N2", N, '"exact_match_mean": float(np.mean(list(exact.values()))) if exact else None',
+       '"exact_match_mean": float(np.mean([r["correct"] for r in records if "correct" in r]))'
+       ' if exact else None', ("tests/metrics/test_quality_aggregation.py",),
+       "exact-match mean pooled over examples"),
     # ------------------------------------------------------------------ latency metrics
     _m("L1", L, "tpot = (e2el - ttft) / (n - 1) if n > 1 else None",
        "tpot = (e2el - ttft) / n if n > 1 else None", LATENCY_TESTS, "TPOT over n"),
@@ -223,7 +235,8 @@ def _pytest(tree, tests, timeout_s, deselect):
   except subprocess.TimeoutExpired:
     return "timeout", ""
   tail = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or [""]
-  return ("passed" if proc.returncode == 0 else f"failed(rc={proc.returncode})"), tail[0]
+  outcome = {0: "passed", 1: "failed"}.get(proc.returncode, f"error(rc={proc.returncode})")
+  return outcome, tail[0]
 
 
 def run_one(tree, mut, timeout_s, deselect):
@@ -239,7 +252,9 @@ def run_one(tree, mut, timeout_s, deselect):
   finally:
     path.write_text(original)
   assert path.read_text() == original
-  status = {"passed": "survived", "timeout": "killed(timeout)"}.get(outcome, "killed")
+  # rc 1 is a failing test; other codes (collection or usage errors) need a look, not a kill.
+  status = {"passed": "survived", "failed": "killed", "timeout": "killed(timeout)"}.get(
+      outcome, outcome)
   return dict(status=status, detail=detail, seconds=round(time.time() - t0, 1))
 
 
@@ -273,8 +288,9 @@ def main():
             f"  | {res['detail']}", flush=True)
     survivors = [m for m, r in results if r["status"] == "survived"]
     stale = [m for m, r in results if r["status"] == "stale"]
-    print(f"\n{len(results)} mutations: {len(results) - len(survivors) - len(stale)} killed, "
-          f"{len(survivors)} survived, {len(stale)} stale")
+    killed = [m for m, r in results if r["status"].startswith("killed")]
+    print(f"\n{len(results)} mutations: {len(killed)} killed, {len(survivors)} survived, "
+          f"{len(stale)} stale, {len(results) - len(killed) - len(survivors) - len(stale)} other")
     for m in survivors:
       print(f"SURVIVED {m.name} {m.path}: {m.why}\n  - {m.old!r}\n  + {m.new!r}")
   return 0
