@@ -1,13 +1,17 @@
-"""Determinism of one request served in traffic, against its solo reference (DESIGN.md section 3).
+"""Determinism of one request served in traffic, against its solo reference (docs/design.md
+section 3, Metrics).
 
 A `Trace` is what the engine's tracer saw of one request: the output tokens, their log-probs,
 the full next-token log-distribution at each output position, and the kept experts of each
-position it fed through the model (`[positions, layers, K]`, -1 = dropped).
+position it fed through the model (`[U, Y, K]`, -1 = dropped).
 
 Comparisons are made over the *common prefix*: outputs before the first divergent position have
 the same inputs in both runs, and so does the divergent position itself (its context is equal),
 so its distribution is compared too. Routing is compared over the positions fed with identical
 inputs: the prompt and the outputs before the divergence.
+
+Axis letters (docs/design.md section 2): U positions a request fed through the model (prompt,
+then outputs fed back), Y MoE layers, K choices per token, V vocabulary.
 """
 from typing import NamedTuple
 
@@ -15,11 +19,12 @@ import numpy as np
 
 
 class Trace(NamedTuple):
+  """What the engine's tracer recorded of one request (see the module docstring)."""
   prompt_len: int
   tokens: tuple  # output tokens
   logprobs: tuple  # log-prob of each output token, as sampled
   dists: np.ndarray  # [outputs, V] log-probabilities
-  routing: np.ndarray  # [fed positions, layers, K] kept expert index, -1 = dropped
+  routing: np.ndarray  # [U, Y, K] kept expert index, -1 = dropped
 
 
 def first_divergence(a, b):
@@ -53,21 +58,21 @@ def compare(solo: Trace, run: Trace):
   )
 
 
-def _routing_sets_differ(a_PxLxK, b_PxLxK):
-  """[P, L] bool: the sets of kept experts differ at (position, layer)."""
-  if a_PxLxK.size == 0:
+def _routing_sets_differ(a_UxYxK, b_UxYxK):
+  """[U, Y] bool: the sets of kept experts differ at (position, layer)."""
+  if a_UxYxK.size == 0:
     return np.zeros((0, 0), bool)
   sort = lambda x: np.sort(x, axis=-1)  # -1 (dropped) sorts first, so sets compare as rows
-  return (sort(a_PxLxK) != sort(b_PxLxK)).any(-1)
+  return (sort(a_UxYxK) != sort(b_UxYxK)).any(-1)
 
 
-def drop_rate(routing_PxLxK):
+def drop_rate(routing_UxYxK):
   """Fraction of a request's (position, layer, choice) pairs that were dropped."""
-  return float((routing_PxLxK < 0).mean()) if routing_PxLxK.size else 0.0
+  return float((routing_UxYxK < 0).mean()) if routing_UxYxK.size else 0.0
 
 
 def summarize(solo: Trace, runs):
-  """Aggregate over N repeats of one target: unique completions, agreement with solo, worst
+  """Aggregate over the repeats of one target: unique completions, agreement with solo, worst
   divergences and mean routing difference / drop rate."""
   per = [compare(solo, r) for r in runs]
   divs = [d["first_divergence"] for d in per if d["first_divergence"] is not None]

@@ -1,4 +1,5 @@
-"""Latency and throughput of a run, defined as in vLLM's serving benchmark (DESIGN.md section 3).
+"""Latency and throughput of an engine run, as vLLM's serving benchmark defines them
+(docs/design.md section 3, Metrics).
 
 From per-request records (the engine's `requests` log; times in seconds of virtual time):
 - TTFT = first token time - arrival;

@@ -1,8 +1,11 @@
 """Drops attributed to requests, from a step's routing records and the step's segment ids.
 
 A routing record per MoE layer holds `kept` [T, K] (bool) over the step's flat token set: the B
-decode tokens, then the P * C prefill tokens, the order the model concatenates them in. A
+decode tokens, then the P * L prefill tokens, the order the model concatenates them in. A
 (token, choice) pair that is not kept is a drop; padding tokens (segment id < 0) never count.
+
+Axis letters (docs/design.md section 2): T flat tokens, K choices per token, B decode rows,
+P prefill rows, L tokens per prefill row (the chunk length).
 """
 import numpy as np
 

@@ -1,7 +1,11 @@
 """Pure functions over the Decoder: init, full forward, KV cache and the engine step.
 
 `params` are plain (unboxed) arrays; `param_axes` gives their logical axis names for sharding.
-The cache is `{"layers": [{"k", "v": [S, L, M, H]}] * num_layers, "lengths": [S]}`.
+The cache is `{"layers": [{"k", "v": [S, J, M, H]}] * num_layers, "lengths": [S]}`.
+
+Axis letters (docs/design.md section 2): S cache slots, J key positions (= max_len), M KV heads,
+H head dim, B rows of a part (a step's decode rows), P a step's prefill rows, L tokens per row of
+a part (1 for decode rows, the chunk length for prefill rows), V vocabulary, E experts.
 """
 import flax.linen as nn
 import jax
@@ -91,6 +95,7 @@ def _apply(model_cfg, params, parts, cache, num_decode_parts=0, record_routing=F
 
 
 def init_cache(model_cfg, num_slots):
+  """An empty KV cache of `num_slots` slots in the model's dtype (layout in the module doc)."""
   m = model_cfg
   layer = lambda: attention.init_cache_layer(num_slots, m.max_len, m.num_kv_heads, m.head_dim,
                                              jnp.dtype(m.dtype))
@@ -112,17 +117,17 @@ def _new_lengths(lengths_S, part: Part):
 
 
 def step(model_cfg, params, cache, batch: StepBatch, record_routing=False):
-  """One engine step: decode rows [B, 1] and prefill chunks [P, C] against the slot cache.
+  """One engine step: decode rows [B, 1] and prefill chunks [P, L] against the slot cache.
 
-  Returns (logits {"decode": [B, V], "prefill": [P, C, V]}, new cache, aux). Either part may
+  Returns (logits {"decode": [B, V], "prefill": [P, L, V]}, new cache, aux). Either part may
   have zero rows. Jit it with the cache donated (parallel/steps.py). With `record_routing`
   (static), aux["routing"] lists each MoE layer's Routing over the flat tokens
-  `[B decode tokens, then P*C prefill tokens]`. Every row must hold at most one request and a
+  `[B decode tokens, then P*L prefill tokens]`. Every row must hold at most one request and a
   request at most one row (parts.check_one_request_per_row; the engine's batches do): the MoE
   sizes `sequence`-scope expert buffers by it.
   """
   parts = [batch.decode, batch.prefill]
-  (dec_BxLxV, pre_PxCxV), cache, state = _apply(model_cfg, params, parts, cache,
+  (dec_BxLxV, pre_PxLxV), cache, state = _apply(model_cfg, params, parts, cache,
                                                 num_decode_parts=1,
                                                 record_routing=record_routing,
                                                 rows_are_requests=True)
@@ -130,4 +135,4 @@ def step(model_cfg, params, cache, batch: StepBatch, record_routing=False):
   for part in parts:
     lengths = _new_lengths(lengths, part)
   cache = dict(cache, lengths=lengths)
-  return {"decode": dec_BxLxV[:, 0], "prefill": pre_PxCxV}, cache, collect_aux(state)
+  return {"decode": dec_BxLxV[:, 0], "prefill": pre_PxLxV}, cache, collect_aux(state)

@@ -4,6 +4,10 @@ With a cache, a part first writes its real tokens' keys/values into its slot row
 dropped), then every query attends to its slot's row at key positions <= its own. A request's
 positions 0..p are all written by that request before it reads them, so whatever an earlier
 occupant left in the slot past p is masked out: slots leak nothing.
+
+Axis letters (docs/design.md section 2): B rows of the part, L tokens per row (query positions),
+D model, N query heads, M KV heads, Q = N / M query heads per KV head, H head dim, S cache slots,
+J key positions (a cache row's max_len, or L without a cache).
 """
 import flax.linen as nn
 import jax
@@ -16,32 +20,35 @@ _MASKED = -1e30  # finite, so fully masked (padding) rows give a uniform softmax
 
 
 def init_cache_layer(num_slots, max_len, num_kv_heads, head_dim, dtype=jnp.float32):
+  """One layer's zeroed KV cache: {"k", "v": [S, J, M, H]} with J = max_len."""
   shape = (num_slots, max_len, num_kv_heads, head_dim)
   return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
 
-def write_cache(cache_SxLxMxH, slots_B, positions_BxL, valid_BxL, new_BxLxMxH):
+def write_cache(cache_SxJxMxH, slots_B, positions_BxL, valid_BxL, new_BxLxMxH):
   """Scatters new keys or values into (slot, position); invalid tokens are dropped."""
-  max_len = cache_SxLxMxH.shape[1]
+  max_len = cache_SxJxMxH.shape[1]
   pos = jnp.where(valid_BxL, positions_BxL, max_len)  # out of range -> dropped
   rows = jnp.broadcast_to(slots_B[:, None], pos.shape)
-  return cache_SxLxMxH.at[rows, pos].set(new_BxLxMxH.astype(cache_SxLxMxH.dtype), mode="drop")
+  return cache_SxJxMxH.at[rows, pos].set(new_BxLxMxH.astype(cache_SxJxMxH.dtype), mode="drop")
 
 
-def attend(q_BxLxNxH, k_BxSxMxH, v_BxSxMxH, mask_BxLxS):
-  """Grouped-query softmax attention in float32; S is the key length here."""
+def attend(q_BxLxNxH, k_BxJxMxH, v_BxJxMxH, mask_BxLxJ):
+  """Grouped-query softmax attention in float32: query l of row b attends key j where
+  mask_BxLxJ[b, l, j]. Returns [B, L, N, H]."""
   b, length, n, h = q_BxLxNxH.shape
-  m = k_BxSxMxH.shape[2]
-  q = q_BxLxNxH.reshape(b, length, m, n // m, h).astype(jnp.float32)
-  logits_BxMxGxLxS = jnp.einsum("blmgh,bsmh->bmgls", q, k_BxSxMxH.astype(jnp.float32))
-  logits_BxMxGxLxS *= h**-0.5
-  logits_BxMxGxLxS = jnp.where(mask_BxLxS[:, None, None], logits_BxMxGxLxS, _MASKED)
-  probs = jax.nn.softmax(logits_BxMxGxLxS, axis=-1)
-  out = jnp.einsum("bmgls,bsmh->blmgh", probs, v_BxSxMxH.astype(jnp.float32))
-  return out.reshape(b, length, n, h)
+  m = k_BxJxMxH.shape[2]
+  q_BxLxMxQxH = q_BxLxNxH.reshape(b, length, m, n // m, h).astype(jnp.float32)
+  logits_BxMxQxLxJ = jnp.einsum("blmqh,bjmh->bmqlj", q_BxLxMxQxH, k_BxJxMxH.astype(jnp.float32))
+  logits_BxMxQxLxJ *= h**-0.5
+  logits_BxMxQxLxJ = jnp.where(mask_BxLxJ[:, None, None], logits_BxMxQxLxJ, _MASKED)
+  probs_BxMxQxLxJ = jax.nn.softmax(logits_BxMxQxLxJ, axis=-1)
+  out_BxLxMxQxH = jnp.einsum("bmqlj,bjmh->blmqh", probs_BxMxQxLxJ, v_BxJxMxH.astype(jnp.float32))
+  return out_BxLxMxQxH.reshape(b, length, n, h)
 
 
 class Attention(nn.Module):
+  """Rotary grouped-query self-attention of one part, reading and writing the slot KV cache."""
   num_heads: int
   num_kv_heads: int
   head_dim: int
@@ -70,8 +77,8 @@ class Attention(nn.Module):
     if cache_layer is None:  # self-attention within the part, causal and per segment
       same_seg = part.segment_ids_BxL[:, :, None] == part.segment_ids_BxL[:, None, :]
       causal = part.positions_BxL[:, None, :] <= part.positions_BxL[:, :, None]
-      mask_BxLxS = same_seg & causal & valid_BxL[:, None, :]
-      out = attend(q_BxLxNxH, k_BxLxMxH, v_BxLxMxH, mask_BxLxS)
+      mask_BxLxJ = same_seg & causal & valid_BxL[:, None, :]  # J = L: the part's own keys
+      out_BxLxNxH = attend(q_BxLxNxH, k_BxLxMxH, v_BxLxMxH, mask_BxLxJ)
     else:
       cache_layer = {
           "k": write_cache(cache_layer["k"], part.slots_B, part.positions_BxL, valid_BxL,
@@ -79,12 +86,12 @@ class Attention(nn.Module):
           "v": write_cache(cache_layer["v"], part.slots_B, part.positions_BxL, valid_BxL,
                            v_BxLxMxH),
       }
-      keys_BxSxMxH = layers.constrain(
+      keys_BxJxMxH = layers.constrain(
           cache_layer["k"][part.slots_B], ("decode_batch", "cache_seq", "cache_heads", "cache_kv"))
-      vals_BxSxMxH = layers.constrain(
+      vals_BxJxMxH = layers.constrain(
           cache_layer["v"][part.slots_B], ("decode_batch", "cache_seq", "cache_heads", "cache_kv"))
-      key_pos_S = jnp.arange(keys_BxSxMxH.shape[1], dtype=jnp.int32)
-      mask_BxLxS = key_pos_S[None, None, :] <= part.positions_BxL[:, :, None]
-      out = attend(q_BxLxNxH, keys_BxSxMxH, vals_BxSxMxH, mask_BxLxS)
-    y_BxLxD = jnp.einsum("blnh,nhd->bld", out.astype(dt), wo.astype(dt))
+      key_pos_J = jnp.arange(keys_BxJxMxH.shape[1], dtype=jnp.int32)
+      mask_BxLxJ = key_pos_J[None, None, :] <= part.positions_BxL[:, :, None]
+      out_BxLxNxH = attend(q_BxLxNxH, keys_BxJxMxH, vals_BxJxMxH, mask_BxLxJ)
+    y_BxLxD = jnp.einsum("blnh,nhd->bld", out_BxLxNxH.astype(dt), wo.astype(dt))
     return y_BxLxD, cache_layer

@@ -12,7 +12,11 @@ C is `routing.buffer_capacity` (static). Sharding: token tensors are constrained
 ("activation_tokens", "activation_embed"). With experts split over the mesh (`experts_sharded`)
 `einsum` with a capacity and `gather` run grouped (dispatch_grouped.py: per-group buffers
 exchanged with the experts by all-to-all); otherwise the flat [E, C, D] buffers are constrained
-to ("exp", None, "embed_moe"). Axis letters as in layers.py; N = T * K (token, choice) pairs.
+to ("exp", None, "embed_moe").
+
+Axis letters (docs/design.md section 2): T flat tokens, D model, F expert FFN hidden, E experts,
+K choices per token, C capacity (buffer rows per expert), A = T * K (token, choice) pairs,
+R = E * C flat buffer rows (+1: an appended zero row).
 """
 from typing import NamedTuple
 
@@ -27,6 +31,7 @@ TOKEN_AXES = ("activation_tokens", "activation_embed")
 
 
 class ExpertWeights(NamedTuple):
+  """The E experts' SwiGLU weights (float32 parameters, cast to the compute dtype on use)."""
   w_gate_ExDxF: jnp.ndarray
   w_up_ExDxF: jnp.ndarray
   w_down_ExFxD: jnp.ndarray
@@ -88,11 +93,11 @@ def buffer_slots(routing, num_experts):
   """Row of each kept pair in its expert's buffer: its rank among that expert's kept pairs in
   (token, choice) order. [T, K] int32; meaningless where not kept."""
   t, k = routing.expert_index.shape
-  one_hot_NxE = jax.nn.one_hot(routing.expert_index.reshape(-1), num_experts, dtype=jnp.int32)
-  one_hot_NxE = one_hot_NxE * routing.kept.reshape(-1, 1)
-  rank_NxE = jnp.cumsum(one_hot_NxE, axis=0) - 1
-  slot_N = jnp.take_along_axis(rank_NxE, routing.expert_index.reshape(-1, 1), axis=1)[:, 0]
-  return slot_N.reshape(t, k)
+  one_hot_AxE = jax.nn.one_hot(routing.expert_index.reshape(-1), num_experts, dtype=jnp.int32)
+  one_hot_AxE = one_hot_AxE * routing.kept.reshape(-1, 1)
+  rank_AxE = jnp.cumsum(one_hot_AxE, axis=0) - 1
+  slot_A = jnp.take_along_axis(rank_AxE, routing.expert_index.reshape(-1, 1), axis=1)[:, 0]
+  return slot_A.reshape(t, k)
 
 
 def einsum_dispatch(x_TxD, routing, w, capacity):
@@ -142,15 +147,15 @@ def ragged_dispatch(x_TxD, routing, w):
   t, k = routing.expert_index.shape
   e = w.w_gate_ExDxF.shape[0]
   w = _cast(w, x_TxD.dtype)
-  expert_N = routing.expert_index.reshape(-1)
-  perm_N = jnp.argsort(expert_N, stable=True)
-  sizes_E = jnp.bincount(expert_N, length=e).astype(jnp.int32)
-  x_NxD = x_TxD[perm_N // k]
-  gate_NxF = jax.lax.ragged_dot(x_NxD, w.w_gate_ExDxF, sizes_E)
-  up_NxF = jax.lax.ragged_dot(x_NxD, w.w_up_ExDxF, sizes_E)
-  y_sorted_NxD = jax.lax.ragged_dot(nn.silu(gate_NxF) * up_NxF, w.w_down_ExFxD, sizes_E)
-  y_NxD = jnp.zeros_like(y_sorted_NxD).at[perm_N].set(y_sorted_NxD)
-  y_TxD = jnp.einsum("tkd,tk->td", y_NxD.reshape(t, k, -1).astype(jnp.float32),
+  expert_A = routing.expert_index.reshape(-1)
+  perm_A = jnp.argsort(expert_A, stable=True)
+  sizes_E = jnp.bincount(expert_A, length=e).astype(jnp.int32)
+  x_AxD = x_TxD[perm_A // k]
+  gate_AxF = jax.lax.ragged_dot(x_AxD, w.w_gate_ExDxF, sizes_E)
+  up_AxF = jax.lax.ragged_dot(x_AxD, w.w_up_ExDxF, sizes_E)
+  y_sorted_AxD = jax.lax.ragged_dot(nn.silu(gate_AxF) * up_AxF, w.w_down_ExFxD, sizes_E)
+  y_AxD = jnp.zeros_like(y_sorted_AxD).at[perm_A].set(y_sorted_AxD)
+  y_TxD = jnp.einsum("tkd,tk->td", y_AxD.reshape(t, k, -1).astype(jnp.float32),
                      routing.combine_weight)
   return layers.constrain(y_TxD.astype(x_TxD.dtype), TOKEN_AXES)
 

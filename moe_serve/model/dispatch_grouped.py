@@ -5,7 +5,7 @@ mesh (`dispatch.experts_sharded()`) and the logical name `exp_groups` maps to me
 size G > 1 (configs/base.py: `data` x `expert`).
 
 The flat step tokens `[T, D]` (T padded with zero rows to a multiple of G; padding is never kept)
-are cut into G dispatch groups of S = T / G consecutive tokens, `[G, S, D]`, the group axis
+are cut into G dispatch groups of W = T / G consecutive tokens, `[G, W, D]`, the group axis
 sharded like the tokens (`exp_groups`: each device holds its own group(s), taken from its data
 shard without communication). Each group fills its own slice of the expert buffers locally,
 `[G, E, C, D]`, by the backend's method (one-hot einsum or index gather). Re-constraining the
@@ -19,7 +19,10 @@ re-indexed per group. A pair's buffer row is its rank among the kept pairs of it
 its dispatch group. C is a static bound on that count (`group_capacity`), so nothing the router
 kept is ever dropped here.
 
-Axis letters as in layers.py, plus G dispatch groups and S tokens per group.
+Axis letters (docs/design.md section 2): T flat tokens, D model, F expert FFN hidden, E experts,
+K choices per token, C capacity (here: buffer rows per expert and group), G dispatch groups,
+W tokens per group, A = W * K (token, choice) pairs of a group, I scope instances, R = E * C
+flat buffer rows of a group (+1 zero row).
 """
 import flax.linen as nn
 import jax
@@ -28,8 +31,8 @@ import numpy as np
 
 from moe_serve.model import layers, routing
 
-GROUP_TOKEN_AXES = ("exp_groups", None, "activation_embed")  # [G, S, D]
-GROUP_PAIR_AXES = ("exp_groups", None, None)  # [G, S, K] routing tensors
+GROUP_TOKEN_AXES = ("exp_groups", None, "activation_embed")  # [G, W, D]
+GROUP_PAIR_AXES = ("exp_groups", None, None)  # [G, W, K] routing tensors
 GROUP_BUFFER_AXES = ("exp_groups", None, None, "embed_moe")  # [G, E, C, D] before the exchange
 EXPERT_BUFFER_AXES = ("exp", "exp_buffer_groups", None, "embed_moe")  # [E, G, C, D] after it
 
@@ -46,17 +49,17 @@ def group_capacity(num_tokens, groups, flat_capacity, router_cfg=None, num_exper
 
   An expert keeps at most one pair per token and at most its capacity per scope instance
   (`batch`/`group`, or `sequence` with `row_shapes`: routing.instance_capacities), so a group of
-  S tokens needs at most `sum over instances i of min(cap_i, |i and group|)` rows (maximised
+  W tokens needs at most `sum over instances i of min(cap_i, |i and group|)` rows (maximised
   over groups). Without `router_cfg` (or for `none`, or `sequence` without `row_shapes`) the
-  looser `min(flat_capacity, S)` bound is used.
+  looser `min(flat_capacity, W)` bound is used.
   """
-  s = -(-num_tokens // groups)
+  per_group = -(-num_tokens // groups)
   if router_cfg is None or not routing.has_static_bound(router_cfg, row_shapes):
-    return max(1, min(flat_capacity, s))
+    return max(1, min(flat_capacity, per_group))
   inst_T, cap_I, _ = routing.instance_capacities(router_cfg, num_experts, num_tokens, num_decode,
                                                  row_shapes)
   overlap_GxI = np.zeros((groups, len(cap_I)), np.int64)
-  np.add.at(overlap_GxI, (np.arange(num_tokens) // s, inst_T), 1)
+  np.add.at(overlap_GxI, (np.arange(num_tokens) // per_group, inst_T), 1)
   return max(1, int(np.minimum(overlap_GxI, cap_I[None, :]).sum(1).max()))
 
 
@@ -65,16 +68,16 @@ def _pad_rows(a, rows):
   return jnp.pad(a, pad)
 
 
-def group_slots(index_GxSxK, kept_GxSxK, num_experts):
+def group_slots(index_GxWxK, kept_GxWxK, num_experts):
   """Row of each kept pair in its expert's buffer slice of its group: its rank among the kept
-  pairs of that expert in that group, in (token, choice) order. [G, S, K] int32."""
-  g, s, k = index_GxSxK.shape
-  index_GxN = index_GxSxK.reshape(g, s * k)
-  one_hot_GxNxE = jax.nn.one_hot(index_GxN, num_experts, dtype=jnp.int32)
-  one_hot_GxNxE = one_hot_GxNxE * kept_GxSxK.reshape(g, s * k, 1)
-  rank_GxNxE = jnp.cumsum(one_hot_GxNxE, axis=1) - 1
-  slot_GxN = jnp.take_along_axis(rank_GxNxE, index_GxN[..., None], axis=2)[..., 0]
-  return slot_GxN.reshape(g, s, k)
+  pairs of that expert in that group, in (token, choice) order. [G, W, K] int32."""
+  g, per_group, k = index_GxWxK.shape
+  index_GxA = index_GxWxK.reshape(g, per_group * k)
+  one_hot_GxAxE = jax.nn.one_hot(index_GxA, num_experts, dtype=jnp.int32)
+  one_hot_GxAxE = one_hot_GxAxE * kept_GxWxK.reshape(g, per_group * k, 1)
+  rank_GxAxE = jnp.cumsum(one_hot_GxAxE, axis=1) - 1
+  slot_GxA = jnp.take_along_axis(rank_GxAxE, index_GxA[..., None], axis=2)[..., 0]
+  return slot_GxA.reshape(g, per_group, k)
 
 
 def _experts(w, x_ExGxCxD):
@@ -94,44 +97,44 @@ def _exchange_and_run(w, x_GxExCxD):
   return layers.constrain(jnp.swapaxes(y_ExGxCxD, 0, 1), GROUP_BUFFER_AXES)
 
 
-def _einsum_groups(x_GxSxD, index_GxSxK, weight_GxSxK, kept_GxSxK, w, capacity):
+def _einsum_groups(x_GxWxD, index_GxWxK, weight_GxWxK, kept_GxWxK, w, capacity):
   e = w.w_gate_ExDxF.shape[0]
-  expert_GxSxKxE = jax.nn.one_hot(index_GxSxK, e, dtype=jnp.float32)
-  slot_GxSxKxC = jax.nn.one_hot(
-      jnp.where(kept_GxSxK, group_slots(index_GxSxK, kept_GxSxK, e), capacity), capacity,
+  expert_GxWxKxE = jax.nn.one_hot(index_GxWxK, e, dtype=jnp.float32)
+  slot_GxWxKxC = jax.nn.one_hot(
+      jnp.where(kept_GxWxK, group_slots(index_GxWxK, kept_GxWxK, e), capacity), capacity,
       dtype=jnp.float32)  # not kept -> all-zero row
-  dispatch_GxSxExC = jnp.einsum("gske,gskc->gsec", expert_GxSxKxE, slot_GxSxKxC)
-  combine_GxSxExC = jnp.einsum("gske,gskc,gsk->gsec", expert_GxSxKxE, slot_GxSxKxC, weight_GxSxK)
-  x_GxExCxD = jnp.einsum("gsec,gsd->gecd", dispatch_GxSxExC.astype(x_GxSxD.dtype), x_GxSxD)
+  dispatch_GxWxExC = jnp.einsum("gwke,gwkc->gwec", expert_GxWxKxE, slot_GxWxKxC)
+  combine_GxWxExC = jnp.einsum("gwke,gwkc,gwk->gwec", expert_GxWxKxE, slot_GxWxKxC, weight_GxWxK)
+  x_GxExCxD = jnp.einsum("gwec,gwd->gecd", dispatch_GxWxExC.astype(x_GxWxD.dtype), x_GxWxD)
   y_GxExCxD = _exchange_and_run(w, x_GxExCxD)
-  return jnp.einsum("gsec,gecd->gsd", combine_GxSxExC, y_GxExCxD.astype(jnp.float32))
+  return jnp.einsum("gwec,gecd->gwd", combine_GxWxExC, y_GxExCxD.astype(jnp.float32))
 
 
-def _gather_one_group(x_SxD, index_SxK, weight_SxK, kept_SxK, slot_SxK, e, capacity):
-  """One group's buffer fill by index: [S, D] -> ([E, C, D] inputs, a function of the outputs)."""
-  s, d = x_SxD.shape
-  row_SxK = jnp.where(kept_SxK, index_SxK * capacity + slot_SxK, e * capacity)
-  tok_SxK = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32)[:, None], row_SxK.shape)
-  src_R = jnp.full((e * capacity,), s, jnp.int32).at[row_SxK.reshape(-1)].set(
-      tok_SxK.reshape(-1), mode="drop")  # empty rows read the appended zero row
-  x_padded = jnp.concatenate([x_SxD, jnp.zeros((1, d), x_SxD.dtype)], axis=0)
-  return x_padded[src_R].reshape(e, capacity, d), row_SxK, jnp.where(kept_SxK, weight_SxK, 0.0)
+def _gather_one_group(x_WxD, index_WxK, weight_WxK, kept_WxK, slot_WxK, e, capacity):
+  """One group's buffer fill by index: [W, D] -> ([E, C, D] inputs, a function of the outputs)."""
+  per_group, d = x_WxD.shape
+  row_WxK = jnp.where(kept_WxK, index_WxK * capacity + slot_WxK, e * capacity)
+  tok_WxK = jnp.broadcast_to(jnp.arange(per_group, dtype=jnp.int32)[:, None], row_WxK.shape)
+  src_R = jnp.full((e * capacity,), per_group, jnp.int32).at[row_WxK.reshape(-1)].set(
+      tok_WxK.reshape(-1), mode="drop")  # empty rows read the appended zero row
+  x_padded = jnp.concatenate([x_WxD, jnp.zeros((1, d), x_WxD.dtype)], axis=0)
+  return x_padded[src_R].reshape(e, capacity, d), row_WxK, jnp.where(kept_WxK, weight_WxK, 0.0)
 
 
-def _combine_one_group(y_ExCxD, row_SxK, weight_SxK):
+def _combine_one_group(y_ExCxD, row_WxK, weight_WxK):
   e, c, d = y_ExCxD.shape
   y_RxD = jnp.concatenate([y_ExCxD.reshape(e * c, d), jnp.zeros((1, d), y_ExCxD.dtype)])
-  return jnp.einsum("skd,sk->sd", y_RxD[row_SxK].astype(jnp.float32), weight_SxK)
+  return jnp.einsum("wkd,wk->wd", y_RxD[row_WxK].astype(jnp.float32), weight_WxK)
 
 
-def _gather_groups(x_GxSxD, index_GxSxK, weight_GxSxK, kept_GxSxK, w, capacity):
+def _gather_groups(x_GxWxD, index_GxWxK, weight_GxWxK, kept_GxWxK, w, capacity):
   e = w.w_gate_ExDxF.shape[0]
-  slot_GxSxK = group_slots(index_GxSxK, kept_GxSxK, e)
+  slot_GxWxK = group_slots(index_GxWxK, kept_GxWxK, e)
   fill = jax.vmap(lambda *a: _gather_one_group(*a, e, capacity))
-  x_GxExCxD, row_GxSxK, weight_GxSxK = fill(x_GxSxD, index_GxSxK, weight_GxSxK, kept_GxSxK,
-                                            slot_GxSxK)
+  x_GxExCxD, row_GxWxK, weight_GxWxK = fill(x_GxWxD, index_GxWxK, weight_GxWxK, kept_GxWxK,
+                                            slot_GxWxK)
   y_GxExCxD = _exchange_and_run(w, x_GxExCxD)
-  return jax.vmap(_combine_one_group)(y_GxExCxD, row_GxSxK, weight_GxSxK)
+  return jax.vmap(_combine_one_group)(y_GxExCxD, row_GxWxK, weight_GxWxK)
 
 
 def grouped_dispatch(backend, x_TxD, rt, w, groups, capacity):
@@ -140,11 +143,11 @@ def grouped_dispatch(backend, x_TxD, rt, w, groups, capacity):
   buffers. [T, D] -> [T, D] (float32 sums, cast back to x's dtype)."""
   t, d = x_TxD.shape
   k = rt.expert_index.shape[1]
-  s = -(-t // groups)
-  pad = lambda a: _pad_rows(a, groups * s)
-  x_GxSxD = layers.constrain(pad(x_TxD).reshape(groups, s, d), GROUP_TOKEN_AXES)
-  pairs = [layers.constrain(pad(a).reshape(groups, s, k), GROUP_PAIR_AXES)
+  per_group = -(-t // groups)
+  pad = lambda a: _pad_rows(a, groups * per_group)
+  x_GxWxD = layers.constrain(pad(x_TxD).reshape(groups, per_group, d), GROUP_TOKEN_AXES)
+  pairs = [layers.constrain(pad(a).reshape(groups, per_group, k), GROUP_PAIR_AXES)
            for a in (rt.expert_index, rt.combine_weight, rt.kept)]  # padding: kept = False
   run = _einsum_groups if backend == "einsum" else _gather_groups
-  y_GxSxD = layers.constrain(run(x_GxSxD, *pairs, w, capacity), GROUP_TOKEN_AXES)
-  return y_GxSxD.reshape(groups * s, d)[:t].astype(x_TxD.dtype)
+  y_GxWxD = layers.constrain(run(x_GxWxD, *pairs, w, capacity), GROUP_TOKEN_AXES)
+  return y_GxWxD.reshape(groups * per_group, d)[:t].astype(x_TxD.dtype)

@@ -1,7 +1,9 @@
 """Small layers: RMSNorm, rotary embeddings, a logically-partitioned kernel, the SwiGLU FFN.
 
-Axis letters (used in every model file): B rows/slots, L length, D model, N query heads,
-M kv heads, H head dim, F FFN hidden, V vocab, E experts, K choices, T flat tokens, C capacity.
+Axis letters: one meaning each across the model and metrics (docs/design.md section 2 has the
+whole table); each module lists the ones it uses. Here: B rows of a part, L tokens per row,
+D model, N query heads, H head dim (h = H / 2, a rotary half), F FFN hidden, T flat tokens;
+`x_xD` means any leading axes, then D.
 """
 import math
 from typing import Sequence
@@ -12,6 +14,7 @@ import jax.numpy as jnp
 
 
 def dtype_of(name):
+  """The jnp dtype a config names (`model.dtype`: float32 or bfloat16)."""
   return jnp.dtype(name)
 
 
@@ -41,6 +44,7 @@ def logical_axis_size(name):
 
 
 class RMSNorm(nn.Module):
+  """Root-mean-square normalisation over the last axis (in float32) with a learned scale."""
   eps: float = 1e-6
 
   @nn.compact

@@ -5,6 +5,8 @@ backend (dispatch.py, chosen by `model.router.dispatch`). `dispatch.dense_refere
 on every token, mixed with the kept weights) is the exact reference the backends are tested
 against. Sown into the "aux" collection: lb_loss, z_loss, expert_load, drop_rate; into "routing"
 (only when asked): the layer's `Routing`.
+
+Axis letters (docs/design.md section 2): T flat tokens, D model, E experts, K choices per token.
 """
 import flax.linen as nn
 import jax
@@ -62,6 +64,7 @@ class Experts(nn.Module):
 
 
 class MoE(nn.Module):
+  """The MoE FFN of one block: router, routing under capacity, dispatch to the experts."""
   cfg: "ml_collections.ConfigDict"  # the model section  # noqa: F821
 
   @nn.compact

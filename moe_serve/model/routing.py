@@ -2,18 +2,23 @@
 it is kept under the expert's capacity. Pure jnp, no parameters; docs/routing.md is the user page.
 
 Tokens are the flat step set `[T]` (decode tokens first, then prefill chunk tokens; see
-transformer.flatten_parts) with segment ids (request id, negative = padding). Every static token
+parts.FlatOrder) with segment ids (request id, negative = padding). Every static token
 position has a capacity factor: the first `num_decode` positions `capacity_factor_decode`, the rest
-`capacity_factor_prefill`. A scope instance with factor sum S gets, per expert,
+`capacity_factor_prefill`. A scope instance whose positions' factors sum to `factor_sum` gets,
+per expert,
 
-    capacity = max(min_capacity, ceil(k * S / E))
+    capacity = max(min_capacity, ceil(k * factor_sum / E))
 
-which is DESIGN.md's `ceil(factor * G * k / E)` when the factors are uniform. `batch` and `group`
-instances are static position ranges (padding positions count towards S but never take a slot);
-a `sequence` instance is one request's tokens in the step (S sums its real tokens only, so it is
-batch invariant). Factors are handled in integer thousandths so that the ceiling is exact.
+which is docs/design.md's `ceil(capacity_factor * W * k / E)` for an instance of W positions when
+the factors are uniform. `batch` and `group` instances are static position ranges (padding
+positions count towards factor_sum but never take a slot); a `sequence` instance is one
+request's tokens in the step (factor_sum adds its real tokens only, so it is batch invariant).
+Factors are handled in integer thousandths so that the ceiling is exact. "Priority" here is the
+router's claim order (`model.router.priority`), not a request's priority in the scheduler.
 
-Axis letters as in layers.py: T tokens, E experts, K choices.
+Axis letters (docs/design.md section 2): T flat tokens, E experts, K choices per token, I scope
+instances, A elements ranked together (the T * K (token, choice) pairs, or T * E for expert
+choice).
 """
 from typing import NamedTuple
 
@@ -37,7 +42,8 @@ def factor_milli(value):
 
 
 def capacity(k, num_experts, factor_sum_milli, min_capacity):
-  """`max(min_capacity, ceil(k * S / E))` with S in thousandths; numpy or jnp integers."""
+  """`max(min_capacity, ceil(k * factor_sum / E))` with factor_sum in thousandths; numpy or jnp
+  integers."""
   xp = jnp if isinstance(factor_sum_milli, jax.Array) else np
   return xp.maximum(min_capacity, -((-k * factor_sum_milli) // (num_experts * MILLI)))
 
@@ -103,18 +109,18 @@ def buffer_capacity(cfg, num_experts, num_tokens, num_decode=0, row_shapes=None)
 def _rank_within(group_keys, order_keys):
   """Rank of each element among those with equal `group_keys`, ordered by `order_keys`.
 
-  Both are tuples of [N] arrays, most significant first; the order keys must make the order
+  Both are tuples of [A] arrays, most significant first; the order keys must make the order
   within a group total (ties impossible), which every caller ensures with a token index.
   """
   n = group_keys[0].shape[0]
-  perm_N = jnp.lexsort(tuple(reversed(order_keys)) + tuple(reversed(group_keys)))
-  idx_N = jnp.arange(n, dtype=jnp.int32)
-  new_N = jnp.zeros((n,), bool).at[0].set(True)
-  for key in group_keys:
-    s = key[perm_N]
-    new_N = new_N | jnp.concatenate([jnp.ones((1,), bool), s[1:] != s[:-1]])
-  first_N = jax.lax.cummax(jnp.where(new_N, idx_N, 0))
-  return jnp.zeros((n,), jnp.int32).at[perm_N].set(idx_N - first_N)
+  perm_A = jnp.lexsort(tuple(reversed(order_keys)) + tuple(reversed(group_keys)))
+  idx_A = jnp.arange(n, dtype=jnp.int32)
+  new_A = jnp.zeros((n,), bool).at[0].set(True)
+  for key_A in group_keys:
+    sorted_A = key_A[perm_A]
+    new_A = new_A | jnp.concatenate([jnp.ones((1,), bool), sorted_A[1:] != sorted_A[:-1]])
+  first_A = jax.lax.cummax(jnp.where(new_A, idx_A, 0))
+  return jnp.zeros((n,), jnp.int32).at[perm_A].set(idx_A - first_A)
 
 
 def _segment_factor_sum(segment_ids_T, f_T):

@@ -60,7 +60,7 @@ def test_soft_moe_matches_the_numpy_reference():
 
 def test_soft_moe_instances_padding_and_non_causality():
   x, seg, phi, scale, w = _setup()
-  f = functools.partial(dispatch_soft.soft_moe, phi_DxExP=phi, scale=scale, w=w, group_size=G)
+  f = functools.partial(dispatch_soft.soft_moe, phi_DxExZ=phi, scale=scale, w=w, group_size=G)
   base = np.asarray(f(x, seg)[0])
   # Padding (t=2, t=8) changes nothing and outputs zero.
   np.testing.assert_array_equal(np.asarray(f(x.at[2].set(9.0).at[8].set(-9.0), seg)[0]), base)
