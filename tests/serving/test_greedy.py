@@ -7,6 +7,8 @@ from moe_serve.model import api
 from moe_serve.parallel import steps
 from moe_serve.serving import greedy
 
+_PAD_TO = 20  # one compiled forward shape for both reference passes
+
 
 def test_decode_without_eos_stop_matches_forward_and_ignores_idle_rows(tiny_cfg):
   m = tiny_cfg.model
@@ -22,5 +24,7 @@ def test_decode_without_eos_stop_matches_forward_and_ignores_idle_rows(tiny_cfg)
   for p, out in zip(prompts, outs[4]):
     assert len(out) == 5  # no EOS stop: every prompt decodes max_new_tokens tokens
     seq = p + out
-    logits_LxV, _ = forward(params, np.asarray([seq], np.int32))
-    assert np.argmax(np.asarray(logits_LxV[0]), -1)[len(p) - 1:-1].tolist() == out
+    toks_BxL, seg_BxL = np.zeros((1, _PAD_TO), np.int32), -np.ones((1, _PAD_TO), np.int32)
+    toks_BxL[0, :len(seq)], seg_BxL[0, :len(seq)] = seq, 0
+    logits_BxLxV, _ = forward(params, toks_BxL, seg_BxL)
+    assert np.argmax(np.asarray(logits_BxLxV[0]), -1)[len(p) - 1:len(seq) - 1].tolist() == out
