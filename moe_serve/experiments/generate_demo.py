@@ -27,13 +27,9 @@ def run(cfg, log=print, mesh=None):
     raise ValueError(f"prompt + generate.max_new_tokens={cfg.generate.max_new_tokens} exceeds "
                      f"model.max_len={m.max_len}")
   params, source = weights.load(cfg, mesh, log=log)
-  if mesh is None:
-    step, new_cache = steps.make_step_fn(m), lambda: api.init_cache(m, rows)
-  else:
-    rules = cfg.logical_axis_rules
-    step = steps.make_step_fn(m, mesh, rules)
-    make_cache = steps.make_cache_fn(m, mesh, rules)
-    new_cache = lambda: make_cache(rows)
+  step = steps.make_step_fn(m, mesh, cfg.logical_axis_rules)
+  make_cache = steps.make_cache_fn(m, mesh, cfg.logical_axis_rules)
+  new_cache = lambda: make_cache(rows)
   total, active = api.count_params(m, params)
   log(f"parameters: {total:,} total, {active:,} active per token "
       f"({m.num_experts} experts, top-{m.router.k}; "

@@ -6,6 +6,7 @@ every sharding consistently. Logits and aux leave a step replicated: every proce
 same tokens from the full logits (the serving loop runs identically on every host).
 """
 import math
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -50,27 +51,69 @@ def check_divisible(tree, shardings, what, fix):
             f"{np.shape(x)[dim]} is not divisible by mesh axes {axes} of size {size}; {fix}")
 
 
+class Plan(NamedTuple):
+  """Where everything a model's steps touch lives, planned once per (model, mesh, rules).
+
+  `param_shapes` are the parameters' ShapeDtypeStructs; `params` and `cache` their shardings
+  (NamedShardings from the logical axis rules on a mesh, one device's SingleDeviceSharding
+  without one); `batch` the StepBatch shardings (None without a mesh: plain jit inputs).
+  """
+  mesh: Any
+  rules: Any
+  param_shapes: Any
+  params: Any
+  cache: Any
+  batch: Any
+
+  @property
+  def abstract_params(self):
+    """ShapeDtypeStructs of the parameters carrying their shardings (restore targets)."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        self.param_shapes, self.params)
+
+
+_PLANS = {}
+
+
+def plan(model_cfg, mesh=None, rules=None):
+  """The Plan for `model_cfg` on `mesh` under `rules` (one device if `mesh` is None), traced once
+  and shared by the init, restore, cache and step builders."""
+  rules = None if rules is None else tuple(tuple(r) for r in rules)
+  key = (model_cfg.to_json(sort_keys=True), mesh, rules)
+  if key not in _PLANS:
+    _PLANS[key] = _make_plan(model_cfg, mesh, rules)
+  return _PLANS[key]
+
+
+def _make_plan(model_cfg, mesh, rules):
+  param_shapes = jax.eval_shape(lambda: api.init_params(model_cfg, jax.random.key(0)))
+  if mesh is None:
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    cache = {"layers": [{"k": one, "v": one} for _ in range(model_cfg.num_layers)],
+             "lengths": one}
+    return Plan(None, None, param_shapes, jax.tree.map(lambda _: one, param_shapes), cache, None)
+  params = nn.logical_to_mesh_sharding(api.param_axes(model_cfg), mesh, rules)
+  check_divisible(param_shapes, params, "parameter",
+                  "change the model size or the mesh/logical_axis_rules")
+  kv = named(mesh, rules, CACHE_KV_AXES)
+  cache = {"layers": [{"k": kv, "v": kv} for _ in range(model_cfg.num_layers)],
+           "lengths": named(mesh, rules, CACHE_LENGTHS_AXES)}
+  return Plan(mesh, rules, param_shapes, params, cache, step_batch_shardings(mesh, rules))
+
+
 def param_shardings(model_cfg, mesh, rules):
   """NamedShardings of the parameters (pytree matching `api.init_params`)."""
-  shardings = nn.logical_to_mesh_sharding(api.param_axes(model_cfg), mesh, rules)
-  shapes = jax.eval_shape(lambda: api.init_params(model_cfg, jax.random.key(0)))
-  check_divisible(shapes, shardings, "parameter",
-                  "change the model size or the mesh/logical_axis_rules")
-  return shardings
+  return plan(model_cfg, mesh, rules).params
 
 
 def abstract_params(model_cfg, mesh, rules):
   """ShapeDtypeStructs of the parameters carrying their shardings (restore targets)."""
-  shapes = jax.eval_shape(lambda: api.init_params(model_cfg, jax.random.key(0)))
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      shapes, param_shardings(model_cfg, mesh, rules))
+  return plan(model_cfg, mesh, rules).abstract_params
 
 
 def cache_shardings(model_cfg, mesh, rules):
   """Shardings of `api.init_cache`: slots on `decode_batch`, KV heads on `cache_heads`."""
-  kv = named(mesh, rules, CACHE_KV_AXES)
-  return {"layers": [{"k": kv, "v": kv} for _ in range(model_cfg.num_layers)],
-          "lengths": named(mesh, rules, CACHE_LENGTHS_AXES)}
+  return plan(model_cfg, mesh, rules).cache
 
 
 def part_shardings(mesh, rules, with_slots=True):

@@ -62,18 +62,16 @@ def make_step_fn(model_cfg, mesh=None, rules=None, record_routing=False):
     return jax.jit(functools.partial(api.step, model_cfg, record_routing=record_routing),
                    donate_argnums=(1,))
   rules = _require_rules(mesh, rules)
-  params_s = sharding.param_shardings(model_cfg, mesh, rules)
-  cache_s = sharding.cache_shardings(model_cfg, mesh, rules)
-  batch_s = sharding.step_batch_shardings(mesh, rules)
-  out_s = (sharding.replicated(mesh), cache_s, sharding.replicated(mesh))
+  p = sharding.plan(model_cfg, mesh, rules)
+  out_s = (sharding.replicated(mesh), p.cache, sharding.replicated(mesh))
 
   def step(params, cache, batch):
     with mesh_lib.logical_context(mesh, rules):
       return api.step(model_cfg, params, cache, batch, record_routing=record_routing)
 
-  jitted = jax.jit(step, in_shardings=(params_s, cache_s, batch_s), out_shardings=out_s,
+  jitted = jax.jit(step, in_shardings=(p.params, p.cache, p.batch), out_shardings=out_s,
                    donate_argnums=(1,))
-  return ShardedFn(jitted, (params_s, cache_s, batch_s), (None, _SLOTS_FIX, _ROWS_FIX))
+  return ShardedFn(jitted, (p.params, p.cache, p.batch), (None, _SLOTS_FIX, _ROWS_FIX))
 
 
 def make_forward_fn(model_cfg, mesh=None, rules=None):
@@ -81,7 +79,7 @@ def make_forward_fn(model_cfg, mesh=None, rules=None):
   if mesh is None:
     return jax.jit(functools.partial(api.forward, model_cfg))
   rules = _require_rules(mesh, rules)
-  params_s = sharding.param_shardings(model_cfg, mesh, rules)
+  params_s = sharding.plan(model_cfg, mesh, rules).params
   rows_s = sharding.named(mesh, rules, sharding.ROWS_AXES)
 
   def forward(params, tokens_BxL, segment_ids_BxL):
@@ -106,35 +104,37 @@ def make_init_fn(model_cfg, mesh=None, rules=None):
   """seed -> parameters, created directly in their shardings (never whole on one device).
 
   The values do not depend on the mesh: jax's partitionable threefry gives every shard the bits
-  it would have had unsharded (checked in tests/parallel).
+  it would have had unsharded (checked in tests/parallel). Without a mesh this is the eager
+  init (uncommitted arrays; parallel/weights.py jits it like the sharded one).
   """
   if mesh is None:
     return lambda seed: api.init_params(model_cfg, jax.random.key(seed))
   rules = _require_rules(mesh, rules)
-  params_s = sharding.param_shardings(model_cfg, mesh, rules)
 
   def init(seed):
     with mesh_lib.logical_context(mesh, rules):
       return api.init_params(model_cfg, jax.random.key(seed))
 
-  jitted = jax.jit(init, in_shardings=sharding.replicated(mesh), out_shardings=params_s)
+  jitted = jax.jit(init, in_shardings=sharding.replicated(mesh),
+                   out_shardings=sharding.plan(model_cfg, mesh, rules).params)
   return lambda seed: jitted(sharding.put(np.uint32(seed), sharding.replicated(mesh)))
 
 
 def make_cache_fn(model_cfg, mesh=None, rules=None):
-  """num_slots -> an empty KV cache, created in its shardings."""
-  if mesh is None:
-    return lambda num_slots: api.init_cache(model_cfg, num_slots)
-  rules = _require_rules(mesh, rules)
-  cache_s = sharding.cache_shardings(model_cfg, mesh, rules)
+  """num_slots -> an empty KV cache, created in its shardings (one device's without a mesh:
+  committed like the step's donated output, so a warm-up compiles each bucket once rather than
+  once uncommitted and once committed)."""
+  rules = None if mesh is None else _require_rules(mesh, rules)
+  cache_s = sharding.plan(model_cfg, mesh, rules).cache
 
   @functools.lru_cache(maxsize=None)
   def jitted(num_slots):
     return jax.jit(lambda: api.init_cache(model_cfg, num_slots), out_shardings=cache_s)
 
   def init(num_slots):
-    shapes = jax.eval_shape(lambda: api.init_cache(model_cfg, num_slots))
-    sharding.check_divisible(shapes, cache_s, *_SLOTS_FIX)
+    if mesh is not None:
+      shapes = jax.eval_shape(lambda: api.init_cache(model_cfg, num_slots))
+      sharding.check_divisible(shapes, cache_s, *_SLOTS_FIX)
     return jitted(num_slots)()
 
   return init

@@ -35,11 +35,7 @@ def check_architecture(saved, wanted, directory):
 
 def abstract_params(model_cfg, mesh=None, rules=None):
   """ShapeDtypeStructs of the parameters with their target shardings (one device if no mesh)."""
-  if mesh is not None:
-    return sharding.abstract_params(model_cfg, mesh, rules)
-  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  shapes = jax.eval_shape(lambda: api.init_params(model_cfg, jax.random.key(0)))
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), shapes)
+  return sharding.plan(model_cfg, mesh, rules).abstract_params
 
 
 def source(cfg):
@@ -63,8 +59,8 @@ def load(cfg, mesh=None, log=print):
       return steps.make_init_fn(cfg.model, mesh, rules)(cfg.seed), src
     # Jitted like the sharded init, so the values are the same on one device and on any mesh
     # (an eager init rounds some values differently), and committed like restored parameters.
-    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    init = jax.jit(lambda: api.init_params(cfg.model, jax.random.key(cfg.seed)), out_shardings=one)
+    init = jax.jit(lambda: api.init_params(cfg.model, jax.random.key(cfg.seed)),
+                   out_shardings=sharding.plan(cfg.model).params)
     return init(), src
   directory = cfg.params_dir
   check_architecture(bundled.load_model_config(directory), cfg.model, directory)

@@ -15,11 +15,8 @@ the parameters came from (a model directory and its step, or a random init and i
 import os
 import time
 
-import jax
-
 from moe_serve import config as config_lib
 from moe_serve.metrics import latency, table, writers
-from moe_serve.model import api
 from moe_serve.parallel import compiles, steps, weights
 from moe_serve.serving import clock as clock_lib
 from moe_serve.serving import workload
@@ -29,8 +26,8 @@ from moe_serve.serving.engine import Engine
 def make_step_fn(cfg, mesh=None):
   """The jitted step from parallel/steps.py (sharded on `mesh` if given); it records routing
   when `serve.record_routing` is set."""
-  rules = cfg.logical_axis_rules if mesh is not None else None
-  return steps.make_step_fn(cfg.model, mesh, rules, record_routing=cfg.serve.record_routing)
+  return steps.make_step_fn(cfg.model, mesh, cfg.logical_axis_rules,
+                            record_routing=cfg.serve.record_routing)
 
 
 def build_engine(cfg, step_fn=None, params=None, cache=None, mesh=None):
@@ -44,10 +41,7 @@ def build_engine(cfg, step_fn=None, params=None, cache=None, mesh=None):
   if params is None:
     params, _ = weights.load(cfg, mesh)
   if cache is None:
-    cache = (steps.make_cache_fn(m, mesh, rules)(cfg.serve.max_num_seqs) if mesh is not None
-             else jax.device_put(api.init_cache(m, cfg.serve.max_num_seqs), jax.devices()[0]))
-    # Committed to a device like the step's donated output, so the warm-up compiles each
-    # bucket once rather than once uncommitted and once committed.
+    cache = steps.make_cache_fn(m, mesh, rules)(cfg.serve.max_num_seqs)
   return Engine(cfg, step_fn, params, cache, clock_lib.Clock(cfg.clock))
 
 
