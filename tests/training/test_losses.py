@@ -31,6 +31,14 @@ def test_domain_sums_weight_each_position_and_skip_padding():
   np.testing.assert_allclose(weight_K, want_w)
 
 
+@pytest.fixture(scope="module")
+def params():
+  """Tiny-model parameters, initialised by one jitted program (faster than op by op)."""
+  from configs import base  # pylint: disable=import-outside-toplevel
+  m = base.get_config("size=tiny").model
+  return jax.jit(lambda: api.init_params(m, jax.random.key(0)))()
+
+
 def _batch(vocab_size, seed=0):
   rng = np.random.default_rng(seed)
   tokens_BxL = rng.integers(3, vocab_size, (2, 8)).astype(np.int32)
@@ -43,10 +51,9 @@ def _batch(vocab_size, seed=0):
   return batches.Batch(tokens_BxL, targets_BxL, weights_BxL, segment_ids_BxL, domains_BxL)
 
 
-def test_loss_is_weighted_mean_nll_plus_router_losses(tiny_cfg):
+def test_loss_is_weighted_mean_nll_plus_router_losses(tiny_cfg, params):
   m = tiny_cfg.model
   m.router.lb_loss_weight, m.router.z_loss_weight = 0.5, 0.25
-  params = api.init_params(m, jax.random.key(0))
   batch = _batch(m.vocab_size)
   total, metrics = jax.jit(functools.partial(losses.loss_fn, m))(params, batch)
   logits_BxLxV, aux = jax.jit(functools.partial(api.forward, m))(params, batch.tokens_BxL,
@@ -65,9 +72,8 @@ def test_loss_is_weighted_mean_nll_plus_router_losses(tiny_cfg):
   assert float(metrics["domain_weight"][0]) == 5.0 and float(metrics["domain_weight"][-1]) == 6.0
 
 
-def test_zero_weight_targets_do_not_change_the_loss(tiny_cfg):
+def test_zero_weight_targets_do_not_change_the_loss(tiny_cfg, params):
   m = tiny_cfg.model
-  params = api.init_params(m, jax.random.key(0))
   batch = _batch(m.vocab_size)
   targets_BxL = batch.targets_BxL.copy()
   targets_BxL[0, :3] = 3  # weight 0: a prompt position
