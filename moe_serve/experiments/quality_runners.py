@@ -9,6 +9,8 @@ A runner has two methods (the seam between the quality metric and serving):
 serving/greedy.py: chunked prefill of a group of prompts into the slots, then greedy decode,
 finished slots going idle (segment id -1). Scoring needs the logits of given tokens, which the
 engine exposes only when it records prompt log-probs; otherwise both score with the step.
+
+Axis letters (docs/design.md section 2): L positions of one sequence, V vocabulary.
 """
 import jax
 import numpy as np
