@@ -2,7 +2,7 @@
 
 Routing and dispatch are one computation here, so Soft MoE does not go through `route()` or the
 backends. Within each scope instance (`batch`: the whole step; `group`: `group_size` consecutive
-positions) every expert has `k` slots:
+positions) every expert has Z = `model.router.k` Soft MoE slots:
 
   logits [W, E, Z] = normalize(x) @ (scale * normalize(phi))
   slot inputs  [E, Z, D] = sum_t softmax_over_tokens(logits)[t, e, z] * x_t   (real tokens only)
