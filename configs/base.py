@@ -56,7 +56,8 @@ def model_config(size="base"):
   m.max_len = 256
   m.rope_theta = 10_000.0
   m.norm_eps = 1e-6
-  m.dtype = "float32"
+  m.dtype = "float32"  # compute dtype
+  m.update(config_lib.MODEL_OPTION_DEFAULTS)  # param_dtype, attn_bias, qk_norm, ... (config.py)
   m.router = ml_collections.ConfigDict(dict(
       kind="topk",  # topk | expert_choice | soft | hash
       k=2,
@@ -85,6 +86,7 @@ def get_config(arg=None):
   arg = config_lib.parse_arg(arg, size="base")
   cfg = ml_collections.ConfigDict()
   cfg.seed = 0
+  cfg.params_dir = ""  # a model directory (moe_serve export or Hugging Face); "" = random init
   cfg.model = model_config(arg.size)
   cfg.mesh = ml_collections.ConfigDict(dict(data=-1, expert=1, tensor=1))  # -1 fills the rest
   cfg.logical_axis_rules = LOGICAL_AXIS_RULES

@@ -17,6 +17,29 @@ DTYPES = ("float32", "bfloat16", "float16")
 MESH_AXES = ("data", "expert", "tensor")  # mesh axis order, outermost first
 
 
+QK_NORMS = ("none", "head", "full")
+
+# Model options added after the bundled model was exported, with the values that keep the
+# original architecture; `with_model_defaults` fills them into older model sections.
+MODEL_OPTION_DEFAULTS = dict(
+    param_dtype="float32",  # dtype the parameters are stored in (compute is model.dtype)
+    attn_bias=False,  # bias on the q/k/v projections (Qwen2-MoE)
+    qk_norm="none",  # RMSNorm on queries and keys: none | head (over H, Qwen3) | full (OLMoE)
+    tied_logit_scale=True,  # tied unembedding scaled by d_model**-0.5 (False: HF, unscaled)
+    d_ff_shared=0,  # shared expert hidden width (0: d_ff_expert)
+    shared_expert_gate=False,  # shared expert output times sigmoid(x . w) (Qwen2-MoE)
+)
+
+
+def with_model_defaults(model_cfg):
+  """`model_cfg` with every option of MODEL_OPTION_DEFAULTS present (missing ones default)."""
+  with model_cfg.unlocked():
+    for key, value in MODEL_OPTION_DEFAULTS.items():
+      if key not in model_cfg:
+        model_cfg[key] = value
+  return model_cfg
+
+
 class ConfigError(ValueError):
   """A config field holds a value the framework cannot use."""
 
@@ -85,6 +108,22 @@ def validate_model(m):
         f"model.moe_every={m.moe_every} is out of range: use 1..model.num_layers={m.num_layers} "
         "(layer i is MoE when (i + 1) % moe_every == 0)")
   _choice(m.dtype, "model.dtype", DTYPES)
+  for key in MODEL_OPTION_DEFAULTS:
+    if key not in m:
+      raise ConfigError(f"model.{key} is missing; start from configs/base.py (default "
+                        f"{MODEL_OPTION_DEFAULTS[key]!r})")
+  _choice(m.param_dtype, "model.param_dtype", DTYPES)
+  _choice(m.qk_norm, "model.qk_norm", QK_NORMS)
+  for key in ("attn_bias", "tied_logit_scale", "shared_expert_gate"):
+    if not isinstance(m[key], bool):
+      raise ConfigError(f"model.{key}={m[key]!r} must be true or false")
+  if not isinstance(m.d_ff_shared, int) or m.d_ff_shared < 0:
+    raise ConfigError(f"model.d_ff_shared={m.d_ff_shared!r} must be an integer >= 0 "
+                      "(0: model.d_ff_expert)")
+  if m.shared_expert_gate and not m.shared_expert:
+    raise ConfigError("model.shared_expert_gate=True needs model.shared_expert=True")
+  if not (isinstance(m.norm_eps, (int, float)) and 0 < m.norm_eps < 1):
+    raise ConfigError(f"model.norm_eps={m.norm_eps!r} must be in (0, 1)")
   if not m.rope_theta > 0:
     raise ConfigError(f"model.rope_theta={m.rope_theta} must be > 0")
   validate_router(m.router, m.num_experts)

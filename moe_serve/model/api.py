@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from moe_serve.model import attention
+from moe_serve.model import attention, layers
 from moe_serve.model.parts import Part, StepBatch, full_part
 from moe_serve.model.transformer import Decoder, is_moe_layer
 
@@ -21,9 +21,12 @@ def _example_parts():
 
 
 def init_params(model_cfg, rng):
-  """Random parameters (plain arrays)."""
+  """Random parameters (plain arrays), stored in `model.param_dtype`."""
   variables = Decoder(model_cfg).init(rng, _example_parts())
-  return nn.meta.unbox(variables["params"])
+  params = nn.meta.unbox(variables["params"])
+  if model_cfg.param_dtype == "float32":  # created in float32: nothing to cast
+    return params
+  return jax.tree.map(lambda x: x.astype(layers.dtype_of(model_cfg.param_dtype)), params)
 
 
 def param_axes(model_cfg):

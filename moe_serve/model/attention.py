@@ -47,6 +47,13 @@ def attend(q_BxLxNxH, k_BxJxMxH, v_BxJxMxH, mask_BxLxJ):
   return out_BxLxMxQxH.reshape(b, length, n, h)
 
 
+def _norm_across_heads(module, name, x_BxLxNxH):
+  """RMSNorm over the concatenated heads (N*H values per token), reshaped back."""
+  b, length, n, h = x_BxLxNxH.shape
+  x_BxLxNH = layers.RMSNorm(module.norm_eps, name=name)(x_BxLxNxH.reshape(b, length, n * h))
+  return x_BxLxNH.reshape(b, length, n, h)
+
+
 class Attention(nn.Module):
   """Rotary grouped-query self-attention of one part, reading and writing the slot KV cache."""
   num_heads: int
@@ -54,6 +61,9 @@ class Attention(nn.Module):
   head_dim: int
   rope_theta: float
   dtype: str = "float32"
+  bias: bool = False  # q/k/v projection bias (Qwen2-MoE)
+  qk_norm: str = "none"  # RMSNorm on q and k before rotary: none | head (over H) | full (N*H)
+  norm_eps: float = 1e-6
 
   @nn.compact
   def __call__(self, x_BxLxD, part: Part, cache_layer=None):
@@ -70,6 +80,20 @@ class Attention(nn.Module):
     q_BxLxNxH = jnp.einsum("bld,dnh->blnh", x, wq.astype(dt))
     k_BxLxMxH = jnp.einsum("bld,dmh->blmh", x, wk.astype(dt))
     v_BxLxMxH = jnp.einsum("bld,dmh->blmh", x, wv.astype(dt))
+    if self.bias:
+      zeros = nn.initializers.zeros
+      q_BxLxNxH += layers.param_with_axes(self, "bq", (n, h), ("q_heads", "head_dim"),
+                                          zeros).astype(dt)
+      k_BxLxMxH += layers.param_with_axes(self, "bk", (m, h), ("kv_heads", "head_dim"),
+                                          zeros).astype(dt)
+      v_BxLxMxH += layers.param_with_axes(self, "bv", (m, h), ("kv_heads", "head_dim"),
+                                          zeros).astype(dt)
+    if self.qk_norm == "head":  # one scale [H] shared by the heads (Qwen3-MoE)
+      q_BxLxNxH = layers.RMSNorm(self.norm_eps, name="q_norm")(q_BxLxNxH)
+      k_BxLxMxH = layers.RMSNorm(self.norm_eps, name="k_norm")(k_BxLxMxH)
+    elif self.qk_norm == "full":  # over all heads at once, scales [N*H] and [M*H] (OLMoE)
+      q_BxLxNxH = _norm_across_heads(self, "q_norm", q_BxLxNxH)
+      k_BxLxMxH = _norm_across_heads(self, "k_norm", k_BxLxMxH)
     q_BxLxNxH = layers.rotary(q_BxLxNxH, part.positions_BxL, self.rope_theta)
     k_BxLxMxH = layers.rotary(k_BxLxMxH, part.positions_BxL, self.rope_theta)
     valid_BxL = part.segment_ids_BxL >= 0

@@ -96,7 +96,7 @@ class MoE(nn.Module):
     y_TxD = dispatch.run(r.dispatch, x, rt, w, capacity, r, num_decode,
                          row_shapes).astype(x_TxD.dtype)
     if m.shared_expert:
-      y_TxD = y_TxD + layers.SwiGLU(m.d_ff_expert, m.dtype, name="shared_expert")(x_TxD)
+      y_TxD = y_TxD + self._shared(x_TxD)
 
     choice_TxK = rt.expert_index
     if r.kind == "expert_choice":  # its record has K = E: balance the router's own top-k instead
@@ -111,6 +111,17 @@ class MoE(nn.Module):
       self.sow("routing", "routing", rt)
     return y_TxD
 
+  def _shared(self, x_TxD):
+    """The shared expert every token passes through (width d_ff_shared, or d_ff_expert if 0),
+    times sigmoid(x . w_shared_gate) when model.shared_expert_gate is set (Qwen2-MoE)."""
+    m = self.cfg
+    y_TxD = layers.SwiGLU(m.d_ff_shared or m.d_ff_expert, m.dtype, name="shared_expert")(x_TxD)
+    if m.shared_expert_gate:
+      w_D = layers.param_with_axes(self, "w_shared_gate", (m.d_model,), ("embed",))
+      gate_T = jax.nn.sigmoid(x_TxD.astype(jnp.float32) @ w_D.astype(jnp.float32))
+      y_TxD = (y_TxD.astype(jnp.float32) * gate_T[:, None]).astype(y_TxD.dtype)
+    return y_TxD
+
   def _soft(self, x_TxD, segment_ids_T, record):
     """Soft MoE (dispatch_soft.py): nothing is dropped and there are no Switch losses, so
     lb_loss, z_loss and drop_rate are sown as zeros (the trainer's sums stay valid)."""
@@ -122,7 +133,7 @@ class MoE(nn.Module):
     y_TxD, rt = dispatch_soft.soft_moe(x, segment_ids_T, phi, scale, w, max(group, 1))
     y_TxD = y_TxD.astype(x_TxD.dtype)
     if m.shared_expert:
-      y_TxD = y_TxD + layers.SwiGLU(m.d_ff_expert, m.dtype, name="shared_expert")(x_TxD)
+      y_TxD = y_TxD + self._shared(x_TxD)
     zero = jnp.zeros((), jnp.float32)
     for name, value in (("lb_loss", zero), ("z_loss", zero), ("drop_rate", zero),
                         ("expert_load", jnp.full((m.num_experts,), 1.0 / m.num_experts))):

@@ -38,7 +38,8 @@ class Block(nn.Module):
   def __call__(self, xs, parts: Sequence[Part], cache_layer, num_decode_parts=0,
                record_routing=False, rows_are_requests=False):
     m = self.cfg
-    attn = Attention(m.num_heads, m.num_kv_heads, m.head_dim, m.rope_theta, m.dtype, name="attn")
+    attn = Attention(m.num_heads, m.num_kv_heads, m.head_dim, m.rope_theta, m.dtype,
+                     m.attn_bias, m.qk_norm, m.norm_eps, name="attn")
     norm_attn = layers.RMSNorm(m.norm_eps, name="norm_attn")
     new_xs = []
     for x, part in zip(xs, parts):
@@ -94,7 +95,7 @@ class Decoder(nn.Module):
       new_layers.append(cache_layer)
     final_norm = layers.RMSNorm(m.norm_eps, name="final_norm")
     if m.tie_embeddings:
-      unembed_DxV = embedding_VxD.T * m.d_model**-0.5
+      unembed_DxV = embedding_VxD.T * (m.d_model**-0.5 if m.tied_logit_scale else 1.0)
     else:
       unembed_DxV = layers.param_with_axes(self, "unembed", (m.d_model, m.vocab_size),
                                            ("embed", "vocab"))
