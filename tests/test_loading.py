@@ -21,10 +21,10 @@ import pytest
 from configs import serve_default
 from moe_serve import bundled, checkpoint
 from moe_serve import config as config_lib
+from moe_serve import loading
 from moe_serve.parallel import mesh as mesh_lib
-from moe_serve.parallel import weights
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _QUIET = lambda *_: None
 # A short workload with small step shapes that divide every mesh below (data 1 or 2).
 _SMALL = ["--config.workload.num_requests=6", "--config.workload.output_len.kind=fixed",
@@ -60,7 +60,7 @@ def export_from_8_devices(tmp_path_factory):
   cfg.model = bundled.load_model_config()
   cfg.mesh.update(data=1, expert=8, tensor=1)
   mesh = mesh_lib.make_mesh(cfg.mesh, cfg.model)
-  params, _ = weights.load(cfg, mesh, log=_QUIET)
+  params, _ = loading.load(cfg, mesh, log=_QUIET)
   assert params["block_0"]["moe"]["experts"]["w_up"].sharding.spec[0] == "expert"
   directory = tmp_path_factory.mktemp("from_8_devices") / "model"
   with open(os.path.join(bundled.DEFAULT_DIR, "config.json"), encoding="utf-8") as f:
@@ -109,44 +109,44 @@ def test_flipped_bytes_are_refused_by_the_digest(tmp_path):
     f.write(raw)
   with pytest.raises(bundled.IntegrityError, match=rf"parameters in {directory}: array \S+ "
                                                    r"differs from the sha256 digest"):
-    weights.load(_cfg(directory), log=_QUIET)
+    loading.load(_cfg(directory), log=_QUIET)
 
 
 def test_nan_weights_are_refused(tmp_path):
   cfg = _cfg()
   cfg.model = bundled.load_model_config()
-  params, _ = weights.load(cfg, log=_QUIET)
+  params, _ = loading.load(cfg, log=_QUIET)
   params["block_1"]["attn"]["wq"] = params["block_1"]["attn"]["wq"].at[0, 0, 0].set(jnp.nan)
   directory = tmp_path / "nan_model"
   bundled.export(directory, ml_collections.ConfigDict({"model": cfg.model.to_dict()}), params, 1)
   cfg.params_dir = str(directory)
   with pytest.raises(bundled.IntegrityError, match=r"array block_1/attn/wq holds 1 NaN/inf"):
-    weights.load(cfg, log=_QUIET)
+    loading.load(cfg, log=_QUIET)
 
 
 def test_missing_digest_and_missing_config_are_refused(tmp_path):
   directory = _copy_bundled(tmp_path)
   os.remove(directory / bundled.DIGEST_FILE)
   with pytest.raises(checkpoint.CheckpointError, match=r"params_digest.json is missing"):
-    weights.load(_cfg(directory), log=_QUIET)
+    loading.load(_cfg(directory), log=_QUIET)
   os.remove(directory / "config.json")
   with pytest.raises(checkpoint.CheckpointError, match=r"is not a model directory: config.json"):
-    weights.load(_cfg(directory), log=_QUIET)
+    loading.load(_cfg(directory), log=_QUIET)
 
 
 def test_architecture_mismatch_names_the_fields():
   cfg = _cfg()
   cfg.model.d_ff_expert *= 2
   with pytest.raises(config_lib.ConfigError, match=r"differs from the model in .*d_ff_expert"):
-    weights.load(cfg, log=_QUIET)
+    loading.load(cfg, log=_QUIET)
 
 
 def test_random_init_is_the_same_on_one_device_and_a_mesh(tiny_cfg):
   tiny_cfg.params_dir = ""
-  one, source = weights.load(tiny_cfg, log=_QUIET)
+  one, source = loading.load(tiny_cfg, log=_QUIET)
   assert source == {"kind": "random_init", "seed": 0}
   tiny_cfg.mesh.update(data=2, expert=2, tensor=2)
-  sharded, _ = weights.load(tiny_cfg, mesh_lib.make_mesh(tiny_cfg.mesh, tiny_cfg.model),
+  sharded, _ = loading.load(tiny_cfg, mesh_lib.make_mesh(tiny_cfg.mesh, tiny_cfg.model),
                             log=_QUIET)
   for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(sharded)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -1,0 +1,131 @@
+"""The one loading path for parameters: trained or random, on one device or a mesh.
+
+`load(cfg, mesh)` returns the parameters named by `cfg.params_dir` (a moe_serve model directory,
+moe_serve/bundled.py, or a Hugging Face one, moe_serve/hf) restored directly onto their target
+shardings, or, when `params_dir` is
+empty, a random init from `cfg.seed` created in those shardings. The targets come from `mesh` and
+`cfg.logical_axis_rules` (or one device when `mesh` is None), never from the devices the
+checkpoint was written on, so a model saved on any topology loads on any other. Every script and
+library entry point that serves, studies, evaluates or calibrates goes through here, after
+`resolve(cfg)` has taken the architecture from the directory.
+"""
+import os
+
+import jax
+
+from moe_serve import bundled, checkpoint, hf
+from moe_serve import config as config_lib
+from moe_serve.data import tokenizer as byte_tokenizer
+from moe_serve.hf import tokenizer as hf_tokenizer
+from moe_serve.model import api
+from moe_serve.parallel import sharding, steps
+
+
+# What the config decides even when the parameters come from a directory: how the router is
+# served (scope, capacity factors, priority, dispatch: what studies vary), the context length
+# the KV cache holds, and the compute dtype. The router's kind, k and top-k normalisation are
+# the model's own and come from the directory.
+SERVING_CHOICES = ("max_len", "dtype")
+ROUTER_FROM_MODEL = ("kind", "k", "renormalize")
+
+
+def _architecture(model_cfg):
+  d = {k: v for k, v in model_cfg.to_dict().items() if k not in SERVING_CHOICES}
+  d["router"] = {k: d["router"][k] for k in ROUTER_FROM_MODEL}
+  return d
+
+
+def check_architecture(saved, wanted, directory):
+  """ConfigError unless two model sections agree on everything but the serving choices."""
+  saved, wanted = _architecture(saved), _architecture(wanted)
+  if saved != wanted:
+    diff = {k: (saved.get(k), wanted.get(k)) for k in sorted(set(saved) | set(wanted))
+            if saved.get(k) != wanted.get(k)}
+    raise config_lib.ConfigError(f"model section differs from the model in {directory} "
+                                 f"(field: (saved, config)): {diff}; resolve the config first "
+                                 "(loading.resolve takes the architecture from the directory) "
+                                 "or clear params_dir")
+
+
+def directory_model_config(directory, max_len=None):
+  """The model section of a model directory: a moe_serve export or an HF model."""
+  if hf.is_hf_dir(directory):
+    return hf.model_config(directory, max_len)
+  return bundled.load_model_config(directory)
+
+
+def resolve(cfg, log=print):
+  """With `params_dir` set, takes the model's architecture (with the router's kind, k and
+  normalisation) from the directory and keeps the config's serving choices (how the router is
+  served, max_len, dtype); an HF model's EOS becomes serve.eos_id.
+  Returns `cfg` (changed in place), validated. Without `params_dir`, checks it and returns it."""
+  if not cfg.get("params_dir"):
+    return config_lib.validate(cfg)
+  directory = cfg.params_dir
+  if not os.path.isdir(directory):
+    raise checkpoint.CheckpointError(f"params_dir {directory} is not a directory")
+  model = directory_model_config(directory, cfg.model.max_len)
+  for key in SERVING_CHOICES:
+    model[key] = cfg.model[key]
+  router = cfg.model.router
+  router.update({k: model.router[k] for k in ROUTER_FROM_MODEL})
+  model.router = router
+  cfg.model = model
+  if hf.is_hf_dir(directory) and "serve" in cfg:
+    eos = hf.read_config(directory).get("eos_token_id")
+    eos = eos[0] if isinstance(eos, list) else eos
+    if eos is not None:
+      cfg.serve.eos_id = int(eos)
+  log(f"model: architecture from {directory}; capacity, dispatch, max_len and dtype from the "
+      "config")
+  return config_lib.validate(cfg)
+
+
+def tokenizer(cfg):
+  """The tokenizer of `cfg`'s model: an HF model directory's own (tokenizer.json), else bytes."""
+  directory = cfg.get("params_dir")
+  if directory and os.path.exists(os.path.join(directory, hf_tokenizer.TOKENIZER_FILE)):
+    return hf_tokenizer.HFTokenizer(directory)
+  return byte_tokenizer.BYTES
+
+
+def abstract_params(model_cfg, mesh=None, rules=None):
+  """ShapeDtypeStructs of the parameters with their target shardings (one device if no mesh)."""
+  return sharding.plan(model_cfg, mesh, rules).abstract_params
+
+
+def source(cfg):
+  """Where `cfg`'s parameters come from, for logs and summaries (no loading)."""
+  if cfg.get("params_dir"):
+    return {"kind": "model_dir", "dir": os.path.abspath(cfg.params_dir)}
+  return {"kind": "random_init", "seed": int(cfg.seed)}
+
+
+def load(cfg, mesh=None, log=print):
+  """(params, source dict): the parameters `cfg` names, placed on `mesh` (or one device).
+
+  Trained weights are checked against their export digest and for NaN/inf (IntegrityError);
+  the directory's architecture must equal `cfg.model` (ConfigError naming the fields).
+  """
+  rules = cfg.logical_axis_rules if mesh is not None else None
+  src = source(cfg)
+  if src["kind"] == "random_init":
+    log(f"model: random init from seed {cfg.seed} (config params_dir is empty)")
+    if mesh is not None:
+      return steps.make_init_fn(cfg.model, mesh, rules)(cfg.seed), src
+    # Jitted like the sharded init, so the values are the same on one device and on any mesh
+    # (an eager init rounds some values differently), and committed like restored parameters.
+    init = jax.jit(lambda: api.init_params(cfg.model, jax.random.key(cfg.seed)),
+                   out_shardings=sharding.plan(cfg.model).params)
+    return init(), src
+  directory = cfg.params_dir
+  check_architecture(directory_model_config(directory, cfg.model.max_len), cfg.model, directory)
+  if hf.is_hf_dir(directory):
+    src.update(kind="hf_dir", family=hf.read_config(directory)["model_type"])
+    params = hf.load_params(directory, cfg.model, mesh, rules)
+    log(f"model: {src['dir']} (Hugging Face {src['family']}, {cfg.model.param_dtype} weights)")
+    return params, src
+  params, step = bundled.restore(directory, abstract_params(cfg.model, mesh, rules))
+  src["step"] = step
+  log(f"model: {src['dir']} (step {step}, digest verified)")
+  return params, src
