@@ -18,10 +18,15 @@ setuptools.setup(
         "ml-collections>=1.0",
         "numpy>=2.0",
         "tqdm>=4.66",
+        "ml-dtypes>=0.5",  # bfloat16 for numpy (HF safetensors); jax depends on it too
+        "safetensors>=0.5,<1",  # Hugging Face weights (moe_serve/hf)
+        "tokenizers>=0.20,<1",  # Hugging Face tokenizer.json
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100"],
         "plots": ["matplotlib>=3.8"],
         "tensorboard": ["tensorboardX>=2.6"],
+        # Peer benchmarks and the HF fixture builder (scripts/make_hf_fixtures.py); CPU torch.
+        "peer": ["torch>=2.9", "transformers>=5"],
     },
 )

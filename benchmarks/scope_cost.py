@@ -17,8 +17,9 @@ from absl import app, flags
 import numpy as np
 
 from configs import study_default
+from moe_serve import loading
 from moe_serve.model import api, parts, routing
-from moe_serve.parallel import steps, weights
+from moe_serve.parallel import steps
 
 import common  # benchmarks/common.py (the script's folder is on sys.path)
 
@@ -50,7 +51,7 @@ def _next_args(args, out):
 def main(argv):
   del argv
   cfg = study_default.get_config(None)
-  params, _ = weights.load(cfg)
+  params, _ = loading.load(cfg)
   batch = busy_step(cfg)
   b = batch.decode.tokens_BxL.shape[0]
   t = batch.decode.tokens_BxL.size + batch.prefill.tokens_BxL.size

@@ -7,7 +7,7 @@ A model directory holds
   verifies (so a flipped byte is an error, never a silently wrong model).
 
 This module reads and writes that format. Placing the parameters on devices (one, or a mesh) is
-`moe_serve/parallel/weights.py`, the one loading path every script goes through.
+`moe_serve/loading.py`, the one loading path every script goes through.
 """
 import hashlib
 import json
@@ -117,7 +117,7 @@ def load_model_config(directory=DEFAULT_DIR):
   raw = _read_json(directory, "config.json", "the model's config")
   if not isinstance(raw, dict) or "model" not in raw:
     raise checkpoint.CheckpointError(f"{directory}/config.json has no `model` section")
-  model = ml_collections.ConfigDict(raw["model"])
+  model = config_lib.with_model_defaults(ml_collections.ConfigDict(raw["model"]))
   try:
     config_lib.validate_model(model)
   except config_lib.ConfigError as e:

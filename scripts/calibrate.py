@@ -11,8 +11,9 @@ from ml_collections import config_flags
 
 from moe_serve import cli
 from moe_serve import config as config_lib
+from moe_serve import loading
 from moe_serve.metrics import writers
-from moe_serve.parallel import distributed, weights
+from moe_serve.parallel import distributed
 from moe_serve.parallel import mesh as mesh_lib
 from moe_serve.serving import calibrate, run
 
@@ -26,13 +27,13 @@ def main(argv):
   distributed.initialize_from_flags(multi_process=False)  # one process; see distributed.py
   cfg = _CONFIG.value
   cfg.clock.mode = "measured"
-  config_lib.validate_serve(config_lib.validate(cfg))
+  config_lib.validate_serve(loading.resolve(config_lib.validate_serve(config_lib.validate(cfg))))
   if _HOLDOUT.value < 2:
     raise config_lib.ConfigError(f"--holdout_every={_HOLDOUT.value} must be >= 2 (every n-th "
                                  "step is held out; the rest are fitted)")
   requests = run.make_requests(cfg)
   mesh = mesh_lib.make_mesh(cfg.mesh, cfg.model)
-  params, source = weights.load(cfg, mesh)  # the model serve.py serves
+  params, source = loading.load(cfg, mesh)  # the model serve.py serves
   engine = run.build_engine(cfg, params=params, mesh=mesh)
   _, log = run.serve(cfg, _WORKDIR.value, engine=engine, requests=requests,
                      params_source=source)

@@ -15,8 +15,9 @@ from absl import flags
 from configs import serve_default
 from moe_serve import bundled, cli, files
 from moe_serve import config as config_lib
+from moe_serve import loading
 from moe_serve.experiments import quality_runners
-from moe_serve.parallel import distributed, weights
+from moe_serve.parallel import distributed
 
 _DIR = flags.DEFINE_string("model_dir", bundled.DEFAULT_DIR, "Model directory.")
 _SCOPE = flags.DEFINE_enum("capacity_scope", "none", config_lib.CAPACITY_SCOPES,
@@ -35,11 +36,12 @@ def main(argv):
   if _SUBSET.value < 1:
     raise config_lib.ConfigError(f"--subset={_SUBSET.value} must be >= 1")
   serve_cfg = serve_default.get_config()
-  serve_cfg.model = bundled.load_model_config(_DIR.value)
-  serve_cfg.model.router.capacity_scope = _SCOPE.value
   serve_cfg.params_dir = _DIR.value
-  config_lib.validate_serve(config_lib.validate(serve_cfg))
-  params, _ = weights.load(serve_cfg)
+  # The router as the model directory has it (trained or imported), at the chosen scope.
+  serve_cfg.model.router = loading.directory_model_config(_DIR.value).router
+  serve_cfg.model.router.capacity_scope = _SCOPE.value
+  config_lib.validate_serve(loading.resolve(serve_cfg))
+  params, _ = loading.load(serve_cfg)
   t0 = time.perf_counter()
   full = quality_runners.evaluate_served(serve_cfg, params)
   subset = quality_runners.evaluate_served(serve_cfg, params, per_domain=_SUBSET.value)

@@ -11,6 +11,7 @@ from ml_collections import config_flags
 
 from moe_serve import cli
 from moe_serve import config as config_lib
+from moe_serve import loading
 from moe_serve.experiments import generate_demo
 from moe_serve.parallel import distributed
 from moe_serve.parallel import mesh as mesh_lib
@@ -21,7 +22,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/base.py", "Config f
 def main(argv):
   del argv
   distributed.initialize_from_flags()  # first: before anything touches the devices
-  cfg = config_lib.validate(_CONFIG.value)
+  cfg = loading.resolve(config_lib.validate(_CONFIG.value), log=distributed.process_log())
   mesh = mesh_lib.make_mesh(cfg.mesh, cfg.model)
   generate_demo.run(cfg, log=distributed.process_log(), mesh=mesh)
 

@@ -17,7 +17,8 @@ import tqdm
 
 from moe_serve import cli
 from moe_serve import config as config_lib
-from moe_serve.parallel import distributed, weights
+from moe_serve import loading
+from moe_serve.parallel import distributed
 from moe_serve.parallel import mesh as mesh_lib
 from moe_serve.serving import run
 
@@ -31,10 +32,11 @@ def main(argv):
   del argv
   distributed.initialize_from_flags(multi_process=False)  # one process; see distributed.py
   cfg = config_lib.validate_serve(config_lib.validate(_CONFIG.value))
+  cfg = config_lib.validate_serve(loading.resolve(cfg, log=tqdm.tqdm.write))  # params_dir's model
   skipped = []
   requests = run.make_requests(cfg, skipped=skipped)  # a bad trace stops here, before loading
   mesh = mesh_lib.make_mesh(cfg.mesh, cfg.model)  # ConfigError if it does not fit the devices
-  params, source = weights.load(cfg, mesh, log=tqdm.tqdm.write)
+  params, source = loading.load(cfg, mesh, log=tqdm.tqdm.write)
   engine = run.build_engine(cfg, params=params, mesh=mesh)
   bar = tqdm.tqdm(total=len(requests), unit="req", dynamic_ncols=True)
   t0 = time.perf_counter()

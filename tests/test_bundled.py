@@ -6,8 +6,8 @@ import pytest
 
 from configs import serve_default
 from moe_serve import bundled
+from moe_serve import loading
 from moe_serve.experiments import quality_runners
-from moe_serve.parallel import weights
 
 _QUALITY = os.path.join(bundled.DEFAULT_DIR, "quality.json")
 _SUBSET = 16  # rows per task domain: 64 task prompts, as recorded in quality.json
@@ -19,7 +19,7 @@ def dropless():
   cfg = serve_default.get_config()
   cfg.model = bundled.load_model_config()
   cfg.model.router.capacity_scope = "none"
-  return cfg, weights.load(cfg, log=lambda *_: None)[0]
+  return cfg, loading.load(cfg, log=lambda *_: None)[0]
 
 
 def test_config_is_the_trained_router(dropless):

@@ -74,7 +74,8 @@ def _serve(*args, devices=1):
     (["--config.model.router.k=9"], "model.router.k=9 exceeds model.num_experts=4"),
     (["--config.mesh.data=16"], "mesh {'data': 16, 'expert': 1, 'tensor': 1} needs 16 devices "
                                 "but only 1 exist"),
-    (["--config.params_dir=/nonexistent/model"], "/nonexistent/model is not a model directory"),
+    (["--config.params_dir=/nonexistent/model"],
+     "params_dir /nonexistent/model is not a directory"),
 ])
 def test_serve_script_reports_bad_input_in_one_line(args, words):
   proc = _serve(*args)

@@ -1,7 +1,7 @@
-"""The import graph points down (docs/design.md): model <- parallel <- serving <- experiments <-
-scripts; metrics are imported by serving and experiments and never import them; nothing inside
-moe_serve imports configs/; no import loop between packages. Imports inside functions count too
-(a hidden loop is still a loop).
+"""The import graph points down (docs/design.md): model <- parallel <- (hf <-) loading <- serving
+<- experiments <- scripts; metrics are imported by serving and experiments and never import
+them; nothing inside moe_serve imports configs/; no import loop between packages. Imports inside
+functions count too (a hidden loop is still a loop).
 """
 import ast
 import os
@@ -12,30 +12,28 @@ _PKG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 # data/ (corpus, tokenizer: plain Python) is the bottom; the top-level modules are the base every
 # layer above may use; cli.py is the scripts' entry layer.
 _BASE = {"config", "checkpoint", "files", "bundled"}
+_LOWER = {"base", "data", "model"}
 _ALLOWED = {
     "data": {"data"},
     "base": {"base", "data"},
     "model": {"base", "data", "model"},
-    "parallel": {"base", "data", "model", "parallel"},
-    "metrics": {"base", "data", "model", "metrics"},
-    "serving": {"base", "data", "model", "parallel", "metrics", "serving"},
-    "training": {"base", "data", "model", "parallel", "metrics", "training"},
-    "experiments": {"base", "data", "model", "parallel", "metrics", "serving", "training",
-                    "experiments"},
-    "cli": {"base", "data", "model", "parallel", "metrics", "serving", "training", "experiments",
-            "cli"},
+    "parallel": _LOWER | {"parallel"},
+    "hf": _LOWER | {"parallel", "hf"},  # reads HF files, places them with parallel's plan
+    "loading": _LOWER | {"parallel", "hf", "loading"},  # the one loading path
+    "metrics": _LOWER | {"metrics"},
+    "serving": _LOWER | {"parallel", "hf", "loading", "metrics", "serving"},
+    "training": _LOWER | {"parallel", "loading", "metrics", "training"},
+    "experiments": _LOWER | {"parallel", "hf", "loading", "metrics", "serving", "training",
+                             "experiments"},
 }
+_ALLOWED["cli"] = set(_ALLOWED) | {"cli"}
 
 
 def _group(module):
   """moe_serve.serving.run -> serving; moe_serve.config -> base; moe_serve.cli -> cli."""
   parts = module.split(".")
-  if len(parts) == 1:
+  if len(parts) == 1 or parts[1] in _BASE:
     return "base"
-  if parts[1] == "cli":
-    return "cli"
-  if parts[1] in _BASE or len(parts) == 2 and parts[1] not in _ALLOWED:
-    return "base" if parts[1] in _BASE else parts[1]
   return parts[1]
 
 

@@ -16,3 +16,19 @@ def decode(ids) -> str:
   data = bytes(int(i) - OFFSET for i in np.asarray(ids).reshape(-1)
                if OFFSET <= int(i) < VOCAB_SIZE)
   return data.decode("utf-8", errors="replace")
+
+
+class ByteTokenizer:
+  """The byte tokenizer behind the Tokenizer interface every prompt path takes (an HF model
+  brings its own, moe_serve/hf/tokenizer.py): encode(text, bos), decode(ids), bos_id, eos_id."""
+  bos_id, eos_id, vocab_size = BOS, EOS, VOCAB_SIZE
+  name = "bytes"
+
+  def encode(self, text, bos=True):
+    return encode(text, bos=bos)
+
+  def decode(self, ids):
+    return decode(ids)
+
+
+BYTES = ByteTokenizer()

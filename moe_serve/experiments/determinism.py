@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 
+from moe_serve import loading
 from moe_serve.experiments import prompts, quality_runners
 from moe_serve.metrics import determinism as det
 from moe_serve.metrics import latency, quality
@@ -87,7 +88,7 @@ def repeat_in_traffic(cfg, engine, source):
   (per-target summaries {id: dict}, aggregate dict)."""
   st, m = cfg.study, cfg.model
   targets = prompts.target_requests(st.target_domains, st.targets_per_domain, st.max_new_tokens,
-                                    TARGET_ID0)
+                                    TARGET_ID0, source.tok)
   ids = [t.id for t in targets]
 
   # ----------------------------------------------------------------- solo references
@@ -110,7 +111,8 @@ def repeat_in_traffic(cfg, engine, source):
   per_target = {}
   for t in targets:
     s = det.summarize(solo[t.id], runs[t.id])
-    s.update(domain=t.domain, solo_completion=quality.completion_text(solo[t.id].tokens)[0])
+    s.update(domain=t.domain,
+             solo_completion=quality.completion_text(solo[t.id].tokens, source.tok)[0])
     per_target[str(t.id)] = s
   agg = _aggregate(per_target)
   agg["traffic_drop_rate"] = (float(np.mean(traffic_drops))
@@ -125,7 +127,7 @@ def run(cfg, params, log=print):
   st, m = cfg.study, cfg.model
   t0 = time.perf_counter()
   engine = make_engine(cfg, params)
-  source = prompts.EvalPromptSource()
+  source = prompts.EvalPromptSource(tok=loading.tokenizer(cfg))  # the model's tokenizer
   per_target, agg = repeat_in_traffic(cfg, engine, source)
 
   # ----------------------------------------------------------------- serving and quality
@@ -136,7 +138,7 @@ def run(cfg, params, log=print):
   serving["output_tok_per_wall_s"] = (serving["output_tokens"] / sum(step_s)) if step_s else None
   examples = prompts.eval_examples(st.quality_per_domain)
   runner = quality_runners.EngineRunner(cfg, params, engine=engine, first_id=QUALITY_ID0)
-  q = quality.evaluate(runner, examples, st.max_new_tokens)
+  q = quality.evaluate(runner, examples, st.max_new_tokens, source.tok)
   q.pop("records")
   r = m.router
   setting = dict(scope=r.capacity_scope, capacity_factor=r.capacity_factor_decode,

@@ -8,9 +8,9 @@ import time
 
 import jax
 
-from moe_serve.data import tokenizer
+from moe_serve import loading
 from moe_serve.model import api
-from moe_serve.parallel import steps, weights
+from moe_serve.parallel import steps
 from moe_serve.serving import greedy
 
 DEMO_PROMPTS = ("12+34=", "reverse: moe_serve", "def add(a, b):", "The experts ", "sort: dcba")
@@ -22,11 +22,12 @@ def run(cfg, log=print, mesh=None):
   n = min(cfg.generate.num_prompts, len(DEMO_PROMPTS))
   data = 1 if mesh is None else mesh.shape["data"]
   rows = -(-n // data) * data  # slots and step rows, padded with idle rows to fill `data`
-  prompts = [tokenizer.encode(p) for p in DEMO_PROMPTS[:n]]
+  tok = loading.tokenizer(cfg)  # the model's own (an HF directory's), else bytes
+  prompts = [tok.encode(p) for p in DEMO_PROMPTS[:n]]
   if max(len(p) for p in prompts) + cfg.generate.max_new_tokens > m.max_len:
     raise ValueError(f"prompt + generate.max_new_tokens={cfg.generate.max_new_tokens} exceeds "
                      f"model.max_len={m.max_len}")
-  params, source = weights.load(cfg, mesh, log=log)
+  params, source = loading.load(cfg, mesh, log=log)
   step = steps.make_step_fn(m, mesh, cfg.logical_axis_rules)
   make_cache = steps.make_cache_fn(m, mesh, cfg.logical_axis_rules)
   new_cache = lambda: make_cache(rows)
@@ -55,7 +56,7 @@ def run(cfg, log=print, mesh=None):
   decode_s = time.perf_counter() - t0
 
   for p, g in zip(DEMO_PROMPTS[:n], generated):
-    log(f"  {p!r} -> {tokenizer.decode(g)!r}")
+    log(f"  {p!r} -> {tok.decode(g)!r}")
   prompt_tokens = sum(len(p) for p in prompts)
   decoded = n * (cfg.generate.max_new_tokens - 1)  # the first token comes from the prefill
   figures = dict(params_total=total, params_active=active, compile_s=compile_s,

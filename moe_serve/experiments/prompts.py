@@ -11,8 +11,9 @@ class EvalPromptSource:
   length in tokens (at least 8), so the workload's length distribution applies to text.
   """
 
-  def __init__(self, examples=None):
+  def __init__(self, examples=None, tok=tokenizer.BYTES):
     examples = eval_prompts.load() if examples is None else examples
+    self.tok = tok  # the served model's tokenizer
     self.by_domain = {}
     for ex in examples:
       self.by_domain.setdefault(ex.domain, []).append(ex)
@@ -22,14 +23,14 @@ class EvalPromptSource:
     if not pool:
       raise ValueError(f"no eval prompts for domain {domain!r}; have {sorted(self.by_domain)}")
     ex = pool[int(rng.integers(len(pool)))]
-    ids = tokenizer.encode(ex.prompt)
+    ids = self.tok.encode(ex.prompt)
     return ids if ex.is_task else ids[:max(int(length), 8)]
 
 
-def target_requests(domains, per_domain, max_new_tokens, first_id):
-  """Greedy target requests: the first `per_domain` eval prompts of each domain, ids from
-  `first_id` (kept apart from the background traffic's ids)."""
-  source = EvalPromptSource()
+def target_requests(domains, per_domain, max_new_tokens, first_id, tok=tokenizer.BYTES):
+  """Greedy target requests: the first `per_domain` eval prompts of each domain (encoded by
+  `tok`), ids from `first_id` (kept apart from the background traffic's ids)."""
+  source = EvalPromptSource(tok=tok)
   out = []
   for d in domains:
     pool = source.by_domain.get(d, [])
@@ -37,7 +38,7 @@ def target_requests(domains, per_domain, max_new_tokens, first_id):
       raise ValueError(f"study.target_domains: domain {d!r} has {len(pool)} eval prompts, "
                        f"{per_domain} asked; domains: {sorted(source.by_domain)}")
     for ex in pool[:per_domain]:
-      out.append(Request(id=first_id + len(out), prompt=tokenizer.encode(ex.prompt),
+      out.append(Request(id=first_id + len(out), prompt=tok.encode(ex.prompt),
                          max_new_tokens=max_new_tokens, sampling=SamplingParams(), domain=d))
   return out
 

@@ -15,6 +15,7 @@ Axis letters (docs/design.md section 2): L positions of one sequence, V vocabula
 import jax
 import numpy as np
 
+from moe_serve import loading
 from moe_serve.data import eval_prompts
 from moe_serve.metrics import quality
 from moe_serve.model import api
@@ -109,4 +110,5 @@ def evaluate_served(serve_cfg, params, per_domain=None, path=None):
   """quality.evaluate on the committed eval set (first `per_domain` rows per domain) via the
   engine."""
   examples = eval_prompts.load(path or eval_prompts.DEFAULT_PATH, per_domain=per_domain)
-  return quality.evaluate(EngineRunner(serve_cfg, params), examples)
+  return quality.evaluate(EngineRunner(serve_cfg, params), examples,
+                          tok=loading.tokenizer(serve_cfg))

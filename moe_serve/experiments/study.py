@@ -1,8 +1,8 @@
 """The study behind scripts/sweep.py: check every setting, load the model once, run the grid
 resumably, report."""
 from moe_serve import config as config_lib
+from moe_serve import loading
 from moe_serve.experiments import determinism, report, sweep
-from moe_serve.parallel import weights
 
 
 def axes_of(cfg):
@@ -24,6 +24,7 @@ def validate(cfg, script="sweep.py"):
   no run starts before all of them are known to be valid. Returns the axes."""
   config_lib.validate_study(config_lib.validate(cfg))
   config_lib.require_one_device(cfg.mesh, script)
+  config_lib.validate_study(loading.resolve(cfg, log=lambda *_: None))  # params_dir's model
   axes = axes_of(cfg)
   for point in sweep.grid(axes):
     run_cfg = sweep.apply_overrides(cfg, point)
@@ -37,7 +38,7 @@ def validate(cfg, script="sweep.py"):
 def run(cfg, workdir, progress=True, log=print):
   """Runs every unfinished grid point of the study in `workdir`, then writes the report."""
   axes = validate(cfg)
-  params, source = weights.load(cfg, log=log)
+  params, source = loading.load(cfg, log=log)
 
   def one(run_cfg, run_dir):
     del run_dir  # everything a run produces is its result.json

@@ -14,34 +14,35 @@ from moe_serve.data import tasks, tokenizer
 MAX_NEW_TOKENS = 16  # longest task answer is 8 characters; the rest is room to fail to stop
 
 
-def completion_text(ids):
-  """(text before the first EOS, whether an EOS was produced)."""
+def completion_text(ids, tok=tokenizer.BYTES):
+  """(text before the first EOS, whether an EOS was produced), decoded by `tok`."""
   ids = list(ids)
-  stopped = tokenizer.EOS in ids
-  return tokenizer.decode(ids[:ids.index(tokenizer.EOS)] if stopped else ids), stopped
+  stopped = tok.eos_id in ids
+  return tok.decode(ids[:ids.index(tok.eos_id)] if stopped else ids), stopped
 
 
-def evaluate(runner, examples, max_new_tokens=MAX_NEW_TOKENS):
+def evaluate(runner, examples, max_new_tokens=MAX_NEW_TOKENS, tok=tokenizer.BYTES):
   """Exact match per task domain and continuation NLL per text domain.
 
   A task answer is right when the greedy completion is exactly the answer followed by EOS.
   NLL is nats per continuation token (EOS not included). Returns a dict with `exact_match`
   {domain: fraction}, `exact_match_mean` (unweighted over task domains present), `nll`
-  {domain: value}, `count` {domain: n} and `records` (one dict per example).
+  {domain: value}, `count` {domain: n} and `records` (one dict per example). Text is encoded
+  and decoded by `tok`, the served model's tokenizer.
   """
   task = [ex for ex in examples if ex.domain in tasks.TASK_DOMAINS]
   text = [ex for ex in examples if ex.domain not in tasks.TASK_DOMAINS]
   records = []
   if task:
-    completions = runner.generate([tokenizer.encode(ex.prompt) for ex in task], max_new_tokens,
+    completions = runner.generate([tok.encode(ex.prompt) for ex in task], max_new_tokens,
                                   [ex.domain for ex in task])
     for ex, ids in zip(task, completions):
-      got, stopped = completion_text(ids)
+      got, stopped = completion_text(ids, tok)
       records.append({"domain": ex.domain, "prompt": ex.prompt, "answer": ex.answer,
                       "completion": got, "correct": bool(stopped and got == ex.answer)})
   if text:
-    logps = runner.score([tokenizer.encode(ex.prompt) for ex in text],
-                         [tokenizer.encode(ex.answer, bos=False) for ex in text])
+    logps = runner.score([tok.encode(ex.prompt) for ex in text],
+                         [tok.encode(ex.answer, bos=False) for ex in text])
     for ex, lp in zip(text, logps):
       records.append({"domain": ex.domain, "prompt": ex.prompt, "answer": ex.answer,
                       "nll_sum": float(-lp.sum()), "tokens": int(lp.size)})

@@ -105,7 +105,7 @@ def make_init_fn(model_cfg, mesh=None, rules=None):
 
   The values do not depend on the mesh: jax's partitionable threefry gives every shard the bits
   it would have had unsharded (checked in tests/parallel). Without a mesh this is the eager
-  init (uncommitted arrays; parallel/weights.py jits it like the sharded one).
+  init (uncommitted arrays; moe_serve/loading.py jits it like the sharded one).
   """
   if mesh is None:
     return lambda seed: api.init_params(model_cfg, jax.random.key(seed))

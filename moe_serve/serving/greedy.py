@@ -30,12 +30,12 @@ def prefill(step, params, cache, prompts_ids, chunk, rows):
 
 
 def decode(step, params, cache, first_tokens, positions, max_new_tokens, chunk, rows,
-           stop_at_eos=True):
+           stop_at_eos=True, eos_id=tokenizer.EOS):
   """Greedy decode of prefilled prompts from their `first_tokens` at their `positions`.
 
   Returns (cache, completions): completion i is a token list that starts with first_tokens[i] and
-  has max_new_tokens tokens, or, with `stop_at_eos`, ends at its first EOS (kept), its row then
-  going idle. Idle rows feed token 0 at position 0 (padding: they touch no cache and no
+  has max_new_tokens tokens, or, with `stop_at_eos`, ends at its first `eos_id` (kept), its row
+  then going idle. Idle rows feed token 0 at position 0 (padding: they touch no cache and no
   capacity). `chunk` is the (empty) prefill part's length, so the step keeps one shape.
   """
   n = len(first_tokens)
@@ -43,7 +43,7 @@ def decode(step, params, cache, first_tokens, positions, max_new_tokens, chunk, 
   tok_B, pos_B, live_B = np.zeros(rows, np.int64), np.zeros(rows, np.int64), rows_B < n
   tok_B[:n], pos_B[:n] = first_tokens, positions
   if stop_at_eos:
-    live_B[:n] &= tok_B[:n] != tokenizer.EOS
+    live_B[:n] &= tok_B[:n] != eos_id
   completions = [[int(t)] for t in tok_B[:n]]
   no_prefill = parts.empty_part(0, chunk)
   for _ in range(max_new_tokens - 1):
@@ -57,7 +57,7 @@ def decode(step, params, cache, first_tokens, positions, max_new_tokens, chunk, 
     for i in np.nonzero(live_B)[0]:
       completions[i].append(int(tok_B[i]))
       if stop_at_eos:
-        live_B[i] = tok_B[i] != tokenizer.EOS
+        live_B[i] = tok_B[i] != eos_id
   return cache, completions
 
 
@@ -66,9 +66,10 @@ def first_tokens(prefill_logits):
   return np.asarray([lg[-1].argmax() for lg in prefill_logits], np.int64)
 
 
-def generate(step, params, cache, prompts_ids, max_new_tokens, chunk, rows, stop_at_eos=True):
+def generate(step, params, cache, prompts_ids, max_new_tokens, chunk, rows, stop_at_eos=True,
+             eos_id=tokenizer.EOS):
   """Prefill then greedy decode of one group (at most `rows` prompts); returns (cache,
   completions) as in `decode`."""
   cache, logits = prefill(step, params, cache, prompts_ids, chunk, rows)
   return decode(step, params, cache, first_tokens(logits), [len(p) for p in prompts_ids],
-                max_new_tokens, chunk, rows, stop_at_eos)
+                max_new_tokens, chunk, rows, stop_at_eos, eos_id)

@@ -1,6 +1,6 @@
 """One serving run from a config: build the engine, warm up, serve the workload, write the logs.
 
-Files under the workdir (DESIGN.md section 3, Exports):
+Files under the workdir (docs/design.md section 3, Exports):
 - steps.jsonl, requests.jsonl: the deterministic records (byte-identical across runs with the
   same seed and config in cost_model mode);
 - wall.jsonl: wall seconds per step (step, and host work around it); never deterministic;
@@ -16,8 +16,9 @@ import os
 import time
 
 from moe_serve import config as config_lib
+from moe_serve import loading
 from moe_serve.metrics import latency, table, writers
-from moe_serve.parallel import compiles, steps, weights
+from moe_serve.parallel import compiles, steps
 from moe_serve.serving import clock as clock_lib
 from moe_serve.serving import workload
 from moe_serve.serving.engine import Engine
@@ -33,13 +34,13 @@ def make_step_fn(cfg, mesh=None):
 def build_engine(cfg, step_fn=None, params=None, cache=None, mesh=None):
   """An Engine for `cfg`, sharded on `mesh` if given (then the step and cache come from
   parallel/steps.py's sharded builders). Without `params` they come from the one loading path
-  (parallel/weights.py: `cfg.params_dir`, or a random init from cfg.seed, the same values on any
+  (moe_serve/loading.py: `cfg.params_dir`, or a random init from cfg.seed, the same values on any
   mesh); pass `params` to reuse parameters already placed.
   """
   m, rules = cfg.model, cfg.logical_axis_rules
   step_fn = step_fn or make_step_fn(cfg, mesh)
   if params is None:
-    params, _ = weights.load(cfg, mesh)
+    params, _ = loading.load(cfg, mesh)
   if cache is None:
     cache = steps.make_cache_fn(m, mesh, rules)(cfg.serve.max_num_seqs)
   return Engine(cfg, step_fn, params, cache, clock_lib.Clock(cfg.clock))
@@ -52,10 +53,11 @@ def make_requests(cfg, prompt_source=None, skipped=None):
   {"line", "reason"} and the rest are served; otherwise the first bad line is a TraceError.
   """
   if cfg.workload.trace:
+    tok = loading.tokenizer(cfg)
     if cfg.workload.get("skip_bad_lines", False):
       skipped = [] if skipped is None else skipped
-      return workload.load_trace(cfg.workload.trace, skipped=skipped)
-    return workload.load_trace(cfg.workload.trace)
+      return workload.load_trace(cfg.workload.trace, skipped=skipped, tok=tok)
+    return workload.load_trace(cfg.workload.trace, tok=tok)
   return workload.generate(cfg.workload, prompt_source or workload.SyntheticPromptSource())
 
 
@@ -63,7 +65,7 @@ def serve(cfg, workdir, engine=None, requests=None, slo_ttft_ms=None, slo_tpot_m
           on_step=None, log=print, params_source=None, skipped_lines=()):
   """Runs the whole thing; returns (summary dict, RunLog). Writes the files listed above.
 
-  `params_source` says where the engine's parameters came from (weights.load's second value;
+  `params_source` says where the engine's parameters came from (loading.load's second value;
   default: the config's `params_dir` or seed when this builds the engine); `skipped_lines` are
   the bad trace lines that make_requests skipped, kept in skipped_lines.jsonl.
   """
@@ -73,7 +75,7 @@ def serve(cfg, workdir, engine=None, requests=None, slo_ttft_ms=None, slo_tpot_m
   skipped_lines = list(skipped_lines)
   if engine is None:
     engine = build_engine(cfg)
-    params_source = weights.source(cfg)
+    params_source = loading.source(cfg)
   if requests is None:
     requests = make_requests(cfg, skipped=skipped_lines)
   if skipped_lines:

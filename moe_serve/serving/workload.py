@@ -136,8 +136,9 @@ def _json_constant(name):
   raise ValueError(f"{name} is not a finite number")
 
 
-def parse_trace_line(raw, index):
-  """One trace line (bytes) -> Request; TraceError (without the file:line) if it is bad."""
+def parse_trace_line(raw, index, tok=tokenizer.BYTES):
+  """One trace line (bytes) -> Request; TraceError (without the file:line) if it is bad.
+  `prompt` text is encoded with `tok` (the model's tokenizer)."""
   try:
     text = raw.decode("utf-8")
   except UnicodeDecodeError as e:
@@ -160,7 +161,7 @@ def parse_trace_line(raw, index):
     ok, what = _TRACE_CHECKS[key]
     if not ok(value):
       raise TraceError(f"bad field value: {key}={json.dumps(value)} must be {what}")
-  prompt = tokenizer.encode(rec["prompt"]) if "prompt" in rec else rec["tokens"]
+  prompt = tok.encode(rec["prompt"]) if "prompt" in rec else rec["tokens"]
   sp = SamplingParams(float(rec.get("temperature", 0.0)), rec.get("top_k", 0),
                       float(rec.get("top_p", 1.0)), rec.get("seed", 0))
   return Request(id=rec.get("id", index), prompt=prompt, max_new_tokens=rec["max_new_tokens"],
@@ -168,12 +169,12 @@ def parse_trace_line(raw, index):
                  priority=rec.get("priority", 0))
 
 
-def load_trace(path, skipped=None):
+def load_trace(path, skipped=None, tok=tokenizer.BYTES):
   """Requests from a JSONL trace, one object per line (docs/serving.md, Traces).
 
   Fields: arrival (s), max_new_tokens, domain, and `prompt` (non-empty UTF-8 text, tokenized
-  with BOS) or `tokens` (ids); optional id (default: the request's index), priority, seed,
-  temperature, top_k, top_p. Types are strict and unknown fields are refused. Blank lines are
+  with BOS by `tok`, the model's tokenizer) or `tokens` (ids); optional id (default: the
+  request's index), priority, seed, temperature, top_k, top_p. Types are strict and unknown fields are refused. Blank lines are
   skipped. A bad line raises TraceError naming file:line; with a list as `skipped`, bad lines are
   appended to it as {"line", "reason"} instead and the rest are returned. A trace with no request
   is an error. Values that parse but the engine cannot serve (e.g. an unknown domain) are
@@ -185,7 +186,7 @@ def load_trace(path, skipped=None):
       if not raw.strip():
         continue
       try:
-        out.append(parse_trace_line(raw, len(out)))
+        out.append(parse_trace_line(raw, len(out), tok))
       except TraceError as e:
         if skipped is None:
           raise TraceError(f"{path}:{lineno}: {e}") from None

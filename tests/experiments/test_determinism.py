@@ -10,14 +10,15 @@ import pytest
 
 from configs import study_default
 from moe_serve import config as config_lib
+from moe_serve import loading
 from moe_serve.experiments import determinism, prompts
-from moe_serve.parallel import compiles, weights
+from moe_serve.parallel import compiles
 
 
 @pytest.fixture(scope="module")
 def setup():
   cfg = study_default.get_config("size=tiny")
-  return cfg, weights.load(cfg, log=lambda *_: None)[0], prompts.EvalPromptSource()
+  return cfg, loading.load(cfg, log=lambda *_: None)[0], prompts.EvalPromptSource()
 
 
 def _run(cfg, params, source, scope, loads_seeds, repeats=3):
