@@ -34,7 +34,8 @@ FAKE_ENGINE_TESTS = ("tests/serving/test_scheduler_by_hand.py",
                      "tests/serving/test_virtual_time.py")
 PREEMPT_TEST = ("tests/serving/test_engine.py::"
                 "test_recompute_preemption_resamples_the_same_tokens_at_temperature",)
-LATENCY_TESTS = ("tests/metrics/test_latency.py", "tests/serving/test_virtual_time.py")
+LATENCY_TESTS = ("tests/metrics/test_latency.py", "tests/metrics/test_latency_edges.py",
+                 "tests/serving/test_virtual_time.py")
 
 
 @dataclasses.dataclass(frozen=True)
