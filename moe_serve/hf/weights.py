@@ -121,42 +121,51 @@ def stored_dtype(files):
   return names[dtypes.pop()] if len(dtypes) == 1 else "float32"
 
 
-def _read(files, name, handles):
+def _read(files, name):
+  """One tensor as a host array. The file is opened for this read alone, so its memory map (whose
+  touched pages count as resident memory) is released right after."""
   path = files.get(name)
   if path is None:
     raise HFCheckpointError(f"tensor {name} is missing from the checkpoint")
-  if path not in handles:
-    handles[path] = _open(path).__enter__()
   try:
-    return handles[path].get_tensor(name)
+    with _open(path) as f:
+      return f.get_tensor(name)
+  except HFCheckpointError:
+    raise
   except Exception as e:
     raise HFCheckpointError(f"tensor {name} in {path} could not be read ({type(e).__name__}: "
                             f"{e}); the file may be truncated") from None
 
 
-def _assemble(how, tensors, shape):
-  """The HF tensors of one parameter in moe_serve's layout `shape`."""
-  if how == "copy":
-    (x,) = tensors
+def _assemble(how, path, names, shape, dtype, read_one):
+  """The HF tensors `names` of one parameter, read one at a time by `read_one(name)` (shape
+  checked), in moe_serve's layout `shape` and `dtype`."""
+  expected = _source_shapes(how, path, shape)
+
+  def get(name):
+    x = read_one(name)
+    if tuple(x.shape) != expected:
+      raise HFCheckpointError(f"tensor {name} has shape {tuple(x.shape)}, the config implies "
+                              f"{expected} (moe_serve parameter {'/'.join(path)} "
+                              f"{tuple(shape)})")
     return x
-  if how == "T":
-    (x,) = tensors
-    return x.T
-  if how == "row":  # a [1, D] Linear to one output -> [D]
-    (x,) = tensors
-    return x.reshape(-1)
-  if how == "stack_T":
-    out = np.empty(shape, tensors[0].dtype)
-    for e, x in enumerate(tensors):
-      out[e] = x.T
+
+  if how == "stack_T":  # experts' [F, D] (or [D, F]) Linear weights -> [E, D, F] (or [E, F, D])
+    out = np.empty(shape, dtype)
+    for e, name in enumerate(names):
+      out[e] = get(name).T
     return out
-  if how == "heads":  # bias [N*H] -> [N, H]
-    (x,) = tensors
-    return x.reshape(shape)
-  if how == "T_heads":  # q/k/v [N*H, D] -> [D, N, H]; o [D, N*H] -> [N, H, D]
-    (x,) = tensors
-    return x.T.reshape(shape)
-  raise ValueError(how)
+  (name,) = names
+  x = get(name)
+  if how == "T":
+    x = x.T
+  elif how in ("heads", "row"):  # bias [N*H] -> [N, H]; a [1, D] Linear -> [D]
+    x = x.reshape(shape)
+  elif how == "T_heads":  # q/k/v [N*H, D] -> [D, N, H]; o [D, N*H] -> [N, H, D]
+    x = x.T.reshape(shape)
+  elif how != "copy":
+    raise ValueError(how)
+  return np.ascontiguousarray(x, dtype=dtype)
 
 
 def read(directory, model_cfg, family, param_shapes, place):
@@ -164,31 +173,17 @@ def read(directory, model_cfg, family, param_shapes, place):
   calling `place(path, host_array) -> array`; returns the tree of what `place` returned."""
   files = index(directory)
   used = set()
-  handles = {}
   out = {}
-  try:
-    for path, names, how in tensor_map(model_cfg, family):
-      want = _lookup(param_shapes, path)
-      tensors = [_read(files, n, handles) for n in names]
-      expected = _source_shapes(how, path, want.shape)
-      for n, x in zip(names, tensors):
-        if tuple(x.shape) != expected:
-          raise HFCheckpointError(f"tensor {n} has shape {tuple(x.shape)}, the config implies "
-                                  f"{expected} (moe_serve parameter {'/'.join(path)} "
-                                  f"{tuple(want.shape)})")
-      host = _assemble(how, tensors, want.shape)
-      if tuple(host.shape) != tuple(want.shape):
-        raise HFCheckpointError(f"tensors {names[:2]} give shape {tuple(host.shape)} for "
-                                f"{'/'.join(path)}, the config implies {tuple(want.shape)}")
-      if not np.isfinite(host.astype(np.float32)).all():
-        raise HFCheckpointError(f"{directory}: tensor {names[0]} holds NaN/inf values; "
-                                "refusing to serve them")
-      _insert(out, path, place(path, np.ascontiguousarray(host.astype(want.dtype))))
-      used.update(names)
-      del tensors, host
-  finally:
-    for h in handles.values():
-      h.__exit__(None, None, None)
+  for path, names, how in tensor_map(model_cfg, family):
+    want = _lookup(param_shapes, path)
+    host = _assemble(how, path, names, want.shape, want.dtype, lambda n: _read(files, n))
+    if not np.isfinite(host.astype(np.float32)).all():
+      raise HFCheckpointError(f"{directory}: parameter {'/'.join(path)} (from {names[0]}"
+                              f"{' ...' if len(names) > 1 else ''}) holds NaN/inf values; "
+                              "refusing to serve them")
+    _insert(out, path, place(path, host))
+    used.update(names)
+    del host
   extra = sorted(n for n in set(files) - used if not n.endswith(_BUFFERS))
   if extra:
     raise HFCheckpointError(f"{directory}: tensors {extra[:6]}{' ...' if len(extra) > 6 else ''}"
