@@ -65,3 +65,15 @@ def test_sjf_ranks_by_prompt_plus_output_length():
   short_prompt_long_output = Request(id=1, prompt=[1] * 3, max_new_tokens=9, arrival=0.0)
   key = lambda r: scheduler_lib.policy_key(r, "sjf")
   assert key(long_prompt_short_output) < key(short_prompt_long_output)  # 8 < 12
+
+
+def test_decode_rows_count_against_the_token_budget():
+  # Budget 11: request 0 decodes (1 token), request 1 takes a full chunk of 8, leaving 2; request
+  # 2's 3 prompt tokens would fit the 3 left if decode tokens were not counted.
+  sched = _sched(max_num_seqs=3, kv_num_blocks=32, max_num_batched_tokens=11)
+  first = sched.add(_req(0, 2, 0.0))
+  _run_plan(sched.schedule(0.0))
+  later = [sched.add(_req(i, n, 0.1)) for i, n in ((1, 8), (2, 3))]
+  plan = sched.schedule(0.1)
+  assert plan.decode == [first] and plan.admitted == later
+  assert [(s.req.id, n) for s, n in plan.prefill] == [(1, 8)]
