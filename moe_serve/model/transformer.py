@@ -23,12 +23,6 @@ def is_moe_layer(model_cfg, i):
   return (i + 1) % model_cfg.moe_every == 0
 
 
-def flatten_parts(xs, parts):
-  """[B, L, D] per part -> ([T, D], [T] segment ids) in the parts' FlatOrder."""
-  order = FlatOrder.of(xs)
-  return order.flatten(xs), order.flatten([p.segment_ids_BxL for p in parts])
-
-
 class Block(nn.Module):
   """One pre-norm layer: attention per part, then the FFN or MoE on the flat token set."""
   cfg: "ml_collections.ConfigDict"  # the model section  # noqa: F821
@@ -48,8 +42,8 @@ class Block(nn.Module):
         continue
       y, cache_layer = attn(norm_attn(x), part, cache_layer)
       new_xs.append(x + y)
-    order = FlatOrder.of(new_xs)
-    x_TxD, seg_T = flatten_parts(new_xs, parts)
+    order = FlatOrder.of(new_xs)  # [B, L, D] per part -> [T, D]
+    x_TxD, seg_T = order.flatten(new_xs), order.flatten([p.segment_ids_BxL for p in parts])
     x_TxD = layers.constrain(x_TxD, ("activation_tokens", "activation_embed"))
     h_TxD = layers.RMSNorm(m.norm_eps, name="norm_ffn")(x_TxD)
     if self.use_moe:
