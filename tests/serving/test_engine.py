@@ -1,14 +1,15 @@
 """The engine on the tiny real model: slot reuse, reproducible logs, no compiles after warm-up.
 
 Fixed step shapes (one bucket) and dropless routing (the tiny config's capacity_scope='none'),
-so a request's logits do not depend on what else runs (DESIGN.md section 4, contract 2).
+so a request's logits do not depend on what else runs (docs/design.md section 4, contract 2;
+the dense `einsum` reference is within 1 ulp of it on some CPUs, see below).
 """
 import jax
 import numpy as np
 import pytest
 
 from moe_serve.model import api
-from moe_serve.parallel import compiles
+from moe_serve.parallel import compiles, steps
 from moe_serve.serving import clock as clock_lib
 from moe_serve.serving import run as run_lib
 from moe_serve.serving.engine import Engine
@@ -56,16 +57,25 @@ def test_reused_slot_leaks_nothing(tiny_model):
   assert reused["logprobs"] == solo["logprobs"]  # bitwise: same shapes, same slot, same rows
 
 
-def test_co_batched_requests_match_solo_with_fixed_shapes(tiny_model):
+# Dropless `einsum` is the dense reference: every expert on the whole flat token axis [T, D]. On
+# XLA:CPU a row's result of that dot can depend on the row's position in T (measured on
+# 2026-11-27 on a 2-core AMD EPYC with AVX2: request 2's logprobs differ by 2.4e-7, 1 ulp, between
+# its solo and co-batched rows; bitwise on the host of 2026-11-26). `gather`, which the study
+# uses, is bitwise on both; so are the tokens under either.
+@pytest.mark.parametrize("dispatch, logprob_atol", [("gather", 0.0), ("einsum", 1e-6)])
+def test_co_batched_requests_match_solo_with_fixed_shapes(dispatch, logprob_atol):
   cfg = _fixed_cfg()
+  cfg.model.router.dispatch = dispatch
+  model = (steps.make_step_fn(cfg.model), api.init_params(cfg.model, jax.random.key(0)))
   reqs = [_req(i, 5 + 3 * i, 12, 0.002 * i, temperature=0.7 * (i % 2)) for i in range(6)]
-  log = _engine(cfg, tiny_model).run(reqs)
+  log = _engine(cfg, model).run(reqs)
   assert max(s["decode"] + s["prefill_rows"] for s in log.steps) >= 4  # they did share steps
   busy = _by_id(log)
   for req in reqs[:3]:
-    solo = _by_id(_engine(cfg, tiny_model).run([req]))[req.id]
+    solo = _by_id(_engine(cfg, model).run([req]))[req.id]
     assert busy[req.id]["tokens"] == solo["tokens"], req.id
-    np.testing.assert_array_equal(busy[req.id]["logprobs"], solo["logprobs"])
+    np.testing.assert_allclose(busy[req.id]["logprobs"], solo["logprobs"], rtol=0,
+                               atol=logprob_atol)
 
 
 def test_static_and_continuous_give_the_same_completions(tiny_model):
