@@ -96,8 +96,12 @@ def abstract_params(model_cfg, mesh=None, rules=None):
 
 def source(cfg):
   """Where `cfg`'s parameters come from, for logs and summaries (no loading)."""
-  if cfg.get("params_dir"):
-    return {"kind": "model_dir", "dir": os.path.abspath(cfg.params_dir)}
+  directory = cfg.get("params_dir")
+  if directory and hf.is_hf_dir(directory):
+    return {"kind": "hf_dir", "dir": os.path.abspath(directory),
+            "family": hf.read_config(directory)["model_type"]}
+  if directory:
+    return {"kind": "model_dir", "dir": os.path.abspath(directory)}
   return {"kind": "random_init", "seed": int(cfg.seed)}
 
 
@@ -120,8 +124,7 @@ def load(cfg, mesh=None, log=print):
     return init(), src
   directory = cfg.params_dir
   check_architecture(directory_model_config(directory, cfg.model.max_len), cfg.model, directory)
-  if hf.is_hf_dir(directory):
-    src.update(kind="hf_dir", family=hf.read_config(directory)["model_type"])
+  if src["kind"] == "hf_dir":
     params = hf.load_params(directory, cfg.model, mesh, rules)
     log(f"model: {src['dir']} (Hugging Face {src['family']}, {cfg.model.param_dtype} weights)")
     return params, src

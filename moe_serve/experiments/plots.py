@@ -10,18 +10,44 @@ import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=wrong-import-posi
 _LINE_KEYS = ("scope", "priority", "router", "mode", "co_domains")  # a line per combination
 
 
+# Marker, line style and marker size per line, so lines that coincide stay visible: later lines
+# are drawn smaller, hollow and dashed over the earlier ones, and the legend says which coincide.
+_STYLES = (("o", "-", 10), ("s", "--", 7), ("^", ":", 5), ("D", "-.", 4), ("v", "--", 4),
+           ("x", ":", 6))
+_X_LABELS = {"capacity_factor": "capacity factor", "load": "load (requests/s)"}
+
+
 def _lines(ax, rows, x, y, title, ylabel):
+  """One line per setting along `x`; with a single x value, one bar per setting instead (a
+  line over one point shows nothing)."""
   keys = [k for k in _LINE_KEYS if k == "scope" or len({str(r.get(k)) for r in rows}) > 1]
   label = lambda r: ", ".join(f"{k}={r.get(k)}" for k in keys)
+  series = []
   for name in sorted({label(r) for r in rows}):
     pts = sorted((r[x], r[y]) for r in rows if label(r) == name and r.get(y) is not None)
     if pts:
-      ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
-  ax.set_xlabel({"capacity_factor": "capacity factor", "load": "load (requests/s)"}.get(x, x))
+      series.append((name, pts))
+  xs = sorted({p[0] for _, pts in series for p in pts})
+  xlabel = _X_LABELS.get(x, x)
+  if len(xs) == 1:
+    ax.bar(range(len(series)), [pts[0][1] for _, pts in series],
+           color=[f"C{i}" for i in range(len(series))])
+    ax.set_xticks(range(len(series)))
+    ax.set_xticklabels([name for name, _ in series], fontsize=8)
+    ax.set_title(f"{title}\n(one {xlabel}: {xs[0]:g})" if xs else title)
+  else:
+    first_with = {}
+    for i, (name, pts) in enumerate(series):
+      marker, style, size = _STYLES[i % len(_STYLES)]
+      same = first_with.setdefault(tuple(pts), name)
+      ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, linestyle=style,
+              markersize=size, fillstyle="full" if i == 0 else "none", markeredgewidth=1.5,
+              label=name if same == name else f"{name} (same as {same})")
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
   ax.set_ylabel(ylabel)
-  ax.set_title(title)
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
 
 
 def _save(fig, out_dir, name):

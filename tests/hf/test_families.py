@@ -95,8 +95,10 @@ def engine(family):
 
 
 def test_engine_greedy_tokens_match_transformers(family, engine):
-  ref = family[2]
+  name, directory, ref = family[:3]
   cfg, eng = engine
+  assert loading.source(cfg) == {"kind": "hf_dir", "dir": os.path.abspath(directory),
+                                 "family": name}  # what summary.json says
   reqs = [request.Request(id=i, prompt=p["prompt_ids"], max_new_tokens=ref["new_tokens"],
                           domain=cfg.serve.domains[0]) for i, p in enumerate(ref["prompts"])]
   records = {r["id"]: r for r in eng.run(reqs).requests}
