@@ -51,6 +51,11 @@ def _array_digest(host):
   return h.hexdigest()
 
 
+def all_finite(host):
+  """Whether a host array holds no NaN/inf (any float dtype, bfloat16 included)."""
+  return host.dtype.kind not in "fV" or bool(np.isfinite(host.astype(np.float32)).all())
+
+
 def digest(params):
   """{array name: {shape, dtype, sha256}} over every parameter, one host copy at a time."""
   out = {}
@@ -78,10 +83,10 @@ def verify(directory, params, recorded):
           f"recorded at export ({DIGEST_FILE}); the files are corrupt or were changed after "
           "export: restore them from the source (e.g. `git checkout` for models/default) or "
           "re-export the model")
-    if np.issubdtype(host.dtype, np.floating) and not np.isfinite(host).all():
-      raise IntegrityError(f"parameters in {directory}: array {name} holds "
-                           f"{int((~np.isfinite(host)).sum())} NaN/inf values (as exported); "
-                           "refusing to serve them")
+    if not all_finite(host):
+      bad = int((~np.isfinite(host.astype(np.float32))).sum())
+      raise IntegrityError(f"parameters in {directory}: array {name} holds {bad} NaN/inf values "
+                           "(as exported); refusing to serve them")
 
 
 def export(directory, cfg, params, step):
@@ -92,7 +97,7 @@ def export(directory, cfg, params, step):
   if os.path.exists(digest_path):
     os.remove(digest_path)
   files.write_text_atomic(os.path.join(directory, "config.json"),
-                cfg.to_json(indent=2, sort_keys=True) + "\n")
+                          cfg.to_json(indent=2, sort_keys=True) + "\n")
   mngr = checkpoint.manager(os.path.join(directory, "params"), max_to_keep=1)
   checkpoint.save(mngr, int(step), params, force=True)
   record = {"step": int(step), "algorithm": DIGEST_ALGORITHM, "arrays": digest(params)}

@@ -150,3 +150,12 @@ def test_random_init_is_the_same_on_one_device_and_a_mesh(tiny_cfg):
                             log=_QUIET)
   for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(sharded)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_finiteness_check_sees_bfloat16():
+  """bf16 arrays are not numpy floating types (ml_dtypes kind 'V'): the check must still see
+  their NaN, as stored weights of imported or bf16-exported models are bf16."""
+  bf16 = jnp.bfloat16
+  assert not bundled.all_finite(np.asarray(jnp.array([1.0, jnp.nan], bf16)))
+  assert not bundled.all_finite(np.asarray(jnp.array([jnp.inf], jnp.float32)))
+  assert bundled.all_finite(np.asarray(jnp.ones(3, bf16))) and bundled.all_finite(np.arange(3))

@@ -14,7 +14,7 @@ import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, for safetensors'
 import numpy as np
 from safetensors import safe_open
 
-from moe_serve import checkpoint
+from moe_serve import bundled, checkpoint
 from moe_serve.model.transformer import is_moe_layer
 
 SINGLE_FILE = "model.safetensors"
@@ -177,7 +177,7 @@ def read(directory, model_cfg, family, param_shapes, place):
   for path, names, how in tensor_map(model_cfg, family):
     want = _lookup(param_shapes, path)
     host = _assemble(how, path, names, want.shape, want.dtype, lambda n: _read(files, n))
-    if not np.isfinite(host.astype(np.float32)).all():
+    if not bundled.all_finite(host):
       raise HFCheckpointError(f"{directory}: parameter {'/'.join(path)} (from {names[0]}"
                               f"{' ...' if len(names) > 1 else ''}) holds NaN/inf values; "
                               "refusing to serve them")
