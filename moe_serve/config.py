@@ -210,14 +210,20 @@ def validate_routing_rules(r):
                       "tokens), got capacity_scope='none'; use 'batch', 'group' or 'sequence'")
 
 
-def require_one_device(mesh_cfg, script):
-  """ConfigError unless `config.mesh` asks for one device: for scripts that serve on one device,
-  so a mesh override is refused instead of silently ignored."""
-  sizes = {a: mesh_cfg[a] for a in MESH_AXES}
-  if any(v != 1 for v in sizes.values()):
-    raise ConfigError(f"{script} serves on one device, so mesh {sizes} cannot be honoured; "
-                      "set mesh.data=mesh.expert=mesh.tensor=1 (scripts/serve.py, "
-                      "calibrate.py and generate.py run on a mesh)")
+def validate_serve_mesh(cfg, data):
+  """ConfigError unless every step row count (`serve.buckets`) and the slot count
+  (`serve.max_num_seqs`) are multiples of the mesh's `data` size: step rows and cache slots are
+  sharded over `data`. `data` is the resolved size (after a -1 is filled)."""
+  s = cfg.serve
+  rows = {f"serve.buckets.{k}": tuple(s.buckets[k]) for k in ("decode_rows", "prefill_rows")}
+  rows["serve.max_num_seqs"] = (s.max_num_seqs,)
+  for field, values in rows.items():
+    bad = [v for v in values if v % data]
+    if bad:
+      raise ConfigError(f"{field}={values if len(values) > 1 else values[0]!r} has {bad} not "
+                        f"divisible by mesh.data={data} (rows and slots are sharded over data); "
+                        f"use multiples of {data} or a smaller mesh.data")
+  return cfg
 
 
 def unknown_field(cfg, dotted):

@@ -5,6 +5,8 @@ r"""Measures engine steps and fits the cost_model clock's coefficients to them.
 Serves the config's workload with clock.mode=measured on the config's model (params_dir: the
 bundled one by default, as scripts/serve.py), fits on 3 of every 4 steps, and prints the
 median and p90 absolute error on the held-out steps plus the --config.clock.* overrides to use.
+On a mesh and multi-process like scripts/serve.py; every process then takes the slowest
+process's wall time for each step (parallel/spmd.py), which is what gets fitted.
 """
 from absl import flags
 from ml_collections import config_flags
@@ -14,7 +16,6 @@ from moe_serve import config as config_lib
 from moe_serve import loading
 from moe_serve.metrics import writers
 from moe_serve.parallel import distributed
-from moe_serve.parallel import mesh as mesh_lib
 from moe_serve.serving import calibrate, run
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/serve_default.py", "Config file.")
@@ -24,7 +25,7 @@ _HOLDOUT = flags.DEFINE_integer("holdout_every", 4, "Hold out every n-th step.")
 
 def main(argv):
   del argv
-  distributed.initialize_from_flags(multi_process=False)  # one process; see distributed.py
+  distributed.initialize_from_flags()  # first: before anything touches the devices
   cfg = _CONFIG.value
   cfg.clock.mode = "measured"
   config_lib.validate_serve(loading.resolve(config_lib.validate_serve(config_lib.validate(cfg))))
@@ -32,11 +33,13 @@ def main(argv):
     raise config_lib.ConfigError(f"--holdout_every={_HOLDOUT.value} must be >= 2 (every n-th "
                                  "step is held out; the rest are fitted)")
   requests = run.make_requests(cfg)
-  mesh = mesh_lib.make_mesh(cfg.mesh, cfg.model)
-  params, source = loading.load(cfg, mesh)  # the model serve.py serves
+  mesh = run.make_mesh(cfg)
+  params, source = loading.load(cfg, mesh, log=distributed.process_log())  # serve.py's model
   engine = run.build_engine(cfg, params=params, mesh=mesh)
   _, log = run.serve(cfg, _WORKDIR.value, engine=engine, requests=requests,
-                     params_source=source)
+                     params_source=source, log=distributed.process_log())
+  if not distributed.is_logging_process():  # process 0 fits and writes (the steps agree)
+    return
   result = calibrate.calibrate(log.steps, log.wall, _HOLDOUT.value)
   writers.write_json(f"{_WORKDIR.value}/calibration.json", result)
   print(f"fit on {result['fit_steps']} steps, held out {result['heldout_steps']} "

@@ -5,19 +5,25 @@ r"""Quality of a bundled model on the committed eval set, served through the ser
 
 Writes exact match per task domain and continuation NLL per text domain, for the whole eval set
 and for the fixed subset (first --subset rows per domain) that tests/test_bundled.py checks.
-The engine runs configs/serve_default.py with the bundled model in place of the base model.
+The engine runs --config (configs/serve_default.py) with the model directory's model in place of
+the config's, on the config's mesh, e.g. `--config.mesh.expert=8` on 8 devices, and multi-process
+like scripts/serve.py (process 0 prints and writes; docs/multihost.md).
 """
 import json
 import time
 
 from absl import flags
+from ml_collections import config_flags
 
-from configs import serve_default
 from moe_serve import bundled, cli, files
 from moe_serve import config as config_lib
 from moe_serve import loading
 from moe_serve.experiments import quality_runners
-from moe_serve.parallel import distributed
+from moe_serve.parallel import distributed, spmd
+from moe_serve.serving import run
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/serve_default.py",
+                                          "Serving config (engine, mesh).")
 
 _DIR = flags.DEFINE_string("model_dir", bundled.DEFAULT_DIR, "Model directory.")
 _SCOPE = flags.DEFINE_enum("capacity_scope", "none", config_lib.CAPACITY_SCOPES,
@@ -32,19 +38,24 @@ def _summary(result):
 
 def main(argv):
   del argv
-  distributed.initialize_from_flags(multi_process=False)  # one process; see distributed.py
+  distributed.initialize_from_flags()  # first: before anything touches the devices
   if _SUBSET.value < 1:
     raise config_lib.ConfigError(f"--subset={_SUBSET.value} must be >= 1")
-  serve_cfg = serve_default.get_config()
+  serve_cfg = _CONFIG.value
   serve_cfg.params_dir = _DIR.value
   # The router as the model directory has it (trained or imported), at the chosen scope.
   serve_cfg.model.router = loading.directory_model_config(_DIR.value).router
   serve_cfg.model.router.capacity_scope = _SCOPE.value
-  config_lib.validate_serve(loading.resolve(serve_cfg))
-  params, _ = loading.load(serve_cfg)
+  config_lib.validate_serve(loading.resolve(serve_cfg, log=distributed.process_log()))
+  mesh = run.make_mesh(serve_cfg)  # ConfigError if it does not fit the devices
+  params, _ = loading.load(serve_cfg, mesh, log=distributed.process_log())
   t0 = time.perf_counter()
-  full = quality_runners.evaluate_served(serve_cfg, params)
-  subset = quality_runners.evaluate_served(serve_cfg, params, per_domain=_SUBSET.value)
+  full = quality_runners.evaluate_served(serve_cfg, params, mesh=mesh)
+  subset = quality_runners.evaluate_served(serve_cfg, params, per_domain=_SUBSET.value, mesh=mesh)
+  spmd.check_same(spmd.Digest().add(full["records"] + subset["records"]).hexdigest(),
+                  "eval records")
+  if not distributed.is_logging_process():
+    return
   out = {"capacity_scope": _SCOPE.value, "full": _summary(full),
          f"subset_{_SUBSET.value}": _summary(subset), "eval_s": time.perf_counter() - t0}
   print(json.dumps(out, indent=2, sort_keys=True))

@@ -5,6 +5,8 @@ r"""Serves a workload through the MoE model on virtual time and writes every log
       --slo_ttft_ms=200 --slo_tpot_ms=50 --config.serve.tensorboard=true
   python scripts/serve.py --config=configs/serve_default.py --workdir=runs/mesh \
       --config.mesh.data=2 --config.mesh.expert=2 --config.mesh.tensor=2   # on 8 devices
+  # one command per process (docs/multihost.md); process 0 writes the files:
+  python scripts/serve.py ... --coordinator_address=HOST:PORT --num_processes=2 --process_id=I
 
 The whole config is checked before anything is built; the parameters come from
 `--config.params_dir` (a model directory, verified against its digest) or a random init.
@@ -19,7 +21,6 @@ from moe_serve import cli
 from moe_serve import config as config_lib
 from moe_serve import loading
 from moe_serve.parallel import distributed
-from moe_serve.parallel import mesh as mesh_lib
 from moe_serve.serving import run
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/serve_default.py", "Config file.")
@@ -30,15 +31,17 @@ _SLO_TPOT = flags.DEFINE_float("slo_tpot_ms", None, "TPOT SLO for goodput (ms)."
 
 def main(argv):
   del argv
-  distributed.initialize_from_flags(multi_process=False)  # one process; see distributed.py
+  distributed.initialize_from_flags()  # first: before anything touches the devices
+  log = distributed.process_log(tqdm.tqdm.write)  # process 0 logs
   cfg = config_lib.validate_serve(config_lib.validate(_CONFIG.value))
-  cfg = config_lib.validate_serve(loading.resolve(cfg, log=tqdm.tqdm.write))  # params_dir's model
+  cfg = config_lib.validate_serve(loading.resolve(cfg, log=log))  # params_dir's model
   skipped = []
   requests = run.make_requests(cfg, skipped=skipped)  # a bad trace stops here, before loading
-  mesh = mesh_lib.make_mesh(cfg.mesh, cfg.model)  # ConfigError if it does not fit the devices
-  params, source = loading.load(cfg, mesh, log=tqdm.tqdm.write)
+  mesh = run.make_mesh(cfg)  # ConfigError if it does not fit the devices
+  params, source = loading.load(cfg, mesh, log=log)
   engine = run.build_engine(cfg, params=params, mesh=mesh)
-  bar = tqdm.tqdm(total=len(requests), unit="req", dynamic_ncols=True)
+  bar = tqdm.tqdm(total=len(requests), unit="req", dynamic_ncols=True,
+                  disable=not distributed.is_logging_process())
   t0 = time.perf_counter()
 
   def on_step(engine, rec):
@@ -49,7 +52,7 @@ def main(argv):
       bar.refresh()
 
   run.serve(cfg, _WORKDIR.value, engine=engine, requests=requests, slo_ttft_ms=_SLO_TTFT.value,
-            slo_tpot_ms=_SLO_TPOT.value, on_step=on_step, log=tqdm.tqdm.write,
+            slo_tpot_ms=_SLO_TPOT.value, on_step=on_step, log=log,
             params_source=source, skipped_lines=skipped)
   bar.close()
 

@@ -6,6 +6,8 @@ r"""Runs a study grid resumably (one subdirectory per run) and writes its report
 
 Every setting of the grid is checked before the first run starts. Killed at any moment and started
 again with the same workdir, it reruns only unfinished runs (and any whose result is unreadable).
+Serves on `config.mesh` (e.g. `--config.mesh.expert=8` on 8 devices) and multi-process with one
+command per process like scripts/serve.py (docs/multihost.md).
 """
 from absl import flags
 from ml_collections import config_flags
@@ -20,8 +22,8 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/study", "Sweep directory (resuma
 
 def main(argv):
   del argv
-  distributed.initialize_from_flags(multi_process=False)  # one process; see distributed.py
-  log = distributed.process_log()
+  distributed.initialize_from_flags()  # first: before anything touches the devices
+  log = distributed.process_log()  # process 0 logs, writes the runs and the report
   log(study.run(_CONFIG.value, _WORKDIR.value, progress=distributed.is_logging_process(),
                 log=log))
 

@@ -51,14 +51,20 @@ def test_serve_config_checks_name_the_field(path, value, words):
     config_lib.validate_serve(config_lib.validate(cfg))
 
 
-def test_sweep_checks_every_setting_and_refuses_a_mesh():
+def test_sweep_checks_every_setting_and_the_mesh():
   cfg = study_default.get_config("size=tiny")
   cfg.sweep.axes = (("model.router.capacity_scope", ("batch", "nonee")),)
   with pytest.raises(config_lib.ConfigError, match=r"sweep setting .*'nonee'.* is not one of"):
     study.validate(cfg)
   cfg = study_default.get_config("size=tiny")
-  cfg.mesh.data = 2
-  with pytest.raises(config_lib.ConfigError, match=r"sweep.py serves on one device"):
+  cfg.mesh.data = 16  # the tests have 8 devices
+  with pytest.raises(config_lib.ConfigError, match=r"needs 16 devices but only 8 exist"):
+    study.validate(cfg)
+  cfg = study_default.get_config("size=tiny")
+  cfg.mesh.update(data=2, expert=4)
+  cfg.sweep.axes = (("serve.max_num_seqs", (8, 5)),)
+  with pytest.raises(config_lib.ConfigError, match=r"sweep setting .*5.*serve.buckets.decode_rows|"
+                                                   r"sweep setting .*serve.max_num_seqs=5"):
     study.validate(cfg)
 
 

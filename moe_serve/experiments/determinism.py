@@ -12,7 +12,9 @@ All targets of a repeat share its traffic. Each repeat stops as soon as its targ
 Then, with the same engine: a load run (the background workload served to completion) for
 throughput and latency, and the quality evaluation (task exact match, text NLL) with every eval
 request arriving at once, so quality is measured under co-batching. Clock: the config's (the
-default `cost_model` makes everything reproducible).
+default `cost_model` makes everything reproducible). On a mesh (`mesh=`) the engine's step and
+cache are sharded; in a multi-process run every process checks at the end of the setting that
+all engine runs gave every process the same request records (parallel/spmd.py).
 """
 import dataclasses
 import time
@@ -24,6 +26,7 @@ from moe_serve.experiments import prompts, quality_runners
 from moe_serve.metrics import determinism as det
 from moe_serve.metrics import latency, quality
 from moe_serve.model.transformer import is_moe_layer
+from moe_serve.parallel import spmd
 from moe_serve.serving import run as serve_run
 from moe_serve.serving import trace as trace_lib
 from moe_serve.serving import workload
@@ -76,10 +79,19 @@ def _repeat_requests(cfg, targets, source, r):
   return out
 
 
-def make_engine(cfg, params):
-  """The setting's engine, warmed up (every later step reuses its compiled shapes)."""
-  engine = serve_run.build_engine(cfg, params=params)
+def make_engine(cfg, params, mesh=None):
+  """The setting's engine (on `mesh` if given), warmed up (every later step reuses its compiled
+  shapes). Its `records_digest` (spmd.Digest) takes the request records of every `run`."""
+  engine = serve_run.build_engine(cfg, params=params, mesh=mesh)
   engine.warmup()
+  engine.records_digest, run_once = spmd.Digest(), engine.run
+
+  def run_and_digest(*args, **kwargs):
+    runlog = run_once(*args, **kwargs)
+    engine.records_digest.add(runlog.requests)
+    return runlog
+
+  engine.run = run_and_digest
   return engine
 
 
@@ -120,13 +132,13 @@ def repeat_in_traffic(cfg, engine, source):
   return per_target, agg
 
 
-def run(cfg, params, log=print):
-  """Runs one setting; returns the result dict (setting, determinism, per target, serving,
-  quality, wall_s)."""
+def run(cfg, params, log=print, mesh=None):
+  """Runs one setting (on `mesh` if given: `params` placed on it); returns the result dict
+  (setting, determinism, per target, serving, quality, wall_s)."""
   cfg = apply_capacity_factor(cfg.copy_and_resolve_references())
   st, m = cfg.study, cfg.model
   t0 = time.perf_counter()
-  engine = make_engine(cfg, params)
+  engine = make_engine(cfg, params, mesh)
   source = prompts.EvalPromptSource(tok=loading.tokenizer(cfg))  # the model's tokenizer
   per_target, agg = repeat_in_traffic(cfg, engine, source)
 
@@ -137,9 +149,11 @@ def run(cfg, params, log=print):
   serving["step_wall_ms_median"] = float(np.median(step_s) * 1e3) if step_s else None
   serving["output_tok_per_wall_s"] = (serving["output_tokens"] / sum(step_s)) if step_s else None
   examples = prompts.eval_examples(st.quality_per_domain)
-  runner = quality_runners.EngineRunner(cfg, params, engine=engine, first_id=QUALITY_ID0)
+  runner = quality_runners.EngineRunner(cfg, params, engine=engine, first_id=QUALITY_ID0,
+                                        mesh=mesh)
   q = quality.evaluate(runner, examples, st.max_new_tokens, source.tok)
   q.pop("records")
+  spmd.check_same(engine.records_digest.hexdigest(), "request records of this setting's runs")
   r = m.router
   setting = dict(scope=r.capacity_scope, capacity_factor=r.capacity_factor_decode,
                  priority=r.priority, router=r.kind, k=r.k, load=cfg.workload.arrival.rate,

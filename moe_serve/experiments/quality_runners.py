@@ -27,16 +27,21 @@ from moe_serve.serving import run as serve_run
 class StepRunner:
   """Greedy generation and scoring through the engine step, `num_slots` requests at a time."""
 
-  def __init__(self, model_cfg, params, num_slots=64, chunk=32):
+  def __init__(self, model_cfg, params, num_slots=64, chunk=32, mesh=None, rules=None):
+    """On `mesh` (with the config's `rules`) the step and cache are sharded; `num_slots` must
+    then be a multiple of the mesh's data size."""
     self.model_cfg, self.params = model_cfg, params
     self.num_slots, self.chunk = num_slots, chunk
-    self._step = steps.make_step_fn(model_cfg)
+    self._step = steps.make_step_fn(model_cfg, mesh, rules)
+    self._cache_fn = steps.make_cache_fn(model_cfg, mesh, rules) if mesh is not None else None
 
   def _groups(self, items):
     for start in range(0, len(items), self.num_slots):
       yield items[start:start + self.num_slots]
 
   def _new_cache(self):
+    if self._cache_fn is not None:
+      return self._cache_fn(self.num_slots)
     return api.init_cache(self.model_cfg, self.num_slots)
 
   def generate(self, prompts_ids, max_new_tokens, domains=None):
@@ -72,14 +77,15 @@ class EngineRunner:
   NLL is measured under the same co-batching as generation; otherwise through the step.
   """
 
-  def __init__(self, cfg, params, engine=None, first_id=0):
+  def __init__(self, cfg, params, engine=None, first_id=0, mesh=None):
     if engine is None:
-      engine = serve_run.build_engine(cfg, params=params)
+      engine = serve_run.build_engine(cfg, params=params, mesh=mesh)
       engine.warmup()
     self.engine, self.first_id = engine, first_id
     self._scorer = None if engine.want_prompt_logprobs else StepRunner(
         cfg.model, params, num_slots=cfg.serve.max_num_seqs,
-        chunk=max(cfg.serve.buckets.chunk_lens))
+        chunk=max(cfg.serve.buckets.chunk_lens), mesh=mesh,
+        rules=cfg.logical_axis_rules if mesh is not None else None)
 
   def _serve(self, prompts_ids, max_new_tokens, domains):
     reqs = [request.Request(id=self.first_id + i, prompt=p, max_new_tokens=max_new_tokens,
@@ -106,9 +112,9 @@ class EngineRunner:
     return [np.asarray(r["prompt_logprobs"][-len(c):]) for r, c in zip(recs, continuations_ids)]
 
 
-def evaluate_served(serve_cfg, params, per_domain=None, path=None):
+def evaluate_served(serve_cfg, params, per_domain=None, path=None, mesh=None):
   """quality.evaluate on the committed eval set (first `per_domain` rows per domain) via the
-  engine."""
+  engine (on `mesh` if given, `params` placed on it)."""
   examples = eval_prompts.load(path or eval_prompts.DEFAULT_PATH, per_domain=per_domain)
-  return quality.evaluate(EngineRunner(serve_cfg, params), examples,
+  return quality.evaluate(EngineRunner(serve_cfg, params, mesh=mesh), examples,
                           tok=loading.tokenizer(serve_cfg))

@@ -4,6 +4,9 @@ A run writes into a private temporary directory and becomes visible only by an a
 its final name, after its `result.json` is complete. So a sweep killed at any moment and started
 again reruns only what had not finished, never a finished run, and leaves no truncated file in any
 run directory. Leftover temporary directories of killed runs are removed on restart.
+
+Multi-process: only process 0 reads and writes the directory; it decides which runs are left and
+every process runs those (parallel/spmd.py broadcasts the list), so all take the same steps.
 """
 import hashlib
 import itertools
@@ -16,6 +19,7 @@ import tqdm
 
 from moe_serve import config as config_lib
 from moe_serve import files
+from moe_serve.parallel import distributed, spmd
 
 RESULT_FILE = "result.json"
 MANIFEST_FILE = "sweep.json"
@@ -124,23 +128,21 @@ def run_sweep(base_cfg, axes, workdir, run_fn, progress=True, log=print):
 
   Returns the list of `{"overrides", "name", "result"}` for all grid points, in grid order.
   """
-  os.makedirs(workdir, exist_ok=True)
   points = grid(axes)
-  # A list of [key, values] pairs: the axes' order fixes the grid's order and the run names.
-  digest = config_hash(base_cfg)
-  _check_same_config(workdir, digest)
-  manifest = {"axes": [[k, v] for k, v in axes.items()], "config_hash": digest}
-  files.write_text_atomic(os.path.join(workdir, MANIFEST_FILE),
-                          json.dumps(manifest, indent=1, sort_keys=True))
-  _clean_leftovers(workdir)
-  todo = [p for p in points if not _finished(workdir, run_name(p), log)]
-  if len(todo) < len(points):
-    log(f"sweep: {len(points) - len(todo)} of {len(points)} runs already finished in {workdir}")
+  write = distributed.is_logging_process()
+  todo = _prepare(base_cfg, axes, workdir, points, log) if write else None
+  todo = [points[i] for i in spmd.broadcast_json(todo)]  # process 0's list, on every process
+  if not write:
+    progress, results = False, []
   bar = tqdm.tqdm(total=len(points), initial=len(points) - len(todo), unit="run",
                   disable=not progress, desc="sweep")
   for overrides in todo:
     name = run_name(overrides)
     tmp_dir = os.path.join(workdir, f"{_TMP_PREFIX}{name}-{os.getpid()}")
+    if not write:  # another process: the same run, nothing written
+      results.append({"overrides": overrides, "name": name,
+                      "result": run_fn(apply_overrides(base_cfg, overrides), None)})
+      continue
     os.makedirs(tmp_dir)
     bar.set_postfix_str(name.rsplit("-", 1)[0])  # the run now going (its name less the hash)
     t0 = time.time()
@@ -152,7 +154,24 @@ def run_sweep(base_cfg, axes, workdir, run_fn, progress=True, log=print):
     os.rename(tmp_dir, os.path.join(workdir, name))  # the commit point of the run
     bar.update(1)
   bar.close()
-  return load_results(workdir, points)
+  return load_results(workdir, points) if write else results
+
+
+def _prepare(base_cfg, axes, workdir, points, log):
+  """Process 0: checks and writes the manifest, cleans leftovers; returns the indices in `points`
+  of the runs not yet finished."""
+  os.makedirs(workdir, exist_ok=True)
+  # A list of [key, values] pairs: the axes' order fixes the grid's order and the run names.
+  digest = config_hash(base_cfg)
+  _check_same_config(workdir, digest)
+  manifest = {"axes": [[k, v] for k, v in axes.items()], "config_hash": digest}
+  files.write_text_atomic(os.path.join(workdir, MANIFEST_FILE),
+                          json.dumps(manifest, indent=1, sort_keys=True))
+  _clean_leftovers(workdir)
+  todo = [i for i, p in enumerate(points) if not _finished(workdir, run_name(p), log)]
+  if len(todo) < len(points):
+    log(f"sweep: {len(points) - len(todo)} of {len(points)} runs already finished in {workdir}")
+  return todo
 
 
 def load_results(workdir, points=None):

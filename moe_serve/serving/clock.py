@@ -4,10 +4,15 @@
 is the step's computed token positions (B + P * C: fixed shapes compute their padding too) and
 `attended_kv` the keys the real tokens attend to (sum of position + 1). It never reads a wall
 clock, so a run is reproducible bit for bit. `fit` finds the coefficients from measured steps.
+
+In a multi-process run every process must take the same step durations, or their schedules (and
+so their jitted steps) drift apart: `measured` then uses the maximum of the processes' wall
+times, exchanged every step (parallel/spmd.py); `cost_model` needs no exchange.
 """
 import numpy as np
 
 from moe_serve import config as config_lib
+from moe_serve.parallel import spmd
 
 MODES = config_lib.CLOCK_MODES
 FEATURES = ("fixed", "tokens", "attended_kv")
@@ -25,7 +30,7 @@ class Clock:
 
   def step_duration(self, tokens, attended_kv, wall_s):
     if self.mode == "measured":
-      return wall_s
+      return spmd.agreed_max(wall_s)  # the one value every process uses (itself with one)
     return float(self.coef @ np.array([1.0, tokens, attended_kv]))
 
   def advance(self, dt):

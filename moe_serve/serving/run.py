@@ -10,15 +10,23 @@ Files under the workdir (docs/design.md section 3, Exports):
   TensorBoard scalars when serve.tensorboard is set.
 Each file is written under a temporary name and renamed when complete, so a killed run or a full
 disk never leaves a truncated file posing as a complete one. `summary.json`'s `params` says where
-the parameters came from (a model directory and its step, or a random init and its seed).
+the parameters came from (a model directory and its step, or a random init and its seed), its
+`memory` the parameter and cache bytes per device from their shardings (parallel/memory.py).
+
+Multi-process (SPMD): every process serves the same requests on the same virtual clock; only
+process 0 writes files and logs, and every process checks that all hold the same request records
+(parallel/spmd.py: a digest; `DivergedError` otherwise).
 """
 import os
 import time
 
+import jax
+
 from moe_serve import config as config_lib
 from moe_serve import loading
 from moe_serve.metrics import latency, table, writers
-from moe_serve.parallel import compiles, steps
+from moe_serve.parallel import compiles, distributed, memory, spmd, steps
+from moe_serve.parallel import mesh as mesh_lib
 from moe_serve.serving import clock as clock_lib
 from moe_serve.serving import workload
 from moe_serve.serving.engine import Engine
@@ -29,6 +37,22 @@ def make_step_fn(cfg, mesh=None):
   when `serve.record_routing` is set."""
   return steps.make_step_fn(cfg.model, mesh, cfg.logical_axis_rules,
                             record_routing=cfg.serve.record_routing)
+
+
+def make_mesh(cfg):
+  """The mesh `cfg.mesh` asks for over every device of every process (a mesh of sizes 1 x 1 x 1:
+  the first device, in a one-process run); ConfigError naming the numbers if it does not fit the
+  devices, the model, or the step rows and slots."""
+  devices = jax.devices()
+  if all(cfg.mesh[a] == 1 for a in config_lib.MESH_AXES) and len(devices) > 1:
+    if jax.process_count() > 1:
+      raise config_lib.ConfigError(
+          f"a {jax.process_count()}-process run needs a mesh over all {len(devices)} devices, "
+          "got mesh 1 x 1 x 1; set e.g. --config.mesh.data=-1 (or expert/tensor sizes)")
+    devices = devices[:1]
+  mesh = mesh_lib.make_mesh(cfg.mesh, cfg.model, devices)
+  config_lib.validate_serve_mesh(cfg, mesh.shape["data"])
+  return mesh
 
 
 def build_engine(cfg, step_fn=None, params=None, cache=None, mesh=None):
@@ -71,7 +95,9 @@ def serve(cfg, workdir, engine=None, requests=None, slo_ttft_ms=None, slo_tpot_m
   """
   config_lib.validate(cfg)
   config_lib.validate_serve(cfg)
-  os.makedirs(workdir, exist_ok=True)
+  write = distributed.is_logging_process()  # process 0 alone writes files and logs
+  if write:
+    os.makedirs(workdir, exist_ok=True)
   skipped_lines = list(skipped_lines)
   if engine is None:
     engine = build_engine(cfg)
@@ -89,7 +115,8 @@ def serve(cfg, workdir, engine=None, requests=None, slo_ttft_ms=None, slo_tpot_m
   warmup_s = time.perf_counter() - t0
 
   # ----------------------------------------------------------------- serve
-  tb = writers.TensorBoard(os.path.join(workdir, "tb")) if cfg.serve.tensorboard else None
+  tb = (writers.TensorBoard(os.path.join(workdir, "tb"))
+        if cfg.serve.tensorboard and write else None)
 
   def step_hook(eng, rec):
     if tb is not None:
@@ -114,6 +141,10 @@ def serve(cfg, workdir, engine=None, requests=None, slo_ttft_ms=None, slo_tpot_m
       wall=dict(warmup_s=warmup_s, run_s=run_s, step_s=step_s, host_s=host_s,
                 host_fraction=host_s / step_s if step_s else None,
                 output_tok_per_wall_s=summary["output_tokens"] / run_s if run_s else None))
+  summary["memory"] = memory.measured(engine.params, engine.cache)
+  spmd.check_same(spmd.Digest().add(runlog.requests).hexdigest(), "request records")
+  if not write:
+    return summary, runlog
   writers.write_jsonl(os.path.join(workdir, "steps.jsonl"), runlog.steps)
   writers.write_jsonl(os.path.join(workdir, "requests.jsonl"), runlog.requests)
   writers.write_jsonl(os.path.join(workdir, "wall.jsonl"), runlog.wall)

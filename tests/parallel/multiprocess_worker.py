@@ -4,40 +4,59 @@
       --num_processes=2 --process_id=I --out=DIR
 
 Each process has 4 CPU devices (XLA_FLAGS set by the test); together they form one (2, 2, 2)
-mesh, run the shared workload and process 0 alone writes the tokens and logits to DIR.
+mesh. In one start-up (jax.distributed and compiles are the expensive part) they run what the
+scripts run, as the scripts run it:
+- serve (scripts/serve.py's sequence, cost_model clock) into DIR/serve;
+- the same engine again with the `measured` clock into DIR/measured (the step durations are
+  agreed each step, so run.serve's record check passes although wall times differ);
+- a one-setting tiny study (scripts/sweep.py's study.run) into DIR/sweep;
+- a records check fed different digests: each process writes the DivergedError it got to
+  DIR/diverged<I>.txt (the only file a process other than 0 writes, for the test to read).
 """
+import hashlib
 import os
 
 from absl import app
 from absl import flags
 import jax
-import numpy as np
 
-from configs import base
-from moe_serve.parallel import distributed
-from moe_serve.parallel import mesh as mesh_lib
-from moe_serve.parallel import steps
-from tests.parallel import step_driver
+from configs import serve_default, study_default
+from moe_serve import loading
+from moe_serve.experiments import study
+from moe_serve.parallel import distributed, spmd
+from moe_serve.serving import run
 
-_OUT = flags.DEFINE_string("out", None, "Directory for process 0's results.")
-NEW_TOKENS = 4
+_OUT = flags.DEFINE_string("out", None, "Directory for the results.")
+MESH = dict(data=2, expert=2, tensor=2)
 
 
-def config():
-  """The config both the workers and the single-process reference use."""
-  cfg = base.get_config("size=tiny")
+def serve_config():
+  """The serving config both the workers and the one-process reference use."""
+  cfg = serve_default.get_config("size=tiny")
   cfg.model.num_experts = 8
-  cfg.mesh.update(data=2, expert=2, tensor=2)
+  cfg.serve.buckets.update(decode_rows=(8,), prefill_rows=(2,), chunk_lens=(8,))
+  cfg.workload.update(num_requests=12)
+  cfg.mesh.update(MESH)
   return cfg
 
 
-def run_workload(cfg):
-  m, rules = cfg.model, cfg.logical_axis_rules
-  mesh = mesh_lib.make_mesh(cfg.mesh, m)
-  params = steps.make_init_fn(m, mesh, rules)(0)
-  cache = steps.make_cache_fn(m, mesh, rules)(step_driver.SLOTS)
-  return step_driver.run(steps.make_step_fn(m, mesh, rules), params, cache,
-                         step_driver.prompts(m.vocab_size), NEW_TOKENS)
+def sweep_config():
+  """A one-setting tiny study on the same mesh."""
+  cfg = study_default.get_config("size=tiny")
+  cfg.sweep.axes = (("model.router.capacity_scope", ("batch",)),)
+  cfg.study.update(repeats=1, target_domains=("add", "prose"), quality_per_domain=1)
+  cfg.workload.num_requests = 8
+  cfg.mesh.update(MESH)
+  return cfg
+
+
+def serve(cfg, workdir, log=lambda *_: None):
+  """scripts/serve.py's sequence; returns the engine."""
+  mesh = run.make_mesh(cfg)
+  params, source = loading.load(cfg, mesh, log=log)
+  engine = run.build_engine(cfg, params=params, mesh=mesh)
+  run.serve(cfg, workdir, engine=engine, log=log, params_source=source)
+  return engine
 
 
 def main(argv):
@@ -46,10 +65,21 @@ def main(argv):
   log = distributed.process_log()
   log(f"processes {jax.process_count()}, devices {jax.device_count()} "
       f"({jax.local_device_count()} local)")
-  toks, logits = run_workload(config())
-  log(f"tokens {toks.tolist()}")
-  if distributed.is_logging_process():
-    np.savez(os.path.join(_OUT.value, "result.npz"), tokens=toks, logits=logits)
+  out = _OUT.value
+  cfg = serve_config()
+  engine = serve(cfg, os.path.join(out, "serve"), log)
+  cfg.clock.mode = "measured"
+  measured = run.build_engine(cfg, step_fn=engine.step_fn, params=engine.params,
+                              cache=engine.cache)
+  run.serve(cfg, os.path.join(out, "measured"), engine=measured, log=log)
+  study.run(sweep_config(), os.path.join(out, "sweep"), progress=False, log=log)
+  wrong = hashlib.sha256(str(jax.process_index() == 1).encode()).hexdigest()
+  try:
+    spmd.check_same(wrong, "test records")
+  except spmd.DivergedError as e:
+    with open(os.path.join(out, f"diverged{jax.process_index()}.txt"), "w",
+              encoding="utf-8") as f:
+      f.write(str(e))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,32 @@
+"""Planning a node: the largest model that fits a per-device budget (parallel/memory.py).
+
+Planned bytes are checked against live shards in tests/serving/test_sharded_engine.py; here the
+planner's answers are checked against the planner's own exact figures for the answer and the
+next size up (shapes only, nothing is compiled).
+"""
+from moe_serve.parallel import memory
+
+MESH = {"data": 2, "expert": 2, "tensor": 2}
+SLOTS = 8
+
+
+def test_largest_fitting_is_the_largest_that_fits(tiny_cfg):
+  rules, m = tiny_cfg.logical_axis_rules, tiny_cfg.model
+  m.num_experts = 8
+
+  def _used(model_cfg, **override):
+    model_cfg = model_cfg.copy_and_resolve_references()
+    model_cfg.update(override)
+    p = memory.planned(model_cfg, MESH, rules, SLOTS)
+    return p["params_bytes_per_device"] + p["cache_bytes_per_device"]
+
+  budget = 4 * _used(m)  # room for several times this model
+  fit = memory.largest_fitting(m, MESH, rules, SLOTS, budget)
+  assert fit["fits"] and fit["budget_bytes"] == budget
+  layers, experts = fit["largest_num_layers"], fit["largest_num_experts"]
+  assert layers > m.num_layers and layers % m.moe_every == 0
+  assert _used(m, num_layers=layers) <= budget < _used(m, num_layers=layers + m.moe_every)
+  assert experts > m.num_experts and experts % MESH["expert"] == 0
+  assert _used(m, num_experts=experts) <= budget < _used(m, num_experts=experts + MESH["expert"])
+  tight = memory.largest_fitting(m, MESH, rules, SLOTS, _used(m) - 1)
+  assert not tight["fits"] and tight["largest_num_layers"] < m.num_layers
