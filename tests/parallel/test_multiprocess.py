@@ -1,24 +1,28 @@
-"""Two processes x 4 CPU devices (gloo, jax.distributed) give the same tokens as one process x 8
-devices on the same (2, 2, 2) mesh (contract 5), and only process 0 logs.
+"""Two processes x 4 CPU devices (gloo, jax.distributed) run serve and a sweep as the scripts do
+and write byte-identical deterministic logs to one process x 8 devices on the same (2, 2, 2) mesh;
+only process 0 writes and logs; records that differ between processes fail the run by name.
 
-The test starts both workers itself on a free localhost port and kills them whatever happens.
-Logits are bitwise equal (measured, and asserted): the mesh and the partitioned program are the
-same, only the collectives' transport differs (gloo between processes vs in-process), and on a
-(2, 2, 2) mesh the reductions measured here combine two partial values, whose float sum does not
-depend on order. A bigger reduction group could legitimately differ in the last bits; then
-compare within the sharded tests' 5e-5 and say so here.
+The test starts both workers (multiprocess_worker.py: one start-up for everything, since
+start-up and compiles dominate) on a free localhost port and kills them whatever happens.
+Logprobs in requests.jsonl are bitwise equal (measured, and asserted through the bytes): the
+mesh and the partitioned program are the same, only the collectives' transport differs (gloo
+between processes vs in-process), and on a (2, 2, 2) mesh the reductions combine two partial
+values, whose float sum does not depend on order. A bigger reduction group could legitimately
+differ in the last bits; then compare within the sharded tests' tolerance and say so here.
 """
+import json
 import os
 import socket
 import subprocess
 import sys
 
-import numpy as np
+from moe_serve.experiments import study
+from tests.parallel import multiprocess_worker as worker
 
-from tests.parallel import multiprocess_worker
-
-TIMEOUT_S = 240
+TIMEOUT_S = 300
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Fields of a study result that are wall-clock measurements (never reproducible).
+WALL_FIELDS = ("wall_s", "step_wall_ms_median", "output_tok_per_wall_s")
 
 
 def _free_port():
@@ -27,38 +31,63 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _start_workers(tmp_path):
+def _start_workers(out):
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
              XLA_FLAGS="--xla_force_host_platform_device_count=4")
   port = _free_port()
   procs, logs = [], []
   for i in range(2):
-    log = open(tmp_path / f"worker{i}.log", "w")  # files, not pipes: a full pipe would block
+    log = open(out / f"worker{i}.log", "w")  # files, not pipes: a full pipe would block
     logs.append(log)
     procs.append(subprocess.Popen(
         [sys.executable, "-m", "tests.parallel.multiprocess_worker",
          f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
-         f"--out={tmp_path}"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
+         f"--out={out}"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
   return procs, logs
 
 
-def test_two_processes_match_one_process(tmp_path):
-  procs, logs = _start_workers(tmp_path)
-  try:
+def _stop(procs, logs):
+  for p in procs:
+    if p.poll() is None:
+      p.kill()
+      p.wait()
+  for log in logs:
+    log.close()
+
+
+def _deterministic(result_json):
+  """A study run's record without its wall-clock fields."""
+  def strip(d):
+    return {k: strip(v) if isinstance(v, dict) else v for k, v in d.items()
+            if k not in WALL_FIELDS}
+  return strip(json.loads(result_json.read_text())["result"])
+
+
+def test_two_processes_write_what_one_process_writes(tmp_path):
+  mp, ref = tmp_path / "two", tmp_path / "one"
+  mp.mkdir()
+  procs, logs = _start_workers(mp)
+  try:  # the same work in this one process on 8 devices, while the workers run
+    worker.serve(worker.serve_config(), str(ref / "serve"))
+    study.run(worker.sweep_config(), str(ref / "sweep"), progress=False, log=lambda *_: None)
     codes = [p.wait(timeout=TIMEOUT_S) for p in procs]
   finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
-    for log in logs:
-      log.close()
-  out = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
-  assert codes == [0, 0], f"worker exit codes {codes}; logs:\n" + "\n----\n".join(out)
-  assert "processes 2, devices 8 (4 local)" in out[0]
-  assert "tokens" not in out[1] and "processes" not in out[1], "process 1 must not log"
-  got = np.load(tmp_path / "result.npz")
+    _stop(procs, logs)
+  logs = [(mp / f"worker{i}.log").read_text() for i in range(2)]
+  assert codes == [0, 0], f"worker exit codes {codes}; logs:\n" + "\n----\n".join(logs)
+  assert "processes 2, devices 8 (4 local)" in logs[0] and "throughput:" in logs[0]
+  assert "processes" not in logs[1] and "throughput:" not in logs[1], "process 1 must not log"
+  assert sorted(os.listdir(mp)) == ["diverged0.txt", "diverged1.txt", "measured", "serve",
+                                    "sweep", "worker0.log", "worker1.log"]
+  for i in range(2):  # every process fails, naming process 1 as the one that differs
+    assert "the test records of process(es) [1] differ from process 0's" in (
+        mp / f"diverged{i}.txt").read_text()
+  assert (mp / "measured" / "requests.jsonl").stat().st_size > 0  # agreed clock: check passed
 
-  want_toks, want_logits = multiprocess_worker.run_workload(multiprocess_worker.config())
-  np.testing.assert_array_equal(got["tokens"], want_toks)
-  np.testing.assert_array_equal(got["logits"], want_logits)
+  for name in ("requests.jsonl", "steps.jsonl"):
+    assert (mp / "serve" / name).read_bytes() == (ref / "serve" / name).read_bytes(), name
+  runs = [d for d in os.listdir(ref / "sweep") if (ref / "sweep" / d / "result.json").exists()]
+  assert len(runs) == 1
+  assert (_deterministic(mp / "sweep" / runs[0] / "result.json") ==
+          _deterministic(ref / "sweep" / runs[0] / "result.json"))
+  assert (mp / "sweep" / "results.csv").exists()
