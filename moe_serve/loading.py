@@ -27,6 +27,7 @@ from moe_serve.parallel import sharding, steps
 # the model's own and come from the directory.
 SERVING_CHOICES = ("max_len", "dtype")
 ROUTER_FROM_MODEL = ("kind", "k", "renormalize")
+_SHARDED_INITS = {}
 
 
 def _architecture(model_cfg):
@@ -115,8 +116,11 @@ def load(cfg, mesh=None, log=print):
   src = source(cfg)
   if src["kind"] == "random_init":
     log(f"model: random init from seed {cfg.seed} (config params_dir is empty)")
-    if mesh is not None:
-      return steps.make_init_fn(cfg.model, mesh, rules)(cfg.seed), src
+    if mesh is not None:  # one jitted init per (model, mesh, rules): loading again reuses it
+      key = (cfg.model.to_json(sort_keys=True), mesh, tuple(tuple(r) for r in rules))
+      if key not in _SHARDED_INITS:
+        _SHARDED_INITS[key] = steps.make_init_fn(cfg.model, mesh, rules)
+      return _SHARDED_INITS[key](cfg.seed), src
     # Jitted like the sharded init, so the values are the same on one device and on any mesh
     # (an eager init rounds some values differently), and committed like restored parameters.
     init = jax.jit(lambda: api.init_params(cfg.model, jax.random.key(cfg.seed)),

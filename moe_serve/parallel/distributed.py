@@ -8,7 +8,8 @@ jax call). Then:
   itself (Cloud TPU pods, SLURM, Open MPI, GKE).
 - neither: a single process, nothing to do.
 Only process 0 writes logs and files (`is_logging_process`); every process runs the same program
-on the same inputs, which is what a multi-controller jit expects.
+on the same inputs, which is what a multi-controller jit expects (parallel/spmd.py keeps serving
+runs in step and checks that they agreed; docs/multihost.md).
 """
 from absl import flags
 import jax
@@ -59,8 +60,8 @@ def initialize_from_flags(multi_process=True):
   if not multi_process and (_AUTO.value or (_NUM_PROCESSES.value or 1) > 1):
     raise DistributedError(
         "this script runs in one process (it may still use every local device); multi-process "
-        "runs are supported by scripts/generate.py. Drop --coordinator_address/--num_processes/"
-        "--process_id/--distributed_auto")
+        "runs are supported by scripts/serve.py, sweep.py, calibrate.py, eval_quality.py and "
+        "generate.py. Drop --coordinator_address/--num_processes/--process_id/--distributed_auto")
   return initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _AUTO.value)
 
 

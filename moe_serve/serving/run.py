@@ -32,11 +32,20 @@ from moe_serve.serving import workload
 from moe_serve.serving.engine import Engine
 
 
+_STEP_FNS = {}
+
+
 def make_step_fn(cfg, mesh=None):
   """The jitted step from parallel/steps.py (sharded on `mesh` if given); it records routing
-  when `serve.record_routing` is set."""
-  return steps.make_step_fn(cfg.model, mesh, cfg.logical_axis_rules,
-                            record_routing=cfg.serve.record_routing)
+  when `serve.record_routing` is set. One per (model, mesh, rules, record_routing) in a process,
+  so engines of the same model (a study's, a serving run's) share its compiled shapes."""
+  rules = cfg.logical_axis_rules
+  key = (cfg.model.to_json(sort_keys=True), mesh, tuple(tuple(r) for r in rules),
+         bool(cfg.serve.record_routing))
+  if key not in _STEP_FNS:
+    _STEP_FNS[key] = steps.make_step_fn(cfg.model, mesh, rules,
+                                        record_routing=cfg.serve.record_routing)
+  return _STEP_FNS[key]
 
 
 def make_mesh(cfg):

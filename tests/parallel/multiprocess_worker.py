@@ -20,9 +20,9 @@ from absl import app
 from absl import flags
 import jax
 
-from configs import serve_default, study_default
+from configs import study_default
 from moe_serve import loading
-from moe_serve.experiments import study
+from moe_serve.experiments import determinism, study
 from moe_serve.parallel import distributed, spmd
 from moe_serve.serving import run
 
@@ -30,23 +30,28 @@ _OUT = flags.DEFINE_string("out", None, "Directory for the results.")
 MESH = dict(data=2, expert=2, tensor=2)
 
 
-def serve_config():
-  """The serving config both the workers and the one-process reference use."""
-  cfg = serve_default.get_config("size=tiny")
-  cfg.model.num_experts = 8
-  cfg.serve.buckets.update(decode_rows=(8,), prefill_rows=(2,), chunk_lens=(8,))
-  cfg.workload.update(num_requests=12)
-  cfg.mesh.update(MESH)
-  return cfg
-
-
 def sweep_config():
-  """A one-setting tiny study on the same mesh."""
+  """A one-setting tiny study on the (2, 2, 2) mesh."""
   cfg = study_default.get_config("size=tiny")
+  cfg.model.num_experts = 8
+  # The run's router already in the base config, so serve_config's model is the same model and
+  # both load through one compiled init (loading.load) and step (run.make_step_fn).
+  cfg.model.router.update(capacity_scope="batch", capacity_factor_prefill=1.0,
+                          capacity_factor_decode=1.0)
   cfg.sweep.axes = (("model.router.capacity_scope", ("batch",)),)
   cfg.study.update(repeats=1, target_domains=("add", "prose"), quality_per_domain=1)
   cfg.workload.num_requests = 8
   cfg.mesh.update(MESH)
+  return cfg
+
+
+def serve_config():
+  """The serving config: the study's one setting (so both share one compiled step,
+  run.make_step_fn) serving a workload of its own."""
+  cfg = sweep_config()
+  cfg.model.router.capacity_scope = "batch"
+  cfg = determinism.apply_capacity_factor(cfg)
+  cfg.workload.update(num_requests=12, seed=1)
   return cfg
 
 
