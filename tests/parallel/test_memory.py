@@ -28,5 +28,5 @@ def test_largest_fitting_is_the_largest_that_fits(tiny_cfg):
   assert _used(m, num_layers=layers) <= budget < _used(m, num_layers=layers + m.moe_every)
   assert experts > m.num_experts and experts % MESH["expert"] == 0
   assert _used(m, num_experts=experts) <= budget < _used(m, num_experts=experts + MESH["expert"])
-  tight = memory.largest_fitting(m, MESH, rules, SLOTS, _used(m) - 1)
-  assert not tight["fits"] and tight["largest_num_layers"] < m.num_layers
+  used = fit["params_bytes_per_device"] + fit["cache_bytes_per_device"]
+  assert 4 * used == budget and fit["params_bytes_per_device"] < fit["params_bytes"]

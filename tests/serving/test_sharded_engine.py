@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from moe_serve import loading
+from moe_serve.experiments import quality_runners
 from moe_serve.parallel import memory, sharding
 from moe_serve.serving import run as run_lib
 from tests.serving.conftest import tiny_serve_cfg
@@ -77,3 +78,10 @@ def test_serve_on_a_mesh_matches_one_device(one_device, shape, tmp_path):
     assert mem["params_bytes_per_device"] == mem["params_bytes"] - experts + experts // expert
   assert mem["cache_bytes_per_device"] == ((mem["cache_bytes"] - lengths) // (data * tensor)
                                            + lengths // data)
+  if shape == (2, 2, 2):  # eval_quality.py's scorer on the mesh (once: it compiles a step)
+    runner = quality_runners.EngineRunner(cfg, engine.params, engine=engine, mesh=mesh)
+    req = run_lib.make_requests(cfg)[0]
+    rec = got.requests[0]
+    assert rec["id"] == req.id
+    lp = runner.score([req.prompt], [rec["tokens"]])[0]
+    np.testing.assert_allclose(lp, rec["logprobs"], atol=1e-4, rtol=0)  # prefill vs decode
