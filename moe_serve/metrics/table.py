@@ -30,11 +30,10 @@ def format_summary(s):
                  f"{_num(w['host_fraction'], '{:.1%}')}, compiles after warm-up "
                  f"{s['compiles_after_warmup']}")
   if "memory" in s:
-    m = s["memory"]
+    m, mib = s["memory"], lambda key: f"{s['memory'][key] / 2**20:.2f} MiB"
     lines.append(f"memory per device ({m['devices']} devices): params "
-                 f"{m['params_bytes_per_device'] / 2**20:.2f} MiB, KV cache "
-                 f"{m['cache_bytes_per_device'] / 2**20:.2f} MiB (of {m['params_bytes'] / 2**20:.2f}"
-                 f" and {m['cache_bytes'] / 2**20:.2f} MiB in all)")
+                 f"{mib('params_bytes_per_device')}, KV cache {mib('cache_bytes_per_device')} "
+                 f"(of {mib('params_bytes')} and {mib('cache_bytes')} in all)")
   for reason, n in sorted(s["reject_reasons"].items()):
     lines.append(f"  rejected x{n}: {reason}")
   lines.append(f"{'metric':<10}{'mean':>10}{'median':>10}{'p90':>10}{'p99':>10}")
