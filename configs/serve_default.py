@@ -29,6 +29,9 @@ def get_config(arg=None):
   tiny = arg.size == "tiny"
   # base: the bundled trained model's weights (MODEL.md); "" = random init from cfg.seed.
   cfg.params_dir = "" if tiny else bundled.DEFAULT_DIR
+  # Serving dispatch: only the routed (kept) pairs cost (model/dispatch_sorted.py); training
+  # configs keep configs/base.py's differentiable backends.
+  cfg.model.router.dispatch = "sorted"
   # One device unless asked: scripts/serve.py and calibrate.py build this mesh and serve on it;
   # e.g. --config.mesh.data=2 --config.mesh.expert=4 on 8 devices (docs/sharding.md).
   cfg.mesh.update(data=1, expert=1, tensor=1)

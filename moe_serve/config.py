@@ -255,6 +255,11 @@ def validate_train(cfg):
     if section not in cfg:
       raise ConfigError(f"config has no `{section}` section; start from configs/train_default.py")
   d, t = cfg.data, cfg.train
+  if cfg.model.router.dispatch == "sorted":
+    raise ConfigError("model.router.dispatch='sorted' is for serving: its loop over the blocks "
+                      "in use has a data-dependent length, which reverse-mode autodiff cannot "
+                      "differentiate; train with 'gather' or 'einsum' (the parameters serve "
+                      "under any backend)")
   _positive(d, "data", "batch_size", "seq_len")
   _positive(t, "train", "steps", "log_every", "eval_every", "checkpoint_every",
             "eval_examples_per_domain")

@@ -21,11 +21,14 @@ from moe_serve.parallel import sharding
 class ShardedFn:
   """A sharded jit that places its host inputs first (see sharding.put).
 
+  `static` names keyword arguments passed on positionally after the placed ones (a jit with
+  in_shardings takes no keyword arguments; the jit marks those positions static).
   `lower(*args)` gives the lowered computation of the same jit (for HLO inspection).
   """
 
-  def __init__(self, jitted, in_shardings, what):
+  def __init__(self, jitted, in_shardings, what, static=()):
     self.jitted, self.in_shardings, self._what = jitted, in_shardings, what
+    self._static = static
 
   def place(self, *args):
     for arg, s, what in zip(args, self.in_shardings, self._what):
@@ -34,7 +37,10 @@ class ShardedFn:
     return sharding.put(args, tuple(self.in_shardings))
 
   def __call__(self, *args, **static):
-    return self.jitted(*self.place(*args), **static)
+    unknown = set(static) - set(self._static)
+    if unknown:
+      raise TypeError(f"unexpected keyword arguments {sorted(unknown)}")
+    return self.jitted(*self.place(*args), *(static.get(k) for k in self._static))
 
   def lower(self, *args):
     return self.jitted.lower(*self.place(*args))
@@ -72,8 +78,9 @@ def make_step_fn(model_cfg, mesh=None, rules=None, record_routing=False):
                       kv_len=kv_len)
 
   jitted = jax.jit(step, in_shardings=(p.params, p.cache, p.batch), out_shardings=out_s,
-                   donate_argnums=(1,), static_argnames=("kv_len",))
-  return ShardedFn(jitted, (p.params, p.cache, p.batch), (None, _SLOTS_FIX, _ROWS_FIX))
+                   donate_argnums=(1,), static_argnums=(3,))
+  return ShardedFn(jitted, (p.params, p.cache, p.batch), (None, _SLOTS_FIX, _ROWS_FIX),
+                   static=("kv_len",))
 
 
 def make_forward_fn(model_cfg, mesh=None, rules=None):
