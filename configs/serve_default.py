@@ -70,7 +70,14 @@ def get_config(arg=None):
       mix=ml_collections.ConfigDict({d: 1.0 for d in DOMAINS}),
       temperature=0.0, top_k=0, top_p=1.0,
       num_priorities=1,  # priorities drawn uniformly from 0..num_priorities-1
-      trace="",  # a JSONL trace to replay instead (docs/serving.md, Traces)
+      # Prompts of generated requests and of token-count traces: synthetic (random bytes of a
+      # per-domain alphabet) | eval (the eval set) | corpus (held-out corpus examples).
+      prompt_source="synthetic" if tiny else "eval",
+      trace="",  # a trace to replay instead (docs/traces.md)
+      trace_format="jsonl",  # jsonl (ours) | sharegpt | burstgpt | azure
+      time_scale=1.0,  # trace arrival times multiplied by this (0.5: twice the rate)
+      length_scale=1.0,  # sharegpt/burstgpt/azure token counts multiplied by this (>= 1 each)
+      max_requests=0,  # serve the first N requests of the trace (0: all)
       skip_bad_lines=False,  # True: bad trace lines are skipped and listed, not an error
   ))
   return cfg

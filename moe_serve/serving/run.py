@@ -12,6 +12,7 @@ Each file is written under a temporary name and renamed when complete, so a kill
 disk never leaves a truncated file posing as a complete one. `summary.json`'s `params` says where
 the parameters came from (a model directory and its step, or a random init and its seed).
 """
+import dataclasses
 import os
 import time
 
@@ -20,7 +21,7 @@ from moe_serve import loading
 from moe_serve.metrics import latency, table, writers
 from moe_serve.parallel import compiles, steps
 from moe_serve.serving import clock as clock_lib
-from moe_serve.serving import workload
+from moe_serve.serving import prompt_sources, trace_formats, workload
 from moe_serve.serving.engine import Engine
 
 
@@ -47,18 +48,34 @@ def build_engine(cfg, step_fn=None, params=None, cache=None, mesh=None):
 
 
 def make_requests(cfg, prompt_source=None, skipped=None):
-  """The trace in workload.trace if set, else the generated workload (synthetic prompts).
+  """The trace in workload.trace if set (format workload.trace_format, docs/traces.md), else the
+  generated workload; prompts from `prompt_source` or the one workload.prompt_source names.
 
   With `workload.skip_bad_lines`, bad trace lines are appended to `skipped` (a list) as
   {"line", "reason"} and the rest are served; otherwise the first bad line is a TraceError.
+  `workload.max_requests` (0: all) caps a trace and `workload.time_scale` multiplies its arrival
+  times.
   """
-  if cfg.workload.trace:
-    tok = loading.tokenizer(cfg)
-    if cfg.workload.get("skip_bad_lines", False):
-      skipped = [] if skipped is None else skipped
-      return workload.load_trace(cfg.workload.trace, skipped=skipped, tok=tok)
-    return workload.load_trace(cfg.workload.trace, tok=tok)
-  return workload.generate(cfg.workload, prompt_source or workload.SyntheticPromptSource())
+  wl = cfg.workload
+  tok = loading.tokenizer(cfg)
+  if prompt_source is None:
+    prompt_source = prompt_sources.make(wl.get("prompt_source", "synthetic"), tok, wl.seed)
+  if not wl.trace:
+    return workload.generate(wl, prompt_source)
+  if wl.get("skip_bad_lines", False):
+    skipped = [] if skipped is None else skipped
+  else:
+    skipped = None
+  fmt = wl.get("trace_format", "jsonl")
+  if fmt != "jsonl":
+    requests, _ = trace_formats.load(wl, wl.trace, fmt, tok,
+                                     prompt_sources.exact_length(prompt_source), skipped)
+    return requests
+  requests = workload.load_trace(wl.trace, skipped=skipped, tok=tok)
+  requests = requests[:wl.get("max_requests", 0) or None]
+  scale = float(wl.get("time_scale", 1.0))
+  return [dataclasses.replace(r, arrival=r.arrival * scale) for r in requests] if scale != 1 \
+      else requests
 
 
 def serve(cfg, workdir, engine=None, requests=None, slo_ttft_ms=None, slo_tpot_ms=None,
