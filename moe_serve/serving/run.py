@@ -6,6 +6,7 @@ Files under the workdir (docs/design.md section 3, Exports):
 - wall.jsonl: wall seconds per step (step, and host work around it); never deterministic;
 - summary.json, summary.csv: latency/throughput metrics plus run facts (the `wall` entry and
   `compiles_after_warmup` are measurements of this process, not of the simulated server);
+- benchmark.json: the same run under vLLM `bench serve` field names (metrics/benchmark.py);
 - config.json; skipped_lines.jsonl (bad trace lines, with workload.skip_bad_lines); tb/ with
   TensorBoard scalars when serve.tensorboard is set.
 Each file is written under a temporary name and renamed when complete, so a killed run or a full
@@ -13,12 +14,13 @@ disk never leaves a truncated file posing as a complete one. `summary.json`'s `p
 the parameters came from (a model directory and its step, or a random init and its seed).
 """
 import dataclasses
+import datetime
 import os
 import time
 
 from moe_serve import config as config_lib
 from moe_serve import loading
-from moe_serve.metrics import latency, table, writers
+from moe_serve.metrics import benchmark, latency, table, writers
 from moe_serve.parallel import compiles, steps
 from moe_serve.serving import clock as clock_lib
 from moe_serve.serving import prompt_sources, trace_formats, workload
@@ -79,15 +81,18 @@ def make_requests(cfg, prompt_source=None, skipped=None):
 
 
 def serve(cfg, workdir, engine=None, requests=None, slo_ttft_ms=None, slo_tpot_ms=None,
-          on_step=None, log=print, params_source=None, skipped_lines=()):
+          on_step=None, log=print, params_source=None, skipped_lines=(), slo_e2el_ms=None,
+          percentiles=benchmark.DEFAULT_PERCENTILES):
   """Runs the whole thing; returns (summary dict, RunLog). Writes the files listed above.
 
   `params_source` says where the engine's parameters came from (loading.load's second value;
   default: the config's `params_dir` or seed when this builds the engine); `skipped_lines` are
-  the bad trace lines that make_requests skipped, kept in skipped_lines.jsonl.
+  the bad trace lines that make_requests skipped, kept in skipped_lines.jsonl. `percentiles` are
+  benchmark.json's (vLLM's --metric-percentiles).
   """
   config_lib.validate(cfg)
   config_lib.validate_serve(cfg)
+  started = datetime.datetime.now()
   os.makedirs(workdir, exist_ok=True)
   skipped_lines = list(skipped_lines)
   if engine is None:
@@ -120,7 +125,7 @@ def serve(cfg, workdir, engine=None, requests=None, slo_ttft_ms=None, slo_tpot_m
   run_s = time.perf_counter() - t0
 
   # ----------------------------------------------------------------- summary and files
-  summary = latency.summarize(runlog.requests, slo_ttft_ms, slo_tpot_ms)
+  summary = latency.summarize(runlog.requests, slo_ttft_ms, slo_tpot_ms, slo_e2el_ms)
   step_s = sum(w["step_s"] for w in runlog.wall)
   host_s = sum(w["host_s"] for w in runlog.wall)
   summary.update(
@@ -136,6 +141,10 @@ def serve(cfg, workdir, engine=None, requests=None, slo_ttft_ms=None, slo_tpot_m
   writers.write_jsonl(os.path.join(workdir, "wall.jsonl"), runlog.wall)
   writers.write_json(os.path.join(workdir, "summary.json"), summary)
   writers.write_summary_csv(os.path.join(workdir, "summary.csv"), summary)
+  bench = benchmark.result(runlog.requests, percentiles,
+                           dict(ttft=slo_ttft_ms, tpot=slo_tpot_ms, e2el=slo_e2el_ms),
+                           benchmark.metadata(cfg, params_source, started))
+  writers.write_json(os.path.join(workdir, "benchmark.json"), bench)
   writers.write_json(os.path.join(workdir, "config.json"), cfg.to_dict())
   if skipped_lines:
     writers.write_jsonl(os.path.join(workdir, "skipped_lines.jsonl"), skipped_lines)
