@@ -6,6 +6,8 @@ Files under the workdir (docs/design.md section 3, Exports):
 - wall.jsonl: wall seconds per step (step, and host work around it); never deterministic;
 - summary.json, summary.csv: latency/throughput metrics plus run facts (the `wall` entry and
   `compiles_after_warmup` are measurements of this process, not of the simulated server);
+- summary.json's `provenance`: versions, devices, git commit, config hash, start time
+  (moe_serve/provenance.py);
 - benchmark.json: the same run under vLLM `bench serve` field names (metrics/benchmark.py);
 - config.json; skipped_lines.jsonl (bad trace lines, with workload.skip_bad_lines); tb/ with
   TensorBoard scalars when serve.tensorboard is set.
@@ -20,6 +22,7 @@ import time
 
 from moe_serve import config as config_lib
 from moe_serve import loading
+from moe_serve import provenance
 from moe_serve.metrics import benchmark, latency, table, writers
 from moe_serve.parallel import compiles, steps
 from moe_serve.serving import clock as clock_lib
@@ -92,6 +95,7 @@ def serve(cfg, workdir, engine=None, requests=None, slo_ttft_ms=None, slo_tpot_m
   """
   config_lib.validate(cfg)
   config_lib.validate_serve(cfg)
+  stamp = provenance.provenance(cfg)  # software, devices, commit, config hash, start time
   started = datetime.datetime.now()
   os.makedirs(workdir, exist_ok=True)
   skipped_lines = list(skipped_lines)
@@ -131,7 +135,7 @@ def serve(cfg, workdir, engine=None, requests=None, slo_ttft_ms=None, slo_tpot_m
   summary.update(
       steps=len(runlog.steps), clock_mode=cfg.clock.mode, batching=cfg.serve.batching,
       policy=cfg.serve.policy, params=params_source or "given (source not recorded)",
-      skipped_trace_lines=len(skipped_lines),
+      skipped_trace_lines=len(skipped_lines), provenance=stamp,
       compiles_warmup=warm_compiles(), compiles_after_warmup=run_compiles(),
       wall=dict(warmup_s=warmup_s, run_s=run_s, step_s=step_s, host_s=host_s,
                 host_fraction=host_s / step_s if step_s else None,
