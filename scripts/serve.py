@@ -6,6 +6,8 @@ r"""Serves a workload through the MoE model on virtual time and writes every log
       --config.serve.tensorboard=true
   python scripts/serve.py --config=configs/serve_default.py --workdir=runs/mesh \
       --config.mesh.data=2 --config.mesh.expert=2 --config.mesh.tensor=2   # on 8 devices
+  python scripts/serve.py --config=configs/serve_default.py --workdir=runs/prof \
+      --profile_dir=runs/prof/profile --profile_steps=20   # docs/serving.md, Profiling
 
 The whole config is checked before anything is built; the parameters come from
 `--config.params_dir` (a model directory, verified against its digest) or a random init.
@@ -31,6 +33,9 @@ _SLO_TPOT = flags.DEFINE_float("slo_tpot_ms", None, "TPOT SLO for goodput (ms)."
 _SLO_E2EL = flags.DEFINE_float("slo_e2el_ms", None, "E2EL SLO for goodput (ms).")
 _PERCENTILES = flags.DEFINE_list("metric_percentiles", ["99"],
                                  "Percentiles in benchmark.json (vLLM's --metric-percentiles).")
+_PROFILE_DIR = flags.DEFINE_string("profile_dir", None, "jax.profiler trace of steps after warm-up.")
+_PROFILE_STEPS = flags.DEFINE_integer("profile_steps", 20, "Steps traced with --profile_dir.",
+                                      lower_bound=1)
 
 
 def main(argv):
@@ -57,7 +62,8 @@ def main(argv):
   run.serve(cfg, _WORKDIR.value, engine=engine, requests=requests, slo_ttft_ms=_SLO_TTFT.value,
             slo_tpot_ms=_SLO_TPOT.value, on_step=on_step, log=tqdm.tqdm.write,
             params_source=source, skipped_lines=skipped, slo_e2el_ms=_SLO_E2EL.value,
-            percentiles=percentiles)
+            percentiles=percentiles, profile_dir=_PROFILE_DIR.value,
+            profile_steps=_PROFILE_STEPS.value)
   bar.close()
 
 

@@ -26,7 +26,7 @@ from moe_serve import provenance
 from moe_serve.metrics import benchmark, latency, table, writers
 from moe_serve.parallel import compiles, steps
 from moe_serve.serving import clock as clock_lib
-from moe_serve.serving import prompt_sources, trace_formats, workload
+from moe_serve.serving import profiling, prompt_sources, trace_formats, workload
 from moe_serve.serving.engine import Engine
 
 
@@ -85,13 +85,14 @@ def make_requests(cfg, prompt_source=None, skipped=None):
 
 def serve(cfg, workdir, engine=None, requests=None, slo_ttft_ms=None, slo_tpot_ms=None,
           on_step=None, log=print, params_source=None, skipped_lines=(), slo_e2el_ms=None,
-          percentiles=benchmark.DEFAULT_PERCENTILES):
+          percentiles=benchmark.DEFAULT_PERCENTILES, profile_dir=None, profile_steps=20):
   """Runs the whole thing; returns (summary dict, RunLog). Writes the files listed above.
 
   `params_source` says where the engine's parameters came from (loading.load's second value;
   default: the config's `params_dir` or seed when this builds the engine); `skipped_lines` are
   the bad trace lines that make_requests skipped, kept in skipped_lines.jsonl. `percentiles` are
-  benchmark.json's (vLLM's --metric-percentiles).
+  benchmark.json's (vLLM's --metric-percentiles). With `profile_dir`, the first `profile_steps`
+  steps after warm-up are traced by jax.profiler into it (serving/profiling.py).
   """
   config_lib.validate(cfg)
   config_lib.validate_serve(cfg)
@@ -117,16 +118,26 @@ def serve(cfg, workdir, engine=None, requests=None, slo_ttft_ms=None, slo_tpot_m
   # ----------------------------------------------------------------- serve
   tb = writers.TensorBoard(os.path.join(workdir, "tb")) if cfg.serve.tensorboard else None
 
+  profiler = profiling.StepTrace(profile_dir, profile_steps) if profile_dir else None
+
   def step_hook(eng, rec):
+    if profiler is not None:
+      profiler.step()
     if tb is not None:
       tb.step(rec)
     if on_step is not None:
       on_step(eng, rec)
 
+  if profiler is not None:
+    profiler.start()
   t0 = time.perf_counter()
   with compiles.count_compiles() as run_compiles:
     runlog = engine.run(requests, on_step=step_hook)
   run_s = time.perf_counter() - t0
+  if profiler is not None and profiler.stop():
+    log(f"profile: {min(profiler.seen, profile_steps)} steps traced in {profiler.directory} "
+        f"(tensorboard --logdir={profiler.directory}, or open its *.trace.json.gz in "
+        "https://ui.perfetto.dev)")
 
   # ----------------------------------------------------------------- summary and files
   summary = latency.summarize(runlog.requests, slo_ttft_ms, slo_tpot_ms, slo_e2el_ms)
