@@ -49,22 +49,20 @@ def main(argv):
   mesh = mesh_lib.make_mesh(cfg.mesh, cfg.model)  # ConfigError if it does not fit the devices
   params, source = loading.load(cfg, mesh, log=tqdm.tqdm.write)
   engine = run.build_engine(cfg, params=params, mesh=mesh)
-  bar = tqdm.tqdm(total=len(requests), unit="req", dynamic_ncols=True)
+  progress = cli.Progress()  # compilation, then requests
   t0 = time.perf_counter()
 
   def on_step(engine, rec):
-    bar.n = engine.done
-    bar.set_postfix_str(f"virtual {engine.clock.now:.2f}s wall {time.perf_counter() - t0:.1f}s "
-                        f"step {rec['step']}", refresh=False)
-    if rec["step"] % 20 == 0:
-      bar.refresh()
+    progress("serve (requests)", engine.done, len(requests),
+             f"virtual {engine.clock.now:.2f}s wall {time.perf_counter() - t0:.1f}s "
+             f"step {rec['step']}")
 
   run.serve(cfg, _WORKDIR.value, engine=engine, requests=requests, slo_ttft_ms=_SLO_TTFT.value,
             slo_tpot_ms=_SLO_TPOT.value, on_step=on_step, log=tqdm.tqdm.write,
             params_source=source, skipped_lines=skipped, slo_e2el_ms=_SLO_E2EL.value,
             percentiles=percentiles, profile_dir=_PROFILE_DIR.value,
-            profile_steps=_PROFILE_STEPS.value)
-  bar.close()
+            profile_steps=_PROFILE_STEPS.value, progress=progress)
+  progress.close()
 
 
 if __name__ == "__main__":

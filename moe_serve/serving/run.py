@@ -85,14 +85,16 @@ def make_requests(cfg, prompt_source=None, skipped=None):
 
 def serve(cfg, workdir, engine=None, requests=None, slo_ttft_ms=None, slo_tpot_ms=None,
           on_step=None, log=print, params_source=None, skipped_lines=(), slo_e2el_ms=None,
-          percentiles=benchmark.DEFAULT_PERCENTILES, profile_dir=None, profile_steps=20):
+          percentiles=benchmark.DEFAULT_PERCENTILES, profile_dir=None, profile_steps=20,
+          progress=None):
   """Runs the whole thing; returns (summary dict, RunLog). Writes the files listed above.
 
   `params_source` says where the engine's parameters came from (loading.load's second value;
   default: the config's `params_dir` or seed when this builds the engine); `skipped_lines` are
   the bad trace lines that make_requests skipped, kept in skipped_lines.jsonl. `percentiles` are
   benchmark.json's (vLLM's --metric-percentiles). With `profile_dir`, the first `profile_steps`
-  steps after warm-up are traced by jax.profiler into it (serving/profiling.py).
+  steps after warm-up are traced by jax.profiler into it (serving/profiling.py). `progress(what,
+  done, total)` hears of each step shape compiled in warm-up.
   """
   config_lib.validate(cfg)
   config_lib.validate_serve(cfg)
@@ -112,7 +114,7 @@ def serve(cfg, workdir, engine=None, requests=None, slo_ttft_ms=None, slo_tpot_m
   # ----------------------------------------------------------------- warm-up: compile every bucket
   t0 = time.perf_counter()
   with compiles.count_compiles() as warm_compiles:
-    engine.warmup()
+    engine.warmup(progress)
   warmup_s = time.perf_counter() - t0
 
   # ----------------------------------------------------------------- serve
