@@ -46,6 +46,7 @@ def get_config(arg=None):
       record_routing=False,  # per-request drops, when the step can return routing records
       prompt_logprobs=False,  # log p(prompt[q] | prompt[:q]) per request (NLL via serving)
       tensorboard=False,
+      plots=True,  # PNGs under <workdir>/plots (latency CDFs, load over time); needs matplotlib
       # Step shapes: decode rows B, prefill rows P, chunk length C. One value each = fixed
       # shapes (what the batch-invariance contract needs). Chunks are max(chunk_lens) long.
       buckets=ml_collections.ConfigDict(dict(

@@ -9,6 +9,7 @@ Files under the workdir (docs/design.md section 3, Exports):
 - summary.json's `provenance`: versions, devices, git commit, config hash, start time
   (moe_serve/provenance.py);
 - benchmark.json: the same run under vLLM `bench serve` field names (metrics/benchmark.py);
+- plots/latency_cdf.png, plots/over_time.png when serve.plots is set (metrics/serve_plots.py);
 - config.json; skipped_lines.jsonl (bad trace lines, with workload.skip_bad_lines); tb/ with
   TensorBoard scalars when serve.tensorboard is set.
 Each file is written under a temporary name and renamed when complete, so a killed run or a full
@@ -23,7 +24,7 @@ import time
 from moe_serve import config as config_lib
 from moe_serve import loading
 from moe_serve import provenance
-from moe_serve.metrics import benchmark, latency, table, writers
+from moe_serve.metrics import benchmark, latency, serve_plots, table, writers
 from moe_serve.parallel import compiles, steps
 from moe_serve.serving import clock as clock_lib
 from moe_serve.serving import profiling, prompt_sources, trace_formats, workload
@@ -165,8 +166,16 @@ def serve(cfg, workdir, engine=None, requests=None, slo_ttft_ms=None, slo_tpot_m
   writers.write_json(os.path.join(workdir, "config.json"), cfg.to_dict())
   if skipped_lines:
     writers.write_jsonl(os.path.join(workdir, "skipped_lines.jsonl"), skipped_lines)
+  if cfg.serve.get("plots", False):
+    written = serve_plots.write_all(runlog.steps, runlog.requests, os.path.join(workdir, "plots"),
+                                    cfg.serve.kv_num_blocks, cfg.serve.max_num_seqs)
+    log(f"plots: {', '.join(os.path.relpath(p, workdir) for p in written)} in {workdir}"
+        if written else "plots: skipped (matplotlib is not installed: pip install -e '.[plots]')")
+  text = table.format_summary(summary)
   if tb is not None:
-    tb.summary(summary)
+    tb.summary(summary, text=text)
     tb.close()
-  log(table.format_summary(summary))
+    log(f"TensorBoard: tensorboard --logdir={os.path.join(workdir, 'tb')} (then open "
+        "http://localhost:6006: SCALARS per step, TEXT for the summary)")
+  log(text)
   return summary, runlog

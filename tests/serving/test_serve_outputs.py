@@ -1,8 +1,12 @@
 """What one serving run writes beside its logs: benchmark.json (vLLM names, agreeing with
-summary.json), provenance, a jax.profiler trace with --profile_dir. One run, shared."""
+summary.json), provenance, a jax.profiler trace with --profile_dir, its PNG plots, TensorBoard
+with few one-point scalars. One run, shared."""
 import glob
 import json
 import os
+import struct
+
+from tensorboardX.proto import event_pb2
 
 import pytest
 
@@ -16,7 +20,7 @@ from tests.serving.conftest import tiny_serve_cfg
 @pytest.fixture(scope="module")
 def served(tiny_model, tmp_path_factory):
   step_fn, params = tiny_model
-  cfg = tiny_serve_cfg()
+  cfg = tiny_serve_cfg(plots=True, tensorboard=True)
   cfg.workload.update(num_requests=12)
   cfg.workload.arrival.rate = 100.0
   workdir = tmp_path_factory.mktemp("serve")
@@ -60,3 +64,43 @@ def test_profile_dir_holds_a_trace_of_the_first_steps(served):
   assert any(n.endswith(".xplane.pb") for n in names), names
   assert any(n.endswith(".trace.json.gz") for n in names), names
   assert any(line.startswith("profile: 3 steps traced") for line in lines)
+
+
+def test_plots_are_written(served):
+  workdir, _, _, lines = served
+  for name in ("latency_cdf.png", "over_time.png"):
+    with open(workdir / "plots" / name, "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n", name
+  assert any(line.startswith("plots: plots/latency_cdf.png") for line in lines)
+
+
+def _tb_events(logdir):
+  """Every Event in the TFRecord files of `logdir` (length, crc, data, crc framing)."""
+  out = []
+  for path in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
+    with open(path, "rb") as f:
+      data = f.read()
+    pos = 0
+    while pos < len(data):
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      event = event_pb2.Event()
+      event.ParseFromString(data[pos + 12:pos + 12 + length])
+      out.append(event)
+      pos += 12 + length + 4
+  return out
+
+
+def test_tensorboard_has_step_series_a_few_summary_scalars_and_the_table(served):
+  workdir, _, runlog, lines = served
+  scalars, texts = {}, []
+  for event in _tb_events(str(workdir / "tb")):
+    for value in event.summary.value:
+      if value.HasField("simple_value"):
+        scalars[value.tag] = scalars.get(value.tag, 0) + 1
+      else:
+        texts.append(value.tag)
+  assert scalars["step/slots_used"] == len(runlog.steps)
+  one_point = [t for t, n in scalars.items() if n == 1]
+  assert 5 <= len(one_point) <= 12 and all(t.startswith("summary/") for t in one_point), one_point
+  assert any(t.startswith("summary") for t in texts), texts
+  assert any(line.startswith("TensorBoard: tensorboard --logdir=") for line in lines)
