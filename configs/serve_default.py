@@ -53,6 +53,10 @@ def get_config(arg=None):
           decode_rows=(8,) if tiny else (64,),
           prefill_rows=(0, 2) if tiny else (0, 4),
           chunk_lens=(8,) if tiny else (32,),
+          # Cache positions attention reads: the smallest of these (and model.max_len) that
+          # holds the step's longest row, so a step's attention cost follows the context held.
+          # Each value multiplies the compiles; () = always max_len.
+          kv_lens=() if tiny else (64, 128),
       )),
   ))
   # Fitted by scripts/calibrate.py for the base model on the benchmarks/RESULTS.md machine

@@ -13,7 +13,7 @@ import ml_collections
 ROUTER_KINDS = ("topk", "expert_choice", "soft", "hash")
 CAPACITY_SCOPES = ("batch", "group", "sequence", "none")
 PRIORITIES = ("position", "token", "score")
-DISPATCH_BACKENDS = ("einsum", "gather", "ragged")
+DISPATCH_BACKENDS = ("einsum", "gather", "ragged", "sorted")
 DTYPES = ("float32", "bfloat16", "float16")
 MESH_AXES = ("data", "expert", "tensor")  # mesh axis order, outermost first
 
@@ -330,7 +330,12 @@ def validate_serve(cfg):
   if max(b["prefill_rows"]) < 1:
     raise ConfigError(f"serve.buckets.prefill_rows={b['prefill_rows']} has no bucket with a "
                       "prefill row; add e.g. 1")
-  n_buckets = len(b["decode_rows"]) * len(b["prefill_rows"]) * len(b["chunk_lens"])
+  kv_lens = tuple(s.buckets.get("kv_lens", ()))
+  if any(not isinstance(o, int) or not 1 <= o <= m.max_len for o in kv_lens):
+    raise ConfigError(f"serve.buckets.kv_lens={kv_lens!r} must be ints in [1, model.max_len="
+                      f"{m.max_len}] (max_len itself is always a bucket)")
+  n_buckets = (len(b["decode_rows"]) * len(b["prefill_rows"]) * len(b["chunk_lens"]) *
+               len(set(kv_lens) | {m.max_len}))
   if n_buckets > MAX_SHAPE_BUCKETS:
     raise ConfigError(f"serve.buckets give {n_buckets} step shapes (one compile each); keep it "
                       f"<= {MAX_SHAPE_BUCKETS} by listing fewer options")

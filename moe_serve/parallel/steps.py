@@ -33,8 +33,8 @@ class ShardedFn:
         sharding.check_divisible(arg, s, *what)
     return sharding.put(args, tuple(self.in_shardings))
 
-  def __call__(self, *args):
-    return self.jitted(*self.place(*args))
+  def __call__(self, *args, **static):
+    return self.jitted(*self.place(*args), **static)
 
   def lower(self, *args):
     return self.jitted.lower(*self.place(*args))
@@ -53,24 +53,26 @@ _SLOTS_FIX = ("KV cache", "use a number of slots that is a multiple of mesh.data
 
 
 def make_step_fn(model_cfg, mesh=None, rules=None, record_routing=False):
-  """jit((params, cache, StepBatch) -> (logits, cache, aux)) with the cache donated.
+  """jit((params, cache, StepBatch, kv_len=None) -> (logits, cache, aux)) with the cache donated.
 
   `record_routing` is passed to `api.step` as a static argument: aux["routing"] then lists each
-  MoE layer's Routing (replicated, like the rest of aux, on a mesh).
+  MoE layer's Routing (replicated, like the rest of aux, on a mesh). `kv_len` is static too
+  (one compile per value; api.step).
   """
   if mesh is None:
     return jax.jit(functools.partial(api.step, model_cfg, record_routing=record_routing),
-                   donate_argnums=(1,))
+                   donate_argnums=(1,), static_argnames=("kv_len",))
   rules = _require_rules(mesh, rules)
   p = sharding.plan(model_cfg, mesh, rules)
   out_s = (sharding.replicated(mesh), p.cache, sharding.replicated(mesh))
 
-  def step(params, cache, batch):
+  def step(params, cache, batch, kv_len=None):
     with mesh_lib.logical_context(mesh, rules):
-      return api.step(model_cfg, params, cache, batch, record_routing=record_routing)
+      return api.step(model_cfg, params, cache, batch, record_routing=record_routing,
+                      kv_len=kv_len)
 
   jitted = jax.jit(step, in_shardings=(p.params, p.cache, p.batch), out_shardings=out_s,
-                   donate_argnums=(1,))
+                   donate_argnums=(1,), static_argnames=("kv_len",))
   return ShardedFn(jitted, (p.params, p.cache, p.batch), (None, _SLOTS_FIX, _ROWS_FIX))
 
 
