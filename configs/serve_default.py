@@ -49,6 +49,7 @@ def get_config(arg=None):
       record_routing=False,  # per-request drops, when the step can return routing records
       prompt_logprobs=False,  # log p(prompt[q] | prompt[:q]) per request (NLL via serving)
       tensorboard=False,
+      plots=True,  # PNGs under <workdir>/plots (latency CDFs, load over time); needs matplotlib
       # Step shapes: decode rows B, prefill rows P, chunk length C. One value each = fixed
       # shapes (what the batch-invariance contract needs). Chunks are max(chunk_lens) long.
       buckets=ml_collections.ConfigDict(dict(
@@ -77,7 +78,14 @@ def get_config(arg=None):
       mix=ml_collections.ConfigDict({d: 1.0 for d in DOMAINS}),
       temperature=0.0, top_k=0, top_p=1.0,
       num_priorities=1,  # priorities drawn uniformly from 0..num_priorities-1
-      trace="",  # a JSONL trace to replay instead (docs/serving.md, Traces)
+      # Prompts of generated requests and of token-count traces: synthetic (random bytes of a
+      # per-domain alphabet) | eval (the eval set) | corpus (held-out corpus examples).
+      prompt_source="synthetic" if tiny else "eval",
+      trace="",  # a trace to replay instead (docs/traces.md)
+      trace_format="jsonl",  # jsonl (ours) | sharegpt | burstgpt | azure
+      time_scale=1.0,  # trace arrival times multiplied by this (0.5: twice the rate)
+      length_scale=1.0,  # sharegpt/burstgpt/azure token counts multiplied by this (>= 1 each)
+      max_requests=0,  # serve the first N requests of the trace (0: all)
       skip_bad_lines=False,  # True: bad trace lines are skipped and listed, not an error
   ))
   return cfg

@@ -6,6 +6,7 @@ before anything is compiled. Other modules add their checks here, not at their c
 import ast
 import difflib
 import math
+import os
 
 import ml_collections
 
@@ -289,6 +290,8 @@ SERVE_BATCHING = ("continuous", "static")
 CLOCK_MODES = ("measured", "cost_model")
 ARRIVAL_KINDS = ("poisson", "gamma", "constant", "ramp")
 LENGTH_KINDS = ("fixed", "uniform", "lognormal", "list")
+PROMPT_SOURCES = ("synthetic", "eval", "corpus")  # serving/prompt_sources.py
+TRACE_FORMATS = ("jsonl", "sharegpt", "burstgpt", "azure")  # docs/traces.md
 MAX_SHAPE_BUCKETS = 32  # each bucket is one compilation of the step
 
 
@@ -348,6 +351,9 @@ def validate_serve(cfg):
         f"of decodes never starves prefill; use >= {s.max_num_seqs + max(b['chunk_lens'])}")
   if not 0 <= s.eos_id < m.vocab_size:
     raise ConfigError(f"serve.eos_id={s.eos_id} is outside the vocabulary [0, {m.vocab_size})")
+  for name in ("tensorboard", "plots"):
+    if not isinstance(s.get(name, False), bool):
+      raise ConfigError(f"serve.{name}={s[name]!r} must be true or false")
   if not s.domains or len(set(s.domains)) != len(s.domains):
     raise ConfigError(f"serve.domains={tuple(s.domains)} must be a non-empty list of unique names")
 
@@ -365,6 +371,17 @@ def validate_serve(cfg):
       raise ConfigError(f"workload.{name}={w[name]!r} must be an integer >= 0")
   if not isinstance(w.get("trace", ""), str):
     raise ConfigError(f"workload.trace={w.trace!r} must be a path (or '' for the generator)")
+  _choice(w.get("prompt_source", "synthetic"), "workload.prompt_source", PROMPT_SOURCES)
+  _choice(w.get("trace_format", "jsonl"), "workload.trace_format", TRACE_FORMATS)
+  if w.get("trace_format", "jsonl") != "jsonl" and not w.trace:
+    raise ConfigError(f"workload.trace_format={w.trace_format!r} needs workload.trace=PATH")
+  for name in ("time_scale", "length_scale"):
+    _finite(w.get(name, 1.0), f"workload.{name}", strict=True)
+  cap = w.get("max_requests", 0)
+  if not isinstance(cap, int) or isinstance(cap, bool) or cap < 0:
+    raise ConfigError(f"workload.max_requests={cap!r} must be an integer >= 0 (0: all)")
+  if w.trace and not os.path.isfile(w.trace):
+    raise ConfigError(f"workload.trace={w.trace!r} is not a file")
   if not isinstance(w.get("skip_bad_lines", False), bool):
     raise ConfigError(f"workload.skip_bad_lines={w.skip_bad_lines!r} must be true or false")
   _positive(w, "workload", "num_priorities")

@@ -92,14 +92,16 @@ class Engine:
     self.done = 0  # requests finished or rejected so far in `run` (for progress bars)
 
   # ------------------------------------------------------------------ warm-up
-  def warmup(self):
-    """Compiles the step and the sampler for every bucket with all-padding batches.
+  def warmup(self, progress=None):
+    """Compiles the step and the sampler for every bucket with all-padding batches;
+    `progress(what, done, total)` is called after each (scripts show it as a progress line).
 
     Two passes: a freshly built cache is not yet committed to a device, while the step's donated
     output is, and jit keys its compilations on that; the second pass compiles the committed
     signature of the first bucket (with one bucket it would otherwise compile in the run).
     """
-    for (b, p, c), kv in [(s, kv) for s in self.buckets.all() for kv in self.buckets.kv_lens] * 2:
+    shapes = [(s, kv) for s in self.buckets.all() for kv in self.buckets.kv_lens] * 2
+    for i, ((b, p, c), kv) in enumerate(shapes):
       batch = parts.StepBatch(parts.empty_part(b, 1), parts.empty_part(p, c))
       logits, self.cache, _ = self._step(batch, kv)
       out = sampling.sample(logits["decode"], logits["prefill"],
@@ -108,6 +110,8 @@ class Engine:
       if self.want_prompt_logprobs and p:
         jax.block_until_ready(sampling.prompt_logprobs(logits["prefill"], np.zeros((p, c),
                                                                                     np.int32)))
+      if progress is not None:
+        progress("compile step shapes", i + 1, len(shapes))
 
   # ------------------------------------------------------------------ batch building
   def _build(self, plan):
