@@ -50,8 +50,10 @@ def main(argv):
   mesh = run.make_mesh(serve_cfg)  # ConfigError if it does not fit the devices
   params, _ = loading.load(serve_cfg, mesh, log=distributed.process_log())
   t0 = time.perf_counter()
-  full = quality_runners.evaluate_served(serve_cfg, params, mesh=mesh)
-  subset = quality_runners.evaluate_served(serve_cfg, params, per_domain=_SUBSET.value, mesh=mesh)
+  progress = cli.Progress(disable=not distributed.is_logging_process())
+  full = quality_runners.evaluate_served(serve_cfg, params, progress=progress, mesh=mesh)
+  subset = quality_runners.evaluate_served(serve_cfg, params, per_domain=_SUBSET.value,
+                                           progress=progress, mesh=mesh)
   spmd.check_same(spmd.Digest().add(full["records"] + subset["records"]).hexdigest(),
                   "eval records")
   if not distributed.is_logging_process():
