@@ -39,8 +39,8 @@ def sweep_config():
   cfg.model.router.update(capacity_scope="batch", capacity_factor_prefill=1.0,
                           capacity_factor_decode=1.0)
   cfg.sweep.axes = (("model.router.capacity_scope", ("batch",)),)
-  cfg.study.update(repeats=1, target_domains=("add", "prose"), quality_per_domain=1)
-  cfg.workload.num_requests = 8
+  cfg.study.update(repeats=1, target_domains=("add",), quality_per_domain=1)
+  cfg.workload.num_requests = 6
   cfg.mesh.update(MESH)
   return cfg
 
@@ -51,7 +51,7 @@ def serve_config():
   cfg = sweep_config()
   cfg.model.router.capacity_scope = "batch"
   cfg = determinism.apply_capacity_factor(cfg)
-  cfg.workload.update(num_requests=12, seed=1)
+  cfg.workload.update(num_requests=6, seed=1)
   return cfg
 
 
