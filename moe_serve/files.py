@@ -9,11 +9,13 @@ import os
 
 
 @contextlib.contextmanager
-def atomic_open(path, newline=None):
-  """A text file (UTF-8) that replaces `path` atomically when the `with` block ends."""
+def atomic_open(path, newline=None, binary=False):
+  """A text file (UTF-8; a binary one with `binary`) that replaces `path` atomically when the
+  `with` block ends."""
   tmp = f"{path}.tmp{os.getpid()}"
   try:
-    with open(tmp, "w", encoding="utf-8", newline=newline) as f:
+    kwargs = dict(mode="wb") if binary else dict(mode="w", encoding="utf-8", newline=newline)
+    with open(tmp, **kwargs) as f:
       yield f
       f.flush()
       os.fsync(f.fileno())

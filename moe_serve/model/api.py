@@ -88,12 +88,12 @@ def forward(model_cfg, params, tokens_BxL, segment_ids_BxL=None, record_routing=
 
 
 def _apply(model_cfg, params, parts, cache, num_decode_parts=0, record_routing=False,
-           jitter_rng=None, rows_are_requests=False):
+           jitter_rng=None, rows_are_requests=False, forced_TxYxK=None):
   mutable = ["aux", "routing"] if record_routing else ["aux"]
   rngs = {"jitter": jitter_rng} if jitter_rng is not None else None
   (logits, cache), state = Decoder(model_cfg).apply(
       {"params": params}, parts, cache, num_decode_parts, record_routing, rows_are_requests,
-      mutable=mutable, rngs=rngs)
+      forced_TxYxK, mutable=mutable, rngs=rngs)
   return logits, cache, state
 
 
@@ -127,13 +127,15 @@ def step(model_cfg, params, cache, batch: StepBatch, record_routing=False):
   (static), aux["routing"] lists each MoE layer's Routing over the flat tokens
   `[B decode tokens, then P*L prefill tokens]`. Every row must hold at most one request and a
   request at most one row (parts.check_one_request_per_row; the engine's batches do): the MoE
-  sizes `sequence`-scope expert buffers by it.
+  sizes `sequence`-scope expert buffers by it. `batch.forced_TxYxK`, when given, forces a
+  recorded routing on chosen tokens (routing replay, model/routing.py; unsharded steps only).
   """
   parts = [batch.decode, batch.prefill]
   (dec_BxLxV, pre_PxLxV), cache, state = _apply(model_cfg, params, parts, cache,
                                                 num_decode_parts=1,
                                                 record_routing=record_routing,
-                                                rows_are_requests=True)
+                                                rows_are_requests=True,
+                                                forced_TxYxK=batch.forced_TxYxK)
   lengths = cache["lengths"]
   for part in parts:
     lengths = _new_lengths(lengths, part)
