@@ -12,7 +12,8 @@ codes and the engine step of each position), `diagnose` names:
   routing differs (a purely numerical divergence);
 - which other requests held that expert's slots in that step and layer (kept pairs on it), with
   their domain and arrival, most pairs first.
-`aggregate` counts records by cause, layer, expert and co-request domain (the report's section).
+`aggregate` counts records by cause (`numerical` where no routing differs), layer, expert and
+co-request domain (the report's section).
 
 Axis letters: U positions a request fed, Y MoE layers, K choices per token, T' real tokens of a
 step.
@@ -95,11 +96,13 @@ def diagnose(solo: det.Trace, run: det.Trace, rid, run_steps, step_of, requests)
 def aggregate(records):
   """Counts over forensics records: by cause, layer, expert and co-request domain (a domain counts
   once per record it appears in among the holders), and the mean solo margin."""
-  count = lambda key: dict(collections.Counter(
-      "none" if r.get(key) is None else str(r[key]) for r in records).most_common())
+  count = lambda key, absent="-": dict(collections.Counter(
+      absent if r.get(key) is None else str(r[key]) for r in records).most_common())
   domains = collections.Counter(d for r in records
                                 for d in {h["domain"] for h in r.get("holders", ())})
   margins = [r["solo_margin"] for r in records if r.get("solo_margin") is not None]
-  return dict(records=len(records), cause=count("cause"), layer=count("layer"),
+  return dict(records=len(records),
+              token_divergences=sum(r.get("first_divergence") is not None for r in records),
+              cause=count("cause", "numerical"), layer=count("layer"),
               expert=count("expert"), holder_domains=dict(domains.most_common()),
               solo_margin_median=float(np.median(margins)) if margins else None)
