@@ -30,20 +30,22 @@ def get_config(arg=None):
 
   # Fixed step shapes (one bucket) and a token budget that never splits a chunk: a request's
   # steps then look the same alone and in traffic, so only routing can tell them apart.
-  b, p, c = (8, 2, 8) if tiny else (24, 2, 64)
+  # Chunks of 32 make full steps common (a 64-token chunk is rarely full): batch-scope contention
+  # at capacity factor 1.0 then reaches most targets (measured in docs/study.md).
+  b, p, c = (8, 2, 8) if tiny else (24, 2, 32)
   cfg.serve.update(max_num_seqs=b, max_num_batched_tokens=b + p * c, record_routing=True,
                    prompt_logprobs=True)
   cfg.serve.buckets.update(decode_rows=(b,), prefill_rows=(p,), chunk_lens=(c,))
   cfg.serve.kv_num_blocks = b * -(-cfg.model.max_len // cfg.serve.kv_block_size)
 
-  cfg.workload.update(num_requests=24 if tiny else 40)
-  cfg.workload.prompt_len.update(kind="uniform", low=8, high=c)
+  cfg.workload.update(num_requests=24 if tiny else 160)  # base: traffic for the targets' whole life
+  cfg.workload.prompt_len.update(kind="uniform", low=8, high=c if tiny else 64)
   cfg.workload.output_len.update(kind="uniform", low=4 if tiny else 8, high=8 if tiny else 24)
 
   cfg.study = ml_collections.ConfigDict(dict(
       mode="traffic",  # traffic (random injection) | composition (controlled co-requests)
       seed=0,
-      repeats=4 if tiny else 10,
+      repeats=4 if tiny else 20,
       target_domains=("add", "sort", "prose") if tiny else serve_default.DOMAINS,
       targets_per_domain=1 if tiny else 2,
       max_new_tokens=8 if tiny else 64,  # targets ignore EOS: every completion is this long
@@ -51,9 +53,9 @@ def get_config(arg=None):
       numerical_buckets=ml_collections.ConfigDict(dict(
           decode_rows=(2, 4, 8) if tiny else (8, 16, 24),
           prefill_rows=(0, 1, 2),
-          chunk_lens=(8,) if tiny else (64,))),
+          chunk_lens=(8,) if tiny else (32,))),
       replay="none",  # none | solo: force each target's solo routing in its repeats (causality)
-      load=40.0,  # background arrival rate, requests/s of virtual time (None: workload's)
+      load=40.0 if tiny else 80.0,  # background arrivals, requests/s of virtual time (None: workload's)
       capacity_factor=1.0,  # the router's prefill and decode factors (None: leave them)
       inject_after_s=0.3 if tiny else 0.4,  # let the background fill the engine first
       inject_window_s=0.3,
