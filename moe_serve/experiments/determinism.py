@@ -128,6 +128,7 @@ def repeat_in_traffic(cfg, engine, source, out_dir=None):
       codes[f"{'solo' if repeat is None else f'r{repeat}'}_{rid}"] = tr.codes
 
   # ----------------------------------------------------------------- solo references
+  t0 = time.perf_counter()
   solo = {}
   for t in targets:
     tracer = trace_lib.Tracer([t.id])
@@ -138,6 +139,7 @@ def repeat_in_traffic(cfg, engine, source, out_dir=None):
     replay = {rid: tr.codes for rid, tr in solo.items()}
 
   # ----------------------------------------------------------------- repeats in traffic
+  t_solo = time.perf_counter() - t0
   runs = {rid: [] for rid in ids}
   traffic_drops = []
   for r in range(st.repeats):
@@ -169,6 +171,7 @@ def repeat_in_traffic(cfg, engine, source, out_dir=None):
   agg["traffic_drop_rate"] = (float(np.mean(traffic_drops))
                               if all(x is not None for x in traffic_drops) else None)
   agg["forensics"] = forensics.aggregate(forensic_recs)
+  agg["solo_wall_s"], agg["repeats_wall_s"] = t_solo, time.perf_counter() - t0 - t_solo
   return per_target, agg
 
 
