@@ -8,6 +8,8 @@ import time
 
 import jax
 
+from moe_serve import provenance
+
 
 def machine():
   """'CPU model, N cores, jax X on platform' for a RESULTS.md heading."""
@@ -18,6 +20,12 @@ def machine():
     model = platform.processor() or "unknown CPU"
   cores = len(os.sched_getaffinity(0))
   return f"{model}, {cores} cores, jax {jax.__version__} on {jax.devices()[0].platform}"
+
+
+def commit():
+  """The checkout's short commit, '+dirty' with uncommitted changes (moe_serve.provenance)."""
+  head, dirty = provenance.git_state()
+  return head[:9] + ("+dirty" if dirty is True else "")
 
 
 def interleaved_ms(fns, repeats, warmup=2):
@@ -51,7 +59,7 @@ def report(title, description, header, rows, append_to=None):
   table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   table += ["| " + " | ".join(r) + " |" for r in rows]
   command = " ".join(["python", os.path.relpath(sys.argv[0])] + sys.argv[1:])
-  text = (f"\n## {title} ({datetime.date.today().isoformat()}, {machine()})\n\n"
+  text = (f"\n## {title} ({datetime.date.today().isoformat()}, {machine()}, commit {commit()})\n\n"
           f"`{command}`; {description}\n\n" + "\n".join(table) + "\n")
   print(text)
   if append_to:

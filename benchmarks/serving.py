@@ -32,6 +32,7 @@ def _cfg(**serve):
   cfg = serve_default.get_config(f"size={_SIZE.value}")
   cfg.serve.update(ignore_eos=True, **serve)
   cfg.workload.num_requests = _REQUESTS.value
+  cfg.workload.prompt_source = "synthetic"  # exact lengths from the distribution (speed only)
   return cfg
 
 

@@ -68,7 +68,7 @@ def model_config(size="base"):
       group_size=64,
       min_capacity=1,
       priority="token",  # position | token | score
-      dispatch="einsum",  # einsum | gather | ragged
+      dispatch="einsum",  # einsum | gather | ragged | sorted (serving only: configs/serve_default.py)
       jitter=0.0,  # multiplicative router-input noise, training only
       lb_loss_weight=0.01,
       z_loss_weight=1e-3,
@@ -90,6 +90,8 @@ def get_config(arg=None):
   cfg.model = model_config(arg.size)
   cfg.mesh = ml_collections.ConfigDict(dict(data=-1, expert=1, tensor=1))  # -1 fills the rest
   cfg.logical_axis_rules = LOGICAL_AXIS_RULES
-  # generate.py demo: prompts prefilled in one chunk each, then greedy decode.
-  cfg.generate = ml_collections.ConfigDict(dict(num_prompts=4, max_new_tokens=32, chunk=32))
+  # generate.py demo: prompts prefilled in one chunk each, then greedy decode. Prompts: demo (a
+  # fixed handful) | eval (the first eval-set prompt of each domain).
+  cfg.generate = ml_collections.ConfigDict(dict(num_prompts=4, max_new_tokens=32, chunk=32,
+                                                prompts="demo"))
   return cfg

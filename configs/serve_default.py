@@ -29,6 +29,9 @@ def get_config(arg=None):
   tiny = arg.size == "tiny"
   # base: the bundled trained model's weights (MODEL.md); "" = random init from cfg.seed.
   cfg.params_dir = "" if tiny else bundled.DEFAULT_DIR
+  # Serving dispatch: only the routed (kept) pairs cost (model/dispatch_sorted.py); training
+  # configs keep configs/base.py's differentiable backends.
+  cfg.model.router.dispatch = "sorted"
   # One device unless asked: scripts/serve.py and calibrate.py build this mesh and serve on it;
   # e.g. --config.mesh.data=2 --config.mesh.expert=4 on 8 devices (docs/sharding.md).
   cfg.mesh.update(data=1, expert=1, tensor=1)
@@ -47,12 +50,17 @@ def get_config(arg=None):
       replay_routing=False,  # steps take forced routing codes: Engine.run(replay=...) (replay.py)
       prompt_logprobs=False,  # log p(prompt[q] | prompt[:q]) per request (NLL via serving)
       tensorboard=False,
+      plots=True,  # PNGs under <workdir>/plots (latency CDFs, load over time); needs matplotlib
       # Step shapes: decode rows B, prefill rows P, chunk length C. One value each = fixed
       # shapes (what the batch-invariance contract needs). Chunks are max(chunk_lens) long.
       buckets=ml_collections.ConfigDict(dict(
           decode_rows=(8,) if tiny else (64,),
           prefill_rows=(0, 2) if tiny else (0, 4),
           chunk_lens=(8,) if tiny else (32,),
+          # Cache positions attention reads: the smallest of these (and model.max_len) that
+          # holds the step's longest row, so a step's attention cost follows the context held.
+          # Each value multiplies the compiles; () = always max_len.
+          kv_lens=() if tiny else (64, 128),
       )),
   ))
   # Fitted by scripts/calibrate.py for the base model on the benchmarks/RESULTS.md machine
@@ -71,7 +79,14 @@ def get_config(arg=None):
       mix=ml_collections.ConfigDict({d: 1.0 for d in DOMAINS}),
       temperature=0.0, top_k=0, top_p=1.0,
       num_priorities=1,  # priorities drawn uniformly from 0..num_priorities-1
-      trace="",  # a JSONL trace to replay instead (docs/serving.md, Traces)
+      # Prompts of generated requests and of token-count traces: synthetic (random bytes of a
+      # per-domain alphabet) | eval (the eval set) | corpus (held-out corpus examples).
+      prompt_source="synthetic" if tiny else "eval",
+      trace="",  # a trace to replay instead (docs/traces.md)
+      trace_format="jsonl",  # jsonl (ours) | sharegpt | burstgpt | azure
+      time_scale=1.0,  # trace arrival times multiplied by this (0.5: twice the rate)
+      length_scale=1.0,  # sharegpt/burstgpt/azure token counts multiplied by this (>= 1 each)
+      max_requests=0,  # serve the first N requests of the trace (0: all)
       skip_bad_lines=False,  # True: bad trace lines are skipped and listed, not an error
   ))
   return cfg

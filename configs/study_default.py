@@ -38,7 +38,9 @@ def get_config(arg=None):
   cfg.serve.buckets.update(decode_rows=(b,), prefill_rows=(p,), chunk_lens=(c,))
   cfg.serve.kv_num_blocks = b * -(-cfg.model.max_len // cfg.serve.kv_block_size)
 
-  cfg.workload.update(num_requests=24 if tiny else 160)  # base: traffic for the targets' whole life
+  # Background prompts from the eval set (both sizes); a trace replaces the generated traffic.
+  # Base: 160 requests, traffic for the targets' whole life.
+  cfg.workload.update(num_requests=24 if tiny else 160, prompt_source="eval")
   cfg.workload.prompt_len.update(kind="uniform", low=8, high=c if tiny else 64)
   cfg.workload.output_len.update(kind="uniform", low=4 if tiny else 8, high=8 if tiny else 24)
 

@@ -8,12 +8,19 @@ errors printed as one line instead of a traceback.
 A mistyped override (`--config.serve.max_num_seq=8`) stops before anything loads, naming the full
 path and the nearest valid names. A ConfigError, TraceError or CheckpointError raised by `main`
 (bad input, not a bug) prints `error: ...` on stderr and exits with status 2.
+
+Quiet by default: library INFO logs (Orbax's checkpoint lines, jax's backend probing) are hidden
+unless `--verbosity=0` (INFO) or `--verbosity=1` (DEBUG) is given, and jax's "Unable to
+initialize backend 'tpu'" is dropped where no TPU runtime (libtpu) is installed. `Progress` draws
+one progress line per task (compilation, quality evaluation) for `progress(what, done, total)`.
 """
 import importlib.util
+import logging
 import re
 import sys
 
 from absl import app, flags
+import tqdm
 
 from moe_serve import checkpoint
 from moe_serve import config as config_lib
@@ -58,7 +65,10 @@ def bad_override(argv):
 def _parse_flags(argv):
   message = None
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
+    if "verbosity" in flags.FLAGS and not flags.FLAGS["verbosity"].present:
+      flags.FLAGS.verbosity = -1  # WARNING (absl.app would make an unset verbosity INFO)
+    return rest
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     message = bad_override(argv) or f"could not parse the flags: {type(e).__name__}: {e}"
   except flags.Error as e:
@@ -77,6 +87,43 @@ def _main_reporting_user_errors(main):
   return wrapped
 
 
+class _NoTpuProbe(logging.Filter):
+  def filter(self, record):
+    return not record.getMessage().startswith("Unable to initialize backend 'tpu'")
+
+
+def quiet_logs():
+  """No TPU probe line without libtpu (WARNING as the default level is set by _parse_flags)."""
+  if importlib.util.find_spec("libtpu") is None:
+    logging.getLogger("jax._src.xla_bridge").addFilter(_NoTpuProbe())
+
+
+class Progress:
+  """`progress(what, done, total, note="")`: one tqdm line per `what` on stderr, drawn from its
+  first call (so lines appear in the order work starts), closed at done == total or close()."""
+
+  def __init__(self, unit="it"):
+    self._bars, self.unit = {}, unit
+
+  def __call__(self, what, done, total, note=""):
+    bar = self._bars.get(what)
+    if bar is None:
+      bar = self._bars[what] = tqdm.tqdm(total=total, desc=what, unit=self.unit,
+                                         dynamic_ncols=True)
+    if note:
+      bar.set_postfix_str(note, refresh=False)
+    bar.update(done - bar.n)  # redraws at most every 0.1 s
+    if done >= total:
+      bar.close()
+      del self._bars[what]
+
+  def close(self):
+    for bar in self._bars.values():
+      bar.close()
+    self._bars.clear()
+
+
 def run(main):
-  """`absl.app.run(main)` with the checks above."""
+  """`absl.app.run(main)` with the checks and the quiet logs above."""
+  quiet_logs()
   app.run(_main_reporting_user_errors(main), flags_parser=_parse_flags)

@@ -6,13 +6,14 @@ before anything is compiled. Other modules add their checks here, not at their c
 import ast
 import difflib
 import math
+import os
 
 import ml_collections
 
 ROUTER_KINDS = ("topk", "expert_choice", "soft", "hash")
 CAPACITY_SCOPES = ("batch", "group", "sequence", "none")
 PRIORITIES = ("position", "token", "score")
-DISPATCH_BACKENDS = ("einsum", "gather", "ragged")
+DISPATCH_BACKENDS = ("einsum", "gather", "ragged", "sorted")
 DTYPES = ("float32", "bfloat16", "float16")
 MESH_AXES = ("data", "expert", "tensor")  # mesh axis order, outermost first
 
@@ -255,6 +256,11 @@ def validate_train(cfg):
     if section not in cfg:
       raise ConfigError(f"config has no `{section}` section; start from configs/train_default.py")
   d, t = cfg.data, cfg.train
+  if cfg.model.router.dispatch == "sorted":
+    raise ConfigError("model.router.dispatch='sorted' is for serving: its loop over the blocks "
+                      "in use has a data-dependent length, which reverse-mode autodiff cannot "
+                      "differentiate; train with 'gather' or 'einsum' (the parameters serve "
+                      "under any backend)")
   _positive(d, "data", "batch_size", "seq_len")
   _positive(t, "train", "steps", "log_every", "eval_every", "checkpoint_every",
             "eval_examples_per_domain")
@@ -284,6 +290,8 @@ SERVE_BATCHING = ("continuous", "static")
 CLOCK_MODES = ("measured", "cost_model")
 ARRIVAL_KINDS = ("poisson", "gamma", "constant", "ramp")
 LENGTH_KINDS = ("fixed", "uniform", "lognormal", "list")
+PROMPT_SOURCES = ("synthetic", "eval", "corpus")  # serving/prompt_sources.py
+TRACE_FORMATS = ("jsonl", "sharegpt", "burstgpt", "azure")  # docs/traces.md
 MAX_SHAPE_BUCKETS = 32  # each bucket is one compilation of the step
 
 
@@ -330,7 +338,12 @@ def validate_serve(cfg):
   if max(b["prefill_rows"]) < 1:
     raise ConfigError(f"serve.buckets.prefill_rows={b['prefill_rows']} has no bucket with a "
                       "prefill row; add e.g. 1")
-  n_buckets = len(b["decode_rows"]) * len(b["prefill_rows"]) * len(b["chunk_lens"])
+  kv_lens = tuple(s.buckets.get("kv_lens", ()))
+  if any(not isinstance(o, int) or not 1 <= o <= m.max_len for o in kv_lens):
+    raise ConfigError(f"serve.buckets.kv_lens={kv_lens!r} must be ints in [1, model.max_len="
+                      f"{m.max_len}] (max_len itself is always a bucket)")
+  n_buckets = (len(b["decode_rows"]) * len(b["prefill_rows"]) * len(b["chunk_lens"]) *
+               len(set(kv_lens) | {m.max_len}))
   if n_buckets > MAX_SHAPE_BUCKETS:
     raise ConfigError(f"serve.buckets give {n_buckets} step shapes (one compile each); keep it "
                       f"<= {MAX_SHAPE_BUCKETS} by listing fewer options")
@@ -341,6 +354,9 @@ def validate_serve(cfg):
         f"of decodes never starves prefill; use >= {s.max_num_seqs + max(b['chunk_lens'])}")
   if not 0 <= s.eos_id < m.vocab_size:
     raise ConfigError(f"serve.eos_id={s.eos_id} is outside the vocabulary [0, {m.vocab_size})")
+  for name in ("tensorboard", "plots"):
+    if not isinstance(s.get(name, False), bool):
+      raise ConfigError(f"serve.{name}={s[name]!r} must be true or false")
   if not s.domains or len(set(s.domains)) != len(s.domains):
     raise ConfigError(f"serve.domains={tuple(s.domains)} must be a non-empty list of unique names")
 
@@ -358,6 +374,17 @@ def validate_serve(cfg):
       raise ConfigError(f"workload.{name}={w[name]!r} must be an integer >= 0")
   if not isinstance(w.get("trace", ""), str):
     raise ConfigError(f"workload.trace={w.trace!r} must be a path (or '' for the generator)")
+  _choice(w.get("prompt_source", "synthetic"), "workload.prompt_source", PROMPT_SOURCES)
+  _choice(w.get("trace_format", "jsonl"), "workload.trace_format", TRACE_FORMATS)
+  if w.get("trace_format", "jsonl") != "jsonl" and not w.trace:
+    raise ConfigError(f"workload.trace_format={w.trace_format!r} needs workload.trace=PATH")
+  for name in ("time_scale", "length_scale"):
+    _finite(w.get(name, 1.0), f"workload.{name}", strict=True)
+  cap = w.get("max_requests", 0)
+  if not isinstance(cap, int) or isinstance(cap, bool) or cap < 0:
+    raise ConfigError(f"workload.max_requests={cap!r} must be an integer >= 0 (0: all)")
+  if w.trace and not os.path.isfile(w.trace):
+    raise ConfigError(f"workload.trace={w.trace!r} is not a file")
   if not isinstance(w.get("skip_bad_lines", False), bool):
     raise ConfigError(f"workload.skip_bad_lines={w.skip_bad_lines!r} must be true or false")
   _positive(w, "workload", "num_priorities")

@@ -10,12 +10,12 @@ import os
 
 @contextlib.contextmanager
 def atomic_open(path, newline=None, binary=False):
-  """A text file (UTF-8; a binary one with `binary`) that replaces `path` atomically when the
-  `with` block ends."""
+  """A text file (UTF-8), or a binary one, that replaces `path` atomically when the `with` block
+  ends."""
   tmp = f"{path}.tmp{os.getpid()}"
   try:
-    kwargs = dict(mode="wb") if binary else dict(mode="w", encoding="utf-8", newline=newline)
-    with open(tmp, **kwargs) as f:
+    with (open(tmp, "wb") if binary else
+          open(tmp, "w", encoding="utf-8", newline=newline)) as f:
       yield f
       f.flush()
       os.fsync(f.fileno())

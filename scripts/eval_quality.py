@@ -43,8 +43,10 @@ def main(argv):
   config_lib.validate_serve(loading.resolve(serve_cfg))
   params, _ = loading.load(serve_cfg)
   t0 = time.perf_counter()
-  full = quality_runners.evaluate_served(serve_cfg, params)
-  subset = quality_runners.evaluate_served(serve_cfg, params, per_domain=_SUBSET.value)
+  progress = cli.Progress()
+  full = quality_runners.evaluate_served(serve_cfg, params, progress=progress)
+  subset = quality_runners.evaluate_served(serve_cfg, params, per_domain=_SUBSET.value,
+                                           progress=progress)
   out = {"capacity_scope": _SCOPE.value, "full": _summary(full),
          f"subset_{_SUBSET.value}": _summary(subset), "eval_s": time.perf_counter() - t0}
   print(json.dumps(out, indent=2, sort_keys=True))

@@ -1,5 +1,7 @@
 r"""Builds the configured MoE model, prefills and decodes a batch through the engine step.
 
+  python scripts/generate.py        # the bundled model (models/default) on eval-set prompts
+  python scripts/generate.py --config.params_dir=tests/fixtures/hf/qwen3_moe   # an imported one
   python scripts/generate.py --config=configs/base.py --config.generate.max_new_tokens=64
   python scripts/generate.py --config=configs/tiny.py --config.mesh.data=2 --config.mesh.tensor=2
 
@@ -16,7 +18,8 @@ from moe_serve.experiments import generate_demo
 from moe_serve.parallel import distributed
 from moe_serve.parallel import mesh as mesh_lib
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/base.py", "Config file.")
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/generate_default.py",
+                                          "Config file.")
 
 
 def main(argv):

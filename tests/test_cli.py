@@ -82,3 +82,31 @@ def test_serve_script_reports_bad_input_in_one_line(args, words):
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert f"error: {words}" in proc.stderr
   assert "Traceback" not in proc.stderr
+
+
+_QUIET_SCRIPT = """
+import logging
+from absl import logging as absl_logging
+from moe_serve import cli
+def main(argv):
+  absl_logging.info("an INFO line, as Orbax writes them")
+  logging.getLogger("jax._src.xla_bridge").info("Unable to initialize backend 'tpu': no libtpu")
+  absl_logging.warning("a WARNING line")
+  progress = cli.Progress()
+  for i in range(3):
+    progress("compile step shapes", i + 1, 3)
+cli.run(main)
+"""
+
+
+@pytest.mark.parametrize("verbosity", [None, 0])
+def test_scripts_are_quiet_by_default(verbosity):
+  """INFO logs (Orbax) only with --verbosity=0/1; no TPU probe line without libtpu; progress shows."""
+  args = [] if verbosity is None else [f"--verbosity={verbosity}"]
+  out = subprocess.run([sys.executable, "-c", _QUIET_SCRIPT, *args], cwd=_ROOT,
+                       env=dict(os.environ, PYTHONPATH=_ROOT), capture_output=True, text=True,
+                       timeout=120, check=True)
+  assert "a WARNING line" in out.stderr
+  assert ("an INFO line" in out.stderr) == (verbosity is not None)
+  assert "Unable to initialize backend" not in out.stderr  # no libtpu in the test install
+  assert "compile step shapes: 100%" in out.stderr and "3/3" in out.stderr

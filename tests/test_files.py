@@ -87,13 +87,15 @@ def test_serving_run_keeps_skipped_lines_and_names_its_parameters(tmp_path):
                               '"domain": "add", "prompt": "x"}', json.dumps(good | {"id": 5})]))
   cfg = serve_default.get_config("size=tiny")
   cfg.workload.update(trace=str(trace), skip_bad_lines=True)
+  cfg.serve.plots = False  # tests/serving/test_serve_outputs.py checks the plots
   summary, _ = run_lib.serve(cfg, tmp_path / "run", log=lambda *_: None)
   assert summary["params"] == {"kind": "random_init", "seed": 0}
   assert summary["skipped_trace_lines"] == 1 and summary["completed"] == 2
   skipped = writers.read_jsonl(tmp_path / "run" / "skipped_lines.jsonl")
   assert skipped[0]["line"] == 2 and "max_new_tokens=2.5" in skipped[0]["reason"]
   assert sorted(os.listdir(tmp_path / "run")) == [
-      "config.json", "requests.jsonl", "skipped_lines.jsonl", "steps.jsonl", "summary.csv",
+      "benchmark.json", "config.json", "requests.jsonl", "skipped_lines.jsonl", "steps.jsonl",
+      "summary.csv",
       "summary.json", "wall.jsonl"]
 
 

@@ -11,7 +11,7 @@ import pytest
 _PKG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "moe_serve")
 # data/ (corpus, tokenizer: plain Python) is the bottom; the top-level modules are the base every
 # layer above may use; cli.py is the scripts' entry layer.
-_BASE = {"config", "checkpoint", "files", "bundled"}
+_BASE = {"config", "checkpoint", "files", "bundled", "provenance"}
 _LOWER = {"base", "data", "model"}
 _ALLOWED = {
     "data": {"data"},

@@ -30,7 +30,8 @@ _QUIET = lambda *_: None
 _SMALL = ["--config.workload.num_requests=6", "--config.workload.output_len.kind=fixed",
           "--config.workload.output_len.value=6", "--config.serve.max_num_seqs=8",
           "--config.serve.buckets.decode_rows=(8,)", "--config.serve.buckets.prefill_rows=(2,)",
-          "--config.serve.buckets.chunk_lens=(16,)", "--config.serve.max_num_batched_tokens=40"]
+          "--config.serve.buckets.chunk_lens=(16,)", "--config.serve.max_num_batched_tokens=40",
+          "--config.serve.plots=false"]
 
 
 def _cfg(params_dir=bundled.DEFAULT_DIR):

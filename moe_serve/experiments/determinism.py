@@ -42,6 +42,7 @@ from moe_serve.metrics import forensics, latency, quality
 from moe_serve.model.transformer import is_moe_layer
 from moe_serve.serving import replay as replay_lib
 from moe_serve.serving import run as serve_run
+from moe_serve.serving import prompt_sources
 from moe_serve.serving import trace as trace_lib
 from moe_serve.serving import workload
 
@@ -85,14 +86,22 @@ def _traces(tracer, runlog, ids):
   return out
 
 
+def _background(cfg, source, seed):
+  """The background traffic: the workload's trace if it has one (the same in every repeat),
+  else the workload generated with `seed`."""
+  if cfg.workload.get("trace"):
+    return serve_run.make_requests(cfg, prompt_source=source)
+  wl = cfg.workload.copy_and_resolve_references()
+  wl.seed = seed
+  return workload.generate(wl, source)
+
+
 def _repeat_requests(cfg, targets, source, r):
   """The traffic of repeat r: background + targets, or targets with co-requests (seeded)."""
   st = cfg.study
   rng = np.random.default_rng([st.seed, r])
   if st.mode == "traffic":
-    wl = cfg.workload.copy_and_resolve_references()
-    wl.seed = st.seed * 10_000 + r
-    background = workload.generate(wl, source)
+    background = _background(cfg, source, st.seed * 10_000 + r)
     times = rng.uniform(st.inject_after_s, st.inject_after_s + st.inject_window_s, len(targets))
     return background + [dataclasses.replace(t, arrival=float(a)) for t, a in zip(targets, times)]
   out = list(targets)
@@ -191,12 +200,14 @@ def run(cfg, params, log=print, out_dir=None):
     files.write_text_atomic(os.path.join(out_dir, "config.json"),
                             json.dumps(cfg.to_dict(), indent=1, sort_keys=True, default=str))
   engine = make_engine(cfg, params)
-  source = prompts.EvalPromptSource(tok=loading.tokenizer(cfg))  # the model's tokenizer
+  # Background prompts: workload.prompt_source, with the model's tokenizer.
+  source = prompt_sources.make(cfg.workload.get("prompt_source", "eval"), loading.tokenizer(cfg),
+                               cfg.workload.seed)
   per_target, agg = repeat_in_traffic(cfg, engine, source, out_dir)
   t_determinism = time.perf_counter() - t0
 
   # ----------------------------------------------------------------- serving and quality
-  load_log = engine.run(workload.generate(cfg.workload, source))
+  load_log = engine.run(_background(cfg, source, cfg.workload.seed))
   serving = latency.summarize(load_log.requests)
   step_s = [w["step_s"] for w in load_log.wall]
   serving["step_wall_ms_median"] = float(np.median(step_s) * 1e3) if step_s else None

@@ -1,29 +1,52 @@
 """End-to-end demo: build the model, prefill a batch of prompts with the cache, decode greedily.
 
-Reports parameter counts, the generated text and prefill/decode tokens per second. It goes
-through the same jitted engine step that serving uses (parallel/steps.py), driven by the greedy
-loop of serving/greedy.py (every prompt decodes max_new_tokens tokens; EOS does not stop it).
+Reports parameter counts, the generated text (up to its first EOS) and prefill/decode tokens per
+second. It goes through the same jitted engine step that serving uses (parallel/steps.py), driven
+by the greedy loop of serving/greedy.py (every prompt decodes max_new_tokens tokens; EOS does not
+stop it, so the speed figures count every step). Prompts (`generate.prompts`): `demo`, a fixed
+handful, or `eval`, the first eval-set prompt of each domain.
 """
 import time
 
 import jax
 
+from moe_serve import config as config_lib
 from moe_serve import loading
+from moe_serve.data import eval_prompts
 from moe_serve.model import api
 from moe_serve.parallel import steps
 from moe_serve.serving import greedy
 
 DEMO_PROMPTS = ("12+34=", "reverse: moe_serve", "def add(a, b):", "The experts ", "sort: dcba")
+PROMPT_SETS = ("demo", "eval")
+
+
+def prompt_texts(kind):
+  """The demo's prompt texts: DEMO_PROMPTS, or the first eval prompt of each domain."""
+  if kind == "demo":
+    return list(DEMO_PROMPTS)
+  if kind == "eval":
+    first = {}
+    for ex in eval_prompts.load(per_domain=1):
+      first.setdefault(ex.domain, ex.prompt)
+    return list(first.values())
+  raise config_lib.ConfigError(f"generate.prompts={kind!r} is not one of {list(PROMPT_SETS)}")
+
+
+def _until_eos(ids, eos_id):
+  ids = list(ids)
+  return ids[:ids.index(eos_id)] if eos_id in ids else ids
 
 
 def run(cfg, log=print, mesh=None):
   """Runs the demo (sharded over `mesh` if given); returns a dict of the figures it printed."""
   m = cfg.model
-  n = min(cfg.generate.num_prompts, len(DEMO_PROMPTS))
+  texts = prompt_texts(cfg.generate.get("prompts", "demo"))
+  n = min(cfg.generate.num_prompts, len(texts))
   data = 1 if mesh is None else mesh.shape["data"]
   rows = -(-n // data) * data  # slots and step rows, padded with idle rows to fill `data`
   tok = loading.tokenizer(cfg)  # the model's own (an HF directory's), else bytes
-  prompts = [tok.encode(p) for p in DEMO_PROMPTS[:n]]
+  prompts = [tok.encode(p) for p in texts[:n]]
   if max(len(p) for p in prompts) + cfg.generate.max_new_tokens > m.max_len:
     raise ValueError(f"prompt + generate.max_new_tokens={cfg.generate.max_new_tokens} exceeds "
                      f"model.max_len={m.max_len}")
@@ -55,8 +78,8 @@ def run(cfg, log=print, mesh=None):
   cache, generated = decode(cache, first)
   decode_s = time.perf_counter() - t0
 
-  for p, g in zip(DEMO_PROMPTS[:n], generated):
-    log(f"  {p!r} -> {tok.decode(g)!r}")
+  for p, g in zip(texts[:n], generated):
+    log(f"  {p!r} -> {tok.decode(_until_eos(g, tok.eos_id))!r}")
   prompt_tokens = sum(len(p) for p in prompts)
   decoded = n * (cfg.generate.max_new_tokens - 1)  # the first token comes from the prefill
   figures = dict(params_total=total, params_active=active, compile_s=compile_s,

@@ -1,30 +1,11 @@
 """Prompts for experiments, all from the committed eval set (moe_serve/data/eval_prompts.jsonl),
 so a study never depends on the interpreter's version: background traffic, targets, quality."""
 from moe_serve.data import eval_prompts, tokenizer
+from moe_serve.serving import prompt_sources
 from moe_serve.serving.request import Request, SamplingParams
 
 
-class EvalPromptSource:
-  """A serving PromptSource: a random eval-set prompt of the asked domain.
-
-  Task prompts are used whole (their length is the task's); text prompts are cut to the asked
-  length in tokens (at least 8), so the workload's length distribution applies to text.
-  """
-
-  def __init__(self, examples=None, tok=tokenizer.BYTES):
-    examples = eval_prompts.load() if examples is None else examples
-    self.tok = tok  # the served model's tokenizer
-    self.by_domain = {}
-    for ex in examples:
-      self.by_domain.setdefault(ex.domain, []).append(ex)
-
-  def __call__(self, domain, length, rng):
-    pool = self.by_domain.get(domain)
-    if not pool:
-      raise ValueError(f"no eval prompts for domain {domain!r}; have {sorted(self.by_domain)}")
-    ex = pool[int(rng.integers(len(pool)))]
-    ids = self.tok.encode(ex.prompt)
-    return ids if ex.is_task else ids[:max(int(length), 8)]
+EvalPromptSource = prompt_sources.EvalPromptSource  # moved to serving/prompt_sources.py
 
 
 def target_requests(domains, per_domain, max_new_tokens, first_id, tok=tokenizer.BYTES):

@@ -72,19 +72,22 @@ class EngineRunner:
   NLL is measured under the same co-batching as generation; otherwise through the step.
   """
 
-  def __init__(self, cfg, params, engine=None, first_id=0):
+  def __init__(self, cfg, params, engine=None, first_id=0, progress=None):
     if engine is None:
       engine = serve_run.build_engine(cfg, params=params)
-      engine.warmup()
-    self.engine, self.first_id = engine, first_id
+      engine.warmup(progress)
+    self.engine, self.first_id, self.progress = engine, first_id, progress
     self._scorer = None if engine.want_prompt_logprobs else StepRunner(
         cfg.model, params, num_slots=cfg.serve.max_num_seqs,
         chunk=max(cfg.serve.buckets.chunk_lens))
 
-  def _serve(self, prompts_ids, max_new_tokens, domains):
+  def _serve(self, prompts_ids, max_new_tokens, domains, what):
     reqs = [request.Request(id=self.first_id + i, prompt=p, max_new_tokens=max_new_tokens,
                             domain=d) for i, (p, d) in enumerate(zip(prompts_ids, domains))]
-    records = {r["id"]: r for r in self.engine.run(reqs).requests}
+    on_step = None
+    if self.progress is not None:
+      on_step = lambda engine, rec: self.progress(what, engine.done, len(reqs))
+    records = {r["id"]: r for r in self.engine.run(reqs, on_step=on_step).requests}
     rejected = [r for r in records.values() if r["status"] != "finished"]
     if rejected:
       raise ValueError(f"the engine rejected {len(rejected)} eval requests, e.g. "
@@ -94,7 +97,8 @@ class EngineRunner:
   def generate(self, prompts_ids, max_new_tokens, domains=None):
     """Greedy completions through the engine (EOS kept), in the order of `prompts_ids`."""
     domains = domains or [self.engine.limits.domains[0]] * len(prompts_ids)
-    return [r["tokens"] for r in self._serve(prompts_ids, max_new_tokens, domains)]
+    return [r["tokens"] for r in self._serve(prompts_ids, max_new_tokens, domains,
+                                             "quality: generate")]
 
   def score(self, prompts_ids, continuations_ids):
     """log p(continuation token | everything before it), one array per pair."""
@@ -102,13 +106,13 @@ class EngineRunner:
       return self._scorer.score(prompts_ids, continuations_ids)
     # prompt_logprobs[q] = log p(token q + 1 | tokens <= q): the continuation's are the last ones.
     recs = self._serve([list(p) + list(c) for p, c in zip(prompts_ids, continuations_ids)], 1,
-                       [self.engine.limits.domains[0]] * len(prompts_ids))
+                       [self.engine.limits.domains[0]] * len(prompts_ids), "quality: score")
     return [np.asarray(r["prompt_logprobs"][-len(c):]) for r, c in zip(recs, continuations_ids)]
 
 
-def evaluate_served(serve_cfg, params, per_domain=None, path=None):
+def evaluate_served(serve_cfg, params, per_domain=None, path=None, progress=None):
   """quality.evaluate on the committed eval set (first `per_domain` rows per domain) via the
-  engine."""
+  engine; `progress(what, done, total)` hears of compilation and requests done."""
   examples = eval_prompts.load(path or eval_prompts.DEFAULT_PATH, per_domain=per_domain)
-  return quality.evaluate(EngineRunner(serve_cfg, params), examples,
+  return quality.evaluate(EngineRunner(serve_cfg, params, progress=progress), examples,
                           tok=loading.tokenizer(serve_cfg))

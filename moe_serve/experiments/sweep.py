@@ -16,6 +16,7 @@ import tqdm
 
 from moe_serve import config as config_lib
 from moe_serve import files
+from moe_serve import provenance
 
 RESULT_FILE = "result.json"
 MANIFEST_FILE = "sweep.json"
@@ -71,9 +72,7 @@ def apply_overrides(cfg, overrides):
 
 def config_hash(cfg):
   """A short hash of everything in `cfg` but its `sweep` section (what the runs share)."""
-  d = cfg.to_dict()
-  d.pop("sweep", None)
-  return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+  return provenance.config_hash(cfg, exclude=("sweep",))
 
 
 def _read_manifest(workdir):
@@ -158,9 +157,11 @@ def run_sweep(base_cfg, axes, workdir, run_fn, progress=True, log=print):
     os.makedirs(tmp_dir)
     bar.set_postfix_str(name.rsplit("-", 1)[0])  # the run now going (its name less the hash)
     t0 = time.time()
-    result = run_fn(apply_overrides(base_cfg, overrides), tmp_dir)
+    run_cfg = apply_overrides(base_cfg, overrides)
+    stamp = provenance.provenance(run_cfg)  # when it started, on what, from which commit
+    result = run_fn(run_cfg, tmp_dir)
     record = {"overrides": overrides, "name": name, "result": result,
-              "wall_s": round(time.time() - t0, 3)}
+              "wall_s": round(time.time() - t0, 3), "provenance": stamp}
     files.write_text_atomic(os.path.join(tmp_dir, RESULT_FILE),
                             json.dumps(record, indent=1, sort_keys=True))
     os.rename(tmp_dir, os.path.join(workdir, name))  # the commit point of the run

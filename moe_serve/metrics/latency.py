@@ -8,8 +8,8 @@ From per-request records (the engine's `requests` log; times in seconds of virtu
 - E2EL = finish time - arrival;
 - request throughput = completed requests / duration; output token throughput = output tokens /
   duration, where duration runs from the first arrival to the last finish of completed requests;
-- goodput = completed requests meeting every given SLO / duration (TPOT counts as 0 for a
-  one-token output, as vLLM does). None when no SLO is given.
+- goodput = completed requests meeting every given SLO (TTFT, TPOT, E2EL) / duration (TPOT
+  counts as 0 for a one-token output, as vLLM does). None when no SLO is given.
 Each distribution reports mean, median, p90 and p99 (numpy linear-interpolated percentiles, as
 vLLM) in milliseconds; None when empty. `summarize` repeats everything per domain and per request
 class (priority value).
@@ -40,7 +40,7 @@ def per_request(rec):
   return ttft, tpot, e2el, itls
 
 
-def _block(done, duration, slo_ttft_ms, slo_tpot_ms):
+def _block(done, duration, slo_ttft_ms, slo_tpot_ms, slo_e2el_ms=None):
   ttfts, tpots, e2els, itls, good = [], [], [], [], 0
   for rec in done:
     ttft, tpot, e2el, itl = per_request(rec)
@@ -51,10 +51,11 @@ def _block(done, duration, slo_ttft_ms, slo_tpot_ms):
       tpots.append(tpot)
     ok_ttft = slo_ttft_ms is None or ttft * 1e3 <= slo_ttft_ms
     ok_tpot = slo_tpot_ms is None or (tpot or 0.0) * 1e3 <= slo_tpot_ms
-    good += ok_ttft and ok_tpot
+    ok_e2el = slo_e2el_ms is None or e2el * 1e3 <= slo_e2el_ms
+    good += ok_ttft and ok_tpot and ok_e2el
   out_tokens = sum(r["output_len"] for r in done)
   rate = lambda x: x / duration if duration > 0 else None
-  no_slo = slo_ttft_ms is None and slo_tpot_ms is None
+  no_slo = slo_ttft_ms is None and slo_tpot_ms is None and slo_e2el_ms is None
   return dict(
       completed=len(done), input_tokens=sum(r["prompt_len"] for r in done),
       output_tokens=out_tokens, request_throughput=rate(len(done)),
@@ -63,7 +64,7 @@ def _block(done, duration, slo_ttft_ms, slo_tpot_ms):
       e2el_ms=stats_ms(e2els))
 
 
-def summarize(records, slo_ttft_ms=None, slo_tpot_ms=None):
+def summarize(records, slo_ttft_ms=None, slo_tpot_ms=None, slo_e2el_ms=None):
   """The run summary (see module docstring) from every request record, rejected ones included."""
   done = [r for r in records if r["status"] == "finished"]
   rejected = [r for r in records if r["status"] == "rejected"]
@@ -71,13 +72,14 @@ def summarize(records, slo_ttft_ms=None, slo_tpot_ms=None):
   out = dict(duration_s=duration, rejected=len(rejected),
              reject_reasons=dict(collections.Counter(r["reason"] for r in rejected)),
              preemptions=sum(r["preemptions"] for r in done),
-             slo=dict(ttft_ms=slo_ttft_ms, tpot_ms=slo_tpot_ms))
-  out.update(_block(done, duration, slo_ttft_ms, slo_tpot_ms))
+             slo=dict(ttft_ms=slo_ttft_ms, tpot_ms=slo_tpot_ms, e2el_ms=slo_e2el_ms))
+  slos = (slo_ttft_ms, slo_tpot_ms, slo_e2el_ms)
+  out.update(_block(done, duration, *slos))
   domains = sorted({r["domain"] for r in done})
-  out["per_domain"] = {d: _block([r for r in done if r["domain"] == d], duration, slo_ttft_ms,
-                                 slo_tpot_ms) for d in domains}
+  out["per_domain"] = {d: _block([r for r in done if r["domain"] == d], duration, *slos)
+                       for d in domains}
   # Request classes: the priority value (JSON keys are strings).
   classes = sorted({r.get("priority", 0) for r in done})
   out["per_priority"] = {str(c): _block([r for r in done if r.get("priority", 0) == c], duration,
-                                        slo_ttft_ms, slo_tpot_ms) for c in classes}
+                                        *slos) for c in classes}
   return out

@@ -10,7 +10,7 @@ def _num(x, fmt="{:.2f}"):
 def _goodput(s):
   slo = {k: v for k, v in s["slo"].items() if v is not None}
   if not slo:
-    return "goodput: no SLO given (--slo_ttft_ms, --slo_tpot_ms)"
+    return "goodput: no SLO given (--slo_ttft_ms, --slo_tpot_ms, --slo_e2el_ms)"
   within = ", ".join(f"{k.replace('_ms', '')} <= {v:g} ms" for k, v in slo.items())
   return f"goodput {_num(s['goodput'])} req/s ({within})"
 

@@ -88,8 +88,18 @@ class TensorBoard:
         self._w.add_scalar(f"{prefix}/{name}", value, step)
     self._w.flush()
 
-  def summary(self, summary, step=0):
-    self.record("summary", summary, step)
+  # A run's summary is one point per number: only these headline numbers become scalars (the
+  # rest is in summary.json); the whole table goes in as text (TEXT tab).
+  HEADLINE = ("completed", "rejected", "preemptions", "request_throughput", "output_throughput",
+              "goodput", "ttft_ms/median", "ttft_ms/p99", "tpot_ms/median", "tpot_ms/p99",
+              "e2el_ms/median", "e2el_ms/p99")
+
+  def summary(self, summary, step=0, text=None):
+    flat = flatten(summary)
+    self.record("summary", {k: flat[k] for k in self.HEADLINE if flat.get(k) is not None}, step)
+    if text:
+      self._w.add_text("summary", "    " + text.replace("\n", "\n    "), step)  # preformatted
+      self._w.flush()
 
   def close(self):
     self._w.close()

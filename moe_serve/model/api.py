@@ -60,10 +60,12 @@ def _per_moe_layer(state, collection, name):
 
 def collect_aux(state):
   """Sums the router losses of all MoE layers; stacks expert loads [num_moe_layers, E] and drop
-  rates [num_moe_layers]; with recorded routing, `routing` is a list of Routing per MoE layer."""
+  rates [num_moe_layers]; with recorded routing, `routing` is a list of Routing per MoE layer.
+  Without the "aux" collection (a serving step) the losses are 0 and the loads empty."""
   zero = jnp.zeros((), jnp.float32)
   loads = _per_moe_layer(state, "aux", "expert_load")
-  drops = _per_moe_layer(state, "aux", "drop_rate")
+  drops = (_per_moe_layer(state, "aux", "drop_rate") or
+           _per_moe_layer(state, "routing", "drop_rate"))
   aux = {
       "lb_loss": sum(_per_moe_layer(state, "aux", "lb_loss"), zero),
       "z_loss": sum(_per_moe_layer(state, "aux", "z_loss"), zero),
@@ -88,12 +90,15 @@ def forward(model_cfg, params, tokens_BxL, segment_ids_BxL=None, record_routing=
 
 
 def _apply(model_cfg, params, parts, cache, num_decode_parts=0, record_routing=False,
-           jitter_rng=None, rows_are_requests=False, forced_TxYxK=None):
-  mutable = ["aux", "routing"] if record_routing else ["aux"]
+           jitter_rng=None, rows_are_requests=False, aux=True, kv_len=None,
+           forced_TxYxK=None):
+  """`aux`: compute the "aux" collection (router losses, loads; training and forward)."""
+  mutable = ["aux"] * aux + ["routing"] * record_routing
   rngs = {"jitter": jitter_rng} if jitter_rng is not None else None
-  (logits, cache), state = Decoder(model_cfg).apply(
+  out = Decoder(model_cfg).apply(
       {"params": params}, parts, cache, num_decode_parts, record_routing, rows_are_requests,
-      forced_TxYxK, mutable=mutable, rngs=rngs)
+      kv_len, forced_TxYxK, mutable=mutable or False, rngs=rngs)
+  (logits, cache), state = out if mutable else (out, {})
   return logits, cache, state
 
 
@@ -119,22 +124,26 @@ def _new_lengths(lengths_S, part: Part):
   return lengths_S.at[slots_B].set(end_B, mode="drop")
 
 
-def step(model_cfg, params, cache, batch: StepBatch, record_routing=False):
+def step(model_cfg, params, cache, batch: StepBatch, record_routing=False, kv_len=None):
   """One engine step: decode rows [B, 1] and prefill chunks [P, L] against the slot cache.
 
   Returns (logits {"decode": [B, V], "prefill": [P, L, V]}, new cache, aux). Either part may
-  have zero rows. Jit it with the cache donated (parallel/steps.py). With `record_routing`
-  (static), aux["routing"] lists each MoE layer's Routing over the flat tokens
+  have zero rows. Jit it with the cache donated (parallel/steps.py). A step computes no router
+  losses or loads (training-only); with `record_routing` (static), aux["drop_rate"] holds each
+  MoE layer's drop rate and aux["routing"] lists each MoE layer's Routing over the flat tokens
   `[B decode tokens, then P*L prefill tokens]`. Every row must hold at most one request and a
   request at most one row (parts.check_one_request_per_row; the engine's batches do): the MoE
-  sizes `sequence`-scope expert buffers by it. `batch.forced_TxYxK`, when given, forces a
-  recorded routing on chosen tokens (routing replay, model/routing.py; unsharded steps only).
+  sizes `sequence`-scope expert buffers by it. `kv_len` (static, default max_len): attention
+  reads only the first kv_len cache positions, which must cover every row's last position. `batch.forced_TxYxK`,
+  when given, forces a recorded routing on chosen tokens (routing replay, model/routing.py;
+  unsharded steps only).
   """
   parts = [batch.decode, batch.prefill]
   (dec_BxLxV, pre_PxLxV), cache, state = _apply(model_cfg, params, parts, cache,
                                                 num_decode_parts=1,
                                                 record_routing=record_routing,
-                                                rows_are_requests=True,
+                                                rows_are_requests=True, aux=False,
+                                                kv_len=kv_len,
                                                 forced_TxYxK=batch.forced_TxYxK)
   lengths = cache["lengths"]
   for part in parts:

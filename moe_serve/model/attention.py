@@ -7,7 +7,7 @@ occupant left in the slot past p is masked out: slots leak nothing.
 
 Axis letters (docs/design.md section 2): B rows of the part, L tokens per row (query positions),
 D model, N query heads, M KV heads, Q = N / M query heads per KV head, H head dim, S cache slots,
-J key positions (a cache row's max_len, or L without a cache).
+J key positions (a cache row's first `kv_len` positions, or L without a cache).
 """
 import flax.linen as nn
 import jax
@@ -66,8 +66,10 @@ class Attention(nn.Module):
   norm_eps: float = 1e-6
 
   @nn.compact
-  def __call__(self, x_BxLxD, part: Part, cache_layer=None):
-    """Returns (output [B, L, D], updated cache layer or None)."""
+  def __call__(self, x_BxLxD, part: Part, cache_layer=None, kv_len=None):
+    """Returns (output [B, L, D], updated cache layer or None). `kv_len` (static, default the
+    cache's max_len): read only the first kv_len positions of each row, which must hold every
+    position a query of this part attends (the engine picks it from its kv-length buckets)."""
     d = x_BxLxD.shape[-1]
     dt = layers.dtype_of(self.dtype)
     n, m, h = self.num_heads, self.num_kv_heads, self.head_dim
@@ -110,10 +112,11 @@ class Attention(nn.Module):
           "v": write_cache(cache_layer["v"], part.slots_B, part.positions_BxL, valid_BxL,
                            v_BxLxMxH),
       }
-      keys_BxJxMxH = layers.constrain(
-          cache_layer["k"][part.slots_B], ("decode_batch", "cache_seq", "cache_heads", "cache_kv"))
-      vals_BxJxMxH = layers.constrain(
-          cache_layer["v"][part.slots_B], ("decode_batch", "cache_seq", "cache_heads", "cache_kv"))
+      # Masked keys weigh exactly 0, so fewer of them (a shorter kv_len) changes no output bit
+      # on the backends we test (tests/serving/test_engine.py compares kv buckets bitwise).
+      read = lambda c: layers.constrain(c[:, :kv_len][part.slots_B],
+                                        ("decode_batch", "cache_seq", "cache_heads", "cache_kv"))
+      keys_BxJxMxH, vals_BxJxMxH = read(cache_layer["k"]), read(cache_layer["v"])
       key_pos_J = jnp.arange(keys_BxJxMxH.shape[1], dtype=jnp.int32)
       mask_BxLxJ = key_pos_J[None, None, :] <= part.positions_BxL[:, :, None]
       out_BxLxNxH = attend(q_BxLxNxH, keys_BxJxMxH, vals_BxJxMxH, mask_BxLxJ)

@@ -7,6 +7,8 @@
 - `gather`: each kept pair gets a row (its rank among the expert's kept pairs) of an [E, C, D]
   buffer; the buffer is filled by a gather of token rows and read back by a gather.
 - `ragged`: pairs sorted by expert, one `jax.lax.ragged_dot` per weight matrix (dropless).
+- `sorted`: kept pairs in fixed blocks, one expert per block, only the blocks in use computed
+  (dispatch_sorted.py): work that follows the routed pairs, for any scope.
 
 C is `routing.buffer_capacity` (static). Sharding: token tensors are constrained to
 ("activation_tokens", "activation_embed"). With experts split over the mesh (`experts_sharded`)
@@ -24,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from moe_serve.model import dispatch_grouped, layers
+from moe_serve.model import dispatch_grouped, dispatch_sorted, layers
 
 BUFFER_AXES = ("exp", None, "embed_moe")
 TOKEN_AXES = ("activation_tokens", "activation_embed")
@@ -161,19 +163,27 @@ def ragged_dispatch(x_TxD, routing, w):
 
 
 def run(backend, x_TxD, routing, w, capacity, router_cfg=None, num_decode=0, row_shapes=None):
-  """Executes `routing` with `backend` (einsum | gather | ragged); `capacity` = buffer rows.
+  """Executes `routing` with `backend` (einsum | gather | ragged | sorted); `capacity` = buffer
+  rows (`sorted` and `ragged` need none).
 
   `router_cfg`, `num_decode` and `row_shapes` (optional) only tighten the per-group buffers of
   the expert-parallel path (dispatch_grouped.group_capacity); results do not depend on them.
   """
-  if backend not in ("einsum", "gather", "ragged"):
-    raise ValueError(f"model.router.dispatch={backend!r} is not one of einsum, gather, ragged")
+  if backend not in ("einsum", "gather", "ragged", "sorted"):
+    raise ValueError(f"model.router.dispatch={backend!r} is not one of einsum, gather, ragged, "
+                     "sorted")
   x_TxD = layers.constrain(x_TxD, TOKEN_AXES)
   if backend == "ragged":
     return ragged_dispatch(x_TxD, routing, w)
   t = x_TxD.shape[0]
   dense = backend == "einsum" and capacity >= t
   groups = dispatch_grouped.num_groups()
+  if backend == "sorted" and not experts_sharded():
+    y_TxD = dispatch_sorted.sorted_dispatch(x_TxD, routing, w,
+                                            buffer_slots(routing, w.w_gate_ExDxF.shape[0]))
+    return layers.constrain(y_TxD, TOKEN_AXES)
+  if backend == "sorted":  # experts split over the mesh: the all-to-all path, by index
+    backend = "gather"
   if not dense and groups > 1 and experts_sharded():
     # Experts on other devices: move each group's buffer rows to them by all-to-all.
     group_cap = dispatch_grouped.group_capacity(t, groups, capacity, router_cfg,

@@ -3,8 +3,9 @@
 router (float32 logits) -> routing.route (choice + capacity by scope and priority) -> a dispatch
 backend (dispatch.py, chosen by `model.router.dispatch`). `dispatch.dense_reference` (every expert
 on every token, mixed with the kept weights) is the exact reference the backends are tested
-against. Sown into the "aux" collection: lb_loss, z_loss, expert_load, drop_rate; into "routing"
-(only when asked): the layer's `Routing`.
+against. Sown into the "aux" collection when it is mutable (training, api.forward; a serving step
+never asks, so it computes no router losses): lb_loss, z_loss, expert_load, drop_rate; into
+"routing" (only when asked): the layer's `Routing` and drop_rate.
 
 Axis letters (docs/design.md section 2): T flat tokens, D model, E experts, K choices per token.
 """
@@ -99,17 +100,19 @@ class MoE(nn.Module):
     if m.shared_expert:
       y_TxD = y_TxD + self._shared(x_TxD)
 
-    choice_TxK = rt.expert_index
-    if r.kind == "expert_choice":  # its record has K = E: balance the router's own top-k instead
-      choice_TxK = jax.lax.top_k(logits_TxE, r.k)[1]
-    lb_loss, z_loss, load_E = router_losses(logits_TxE, choice_TxK, valid_T)
-    self.sow("aux", "lb_loss", lb_loss)
-    self.sow("aux", "z_loss", z_loss)
-    self.sow("aux", "expert_load", load_E)
-    self.sow("aux", "drop_rate", routing.drop_rate(rt, segment_ids_T,
-                                                   r.kind == "expert_choice"))
+    drop_rate = lambda: routing.drop_rate(rt, segment_ids_T, r.kind == "expert_choice")
+    if self.is_mutable_collection("aux"):  # training and forward(); never a serving step
+      choice_TxK = rt.expert_index
+      if r.kind == "expert_choice":  # its record has K = E: balance the router's own top-k
+        choice_TxK = jax.lax.top_k(logits_TxE, r.k)[1]
+      lb_loss, z_loss, load_E = router_losses(logits_TxE, choice_TxK, valid_T)
+      self.sow("aux", "lb_loss", lb_loss)
+      self.sow("aux", "z_loss", z_loss)
+      self.sow("aux", "expert_load", load_E)
+      self.sow("aux", "drop_rate", drop_rate())
     if record:
       self.sow("routing", "routing", rt)
+      self.sow("routing", "drop_rate", drop_rate())
     return y_TxD
 
   def _shared(self, x_TxD):

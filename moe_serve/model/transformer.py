@@ -30,7 +30,8 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, xs, parts: Sequence[Part], cache_layer, num_decode_parts=0,
-               record_routing=False, rows_are_requests=False, forced_TxK=None):
+               record_routing=False, rows_are_requests=False, kv_len=None,
+               forced_TxK=None):
     m = self.cfg
     attn = Attention(m.num_heads, m.num_kv_heads, m.head_dim, m.rope_theta, m.dtype,
                      m.attn_bias, m.qk_norm, m.norm_eps, name="attn")
@@ -40,7 +41,7 @@ class Block(nn.Module):
       if x.shape[0] * x.shape[1] == 0:
         new_xs.append(x)
         continue
-      y, cache_layer = attn(norm_attn(x), part, cache_layer)
+      y, cache_layer = attn(norm_attn(x), part, cache_layer, kv_len)
       new_xs.append(x + y)
     order = FlatOrder.of(new_xs)  # [B, L, D] per part -> [T, D]
     x_TxD, seg_T = order.flatten(new_xs), order.flatten([p.segment_ids_BxL for p in parts])
@@ -67,14 +68,16 @@ class Decoder(nn.Module):
   `record_routing` every MoE layer sows its Routing into the "routing" collection.
   `rows_are_requests` promises that every row holds at most one request (segment id) and a
   request at most one row, as in an engine step (not a packed training batch): `sequence`
-  scope then sizes its expert buffers per row (routing.buffer_capacity). `forced_TxYxK`: routing
+  scope then sizes its expert buffers per row (routing.buffer_capacity). `kv_len` (static):
+  the cache positions attention reads (Attention). `forced_TxYxK`: routing
   replay codes per flat token and MoE layer (routing.py), None = route freely.
   """
   cfg: "ml_collections.ConfigDict"  # the model section  # noqa: F821
 
   @nn.compact
   def __call__(self, parts: Sequence[Part], cache=None, num_decode_parts=0,
-               record_routing=False, rows_are_requests=False, forced_TxYxK=None):
+               record_routing=False, rows_are_requests=False, kv_len=None,
+               forced_TxYxK=None):
     m = self.cfg
     embedding_VxD = layers.param_with_axes(self, "embedding", (m.vocab_size, m.d_model),
                                            ("vocab", "embed"), nn.initializers.normal(1.0))
@@ -89,7 +92,8 @@ class Decoder(nn.Module):
       if forced_TxYxK is not None and is_moe_layer(m, i):
         forced_TxK, moe_layer = forced_TxYxK[:, moe_layer], moe_layer + 1
       xs, cache_layer = Block(m, is_moe_layer(m, i), name=f"block_{i}")(
-          xs, parts, cache_layer, num_decode_parts, record_routing, rows_are_requests, forced_TxK)
+          xs, parts, cache_layer, num_decode_parts, record_routing, rows_are_requests, kv_len,
+          forced_TxK)
       new_layers.append(cache_layer)
     final_norm = layers.RMSNorm(m.norm_eps, name="final_norm")
     if m.tie_embeddings:

@@ -21,11 +21,14 @@ from moe_serve.parallel import sharding
 class ShardedFn:
   """A sharded jit that places its host inputs first (see sharding.put).
 
+  `static` names keyword arguments passed on positionally after the placed ones (a jit with
+  in_shardings takes no keyword arguments; the jit marks those positions static).
   `lower(*args)` gives the lowered computation of the same jit (for HLO inspection).
   """
 
-  def __init__(self, jitted, in_shardings, what):
+  def __init__(self, jitted, in_shardings, what, static=()):
     self.jitted, self.in_shardings, self._what = jitted, in_shardings, what
+    self._static = static
 
   def place(self, *args):
     for arg, s, what in zip(args, self.in_shardings, self._what):
@@ -33,8 +36,11 @@ class ShardedFn:
         sharding.check_divisible(arg, s, *what)
     return sharding.put(args, tuple(self.in_shardings))
 
-  def __call__(self, *args):
-    return self.jitted(*self.place(*args))
+  def __call__(self, *args, **static):
+    unknown = set(static) - set(self._static)
+    if unknown:
+      raise TypeError(f"unexpected keyword arguments {sorted(unknown)}")
+    return self.jitted(*self.place(*args), *(static.get(k) for k in self._static))
 
   def lower(self, *args):
     return self.jitted.lower(*self.place(*args))
@@ -53,25 +59,28 @@ _SLOTS_FIX = ("KV cache", "use a number of slots that is a multiple of mesh.data
 
 
 def make_step_fn(model_cfg, mesh=None, rules=None, record_routing=False):
-  """jit((params, cache, StepBatch) -> (logits, cache, aux)) with the cache donated.
+  """jit((params, cache, StepBatch, kv_len=None) -> (logits, cache, aux)) with the cache donated.
 
   `record_routing` is passed to `api.step` as a static argument: aux["routing"] then lists each
-  MoE layer's Routing (replicated, like the rest of aux, on a mesh).
+  MoE layer's Routing (replicated, like the rest of aux, on a mesh). `kv_len` is static too
+  (one compile per value; api.step).
   """
   if mesh is None:
     return jax.jit(functools.partial(api.step, model_cfg, record_routing=record_routing),
-                   donate_argnums=(1,))
+                   donate_argnums=(1,), static_argnames=("kv_len",))
   rules = _require_rules(mesh, rules)
   p = sharding.plan(model_cfg, mesh, rules)
   out_s = (sharding.replicated(mesh), p.cache, sharding.replicated(mesh))
 
-  def step(params, cache, batch):
+  def step(params, cache, batch, kv_len=None):
     with mesh_lib.logical_context(mesh, rules):
-      return api.step(model_cfg, params, cache, batch, record_routing=record_routing)
+      return api.step(model_cfg, params, cache, batch, record_routing=record_routing,
+                      kv_len=kv_len)
 
   jitted = jax.jit(step, in_shardings=(p.params, p.cache, p.batch), out_shardings=out_s,
-                   donate_argnums=(1,))
-  return ShardedFn(jitted, (p.params, p.cache, p.batch), (None, _SLOTS_FIX, _ROWS_FIX))
+                   donate_argnums=(1,), static_argnums=(3,))
+  return ShardedFn(jitted, (p.params, p.cache, p.batch), (None, _SLOTS_FIX, _ROWS_FIX),
+                   static=("kv_len",))
 
 
 def make_forward_fn(model_cfg, mesh=None, rules=None):

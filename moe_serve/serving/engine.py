@@ -3,7 +3,8 @@
 The engine knows the model only through a step function `(params, cache, StepBatch) -> (logits,
 cache, aux)` with the cache donated (parallel/steps.py or a sharded variant with the same call);
 `run.build_engine` makes one from a config. Step shapes come from a small set of buckets
-(`Buckets`) and `warmup` compiles them all, so a warmed-up run never compiles again.
+(`Buckets`: rows, chunk length, and how many cache positions attention reads) and `warmup`
+compiles them all, so a warmed-up run never compiles again.
 
 Records (plain dicts, written as JSONL by metrics/writers.py):
 - `steps`: one per step, only deterministic fields (virtual time, never wall time);
@@ -31,16 +32,24 @@ from moe_serve.serving.scheduler import Scheduler
 
 
 class Buckets(NamedTuple):
-  """Allowed step shapes: decode rows B, prefill rows P, chunk length C (each sorted)."""
+  """Allowed step shapes: decode rows B, prefill rows P, chunk length C, and the cache
+  positions attention reads, kv_len (each sorted; kv_lens always ends with the model's max_len)."""
   decode_rows: tuple
   prefill_rows: tuple
   chunk_lens: tuple
+  kv_lens: tuple
 
   @classmethod
-  def from_config(cls, b):
-    """From the `serve.buckets` config section."""
-    return cls(*(tuple(sorted(int(x) for x in v))
-                 for v in (b.decode_rows, b.prefill_rows, b.chunk_lens)))
+  def from_config(cls, b, max_len):
+    """From the `serve.buckets` config section and the model's max_len."""
+    rows = (tuple(sorted(int(x) for x in v)) for v in (b.decode_rows, b.prefill_rows,
+                                                         b.chunk_lens))
+    kv = tuple(sorted({int(x) for x in b.get("kv_lens", ())} | {int(max_len)}))
+    return cls(*rows, kv)
+
+  def pick_kv(self, positions_needed):
+    """The smallest kv_len covering `positions_needed` cache positions."""
+    return next(o for o in self.kv_lens if o >= positions_needed)
 
   def pick(self, n_decode, n_prefill, longest_chunk):
     """The smallest (B, P, C) holding that many decode rows, prefill rows and chunk tokens."""
@@ -73,7 +82,7 @@ class Engine:
   def __init__(self, cfg, step_fn, params, cache, clock):
     s = cfg.serve
     self.cfg, self.step_fn, self.params, self.cache, self.clock = cfg, step_fn, params, cache, clock
-    self.buckets = Buckets.from_config(s.buckets)
+    self.buckets = Buckets.from_config(s.buckets, cfg.model.max_len)
     self._new_scheduler = lambda: Scheduler(s, max(self.buckets.prefill_rows),
                                             max(self.buckets.chunk_lens))
     self.sched = self._new_scheduler()
@@ -90,23 +99,27 @@ class Engine:
     self.done = 0  # requests finished or rejected so far in `run` (for progress bars)
 
   # ------------------------------------------------------------------ warm-up
-  def warmup(self):
-    """Compiles the step and the sampler for every bucket with all-padding batches.
+  def warmup(self, progress=None):
+    """Compiles the step and the sampler for every bucket with all-padding batches;
+    `progress(what, done, total)` is called after each (scripts show it as a progress line).
 
     Two passes: a freshly built cache is not yet committed to a device, while the step's donated
     output is, and jit keys its compilations on that; the second pass compiles the committed
     signature of the first bucket (with one bucket it would otherwise compile in the run).
     """
-    for b, p, c in self.buckets.all() * 2:
+    shapes = [(s, kv) for s in self.buckets.all() for kv in self.buckets.kv_lens] * 2
+    for i, ((b, p, c), kv) in enumerate(shapes):
       batch = self._with_replay(parts.StepBatch(parts.empty_part(b, 1), parts.empty_part(p, c)),
                                 None, (b, p, c))
-      logits, self.cache, _ = self.step_fn(self.params, self.cache, batch)
+      logits, self.cache, _ = self._step(batch, kv)
       out = sampling.sample(logits["decode"], logits["prefill"],
                             sampling.SamplingBatch.padding(b, p))
       jax.block_until_ready(out)
       if self.want_prompt_logprobs and p:
         jax.block_until_ready(sampling.prompt_logprobs(logits["prefill"], np.zeros((p, c),
                                                                                     np.int32)))
+      if progress is not None:
+        progress("compile step shapes", i + 1, len(shapes))
 
   # ------------------------------------------------------------------ batch building
   def _build(self, plan):
@@ -123,11 +136,13 @@ class Engine:
     p_seg -= 1
     samp = sampling.SamplingBatch.padding(b, p)
     kv = 0  # attended_kv: each real token attends to its position + 1 keys
+    held = 1  # cache positions the step's attention must read (its longest row's end)
     for i, seq in enumerate(plan.decode):
       n = seq.num_computed
       d_tok[i], d_slot[i], d_pos[i], d_seg[i] = seq.tokens[-1], seq.slot, n, seq.req.id
       samp.set_row(i, seq.req.sampling, n + 1)
       kv += n + 1
+      held = max(held, n + 1)
     for j, (seq, n) in enumerate(plan.prefill):
       start = seq.num_computed
       p_tok[j, :n] = seq.tokens[start:start + n]
@@ -135,9 +150,18 @@ class Engine:
       samp.last_P[j] = n - 1
       samp.set_row(b + j, seq.req.sampling, start + n)
       kv += n * start + n * (n + 1) // 2
+      held = max(held, start + n)
     batch = parts.StepBatch(parts.decode_part(d_tok, d_slot, d_pos, d_seg),
                             parts.chunk_part(p_tok, p_slot, p_start, p_len, p_seg))
-    return (b, p, c), self._with_replay(batch, plan, (b, p, c)), samp, kv
+    return ((b, p, c), self._with_replay(batch, plan, (b, p, c)), samp, kv,
+            self.buckets.pick_kv(held))
+
+  def _step(self, batch, kv_len):
+    """The step function on `batch`, reading `kv_len` cache positions (only passed when the
+    config has kv-length buckets, so step functions without the argument still serve)."""
+    if len(self.buckets.kv_lens) == 1:
+      return self.step_fn(self.params, self.cache, batch)
+    return self.step_fn(self.params, self.cache, batch, kv_len=kv_len)
 
   def _with_replay(self, batch, plan, shape):
     if not self.replay_routing:
@@ -233,9 +257,9 @@ class Engine:
       if not plan.decode and not plan.prefill:
         raise RuntimeError(f"scheduler made no progress at t={start} (waiting "
                            f"{len(sched.waiting)}, running {len(sched.running)}): a bug")
-      shape, batch, samp, kv = self._build(plan)
+      shape, batch, samp, kv, kv_len = self._build(plan)
       t_dev = time.perf_counter()
-      logits, self.cache, aux = self.step_fn(self.params, self.cache, batch)
+      logits, self.cache, aux = self._step(batch, kv_len)
       toks, lps = jax.device_get(sampling.sample(logits["decode"], logits["prefill"], samp))
       drops = self._drops(aux, batch, plan)  # device->host copies: timed with the step
       if self.want_prompt_logprobs:
@@ -254,7 +278,7 @@ class Engine:
         if seq.advance_prefill(n):
           self._emit(seq, toks[shape[0] + j], lps[shape[0] + j], now)
       in_step = plan.decode + [s for s, _ in plan.prefill]
-      rec = dict(step=len(steps), t=start, dt=now - start, bucket=list(shape),
+      rec = dict(step=len(steps), t=start, dt=now - start, bucket=list(shape), kv_len=kv_len,
                  decode=n_dec, prefill_rows=len(plan.prefill),
                  prefill_tokens=sum(n for _, n in plan.prefill), attended_kv=kv,
                  slots_used=len(sched.running) + sum(1 for s in in_step if s.finish_reason),

@@ -6,21 +6,28 @@ Files under the workdir (docs/design.md section 3, Exports):
 - wall.jsonl: wall seconds per step (step, and host work around it); never deterministic;
 - summary.json, summary.csv: latency/throughput metrics plus run facts (the `wall` entry and
   `compiles_after_warmup` are measurements of this process, not of the simulated server);
+- summary.json's `provenance`: versions, devices, git commit, config hash, start time
+  (moe_serve/provenance.py);
+- benchmark.json: the same run under vLLM `bench serve` field names (metrics/benchmark.py);
+- plots/latency_cdf.png, plots/over_time.png when serve.plots is set (metrics/serve_plots.py);
 - config.json; skipped_lines.jsonl (bad trace lines, with workload.skip_bad_lines); tb/ with
   TensorBoard scalars when serve.tensorboard is set.
 Each file is written under a temporary name and renamed when complete, so a killed run or a full
 disk never leaves a truncated file posing as a complete one. `summary.json`'s `params` says where
 the parameters came from (a model directory and its step, or a random init and its seed).
 """
+import dataclasses
+import datetime
 import os
 import time
 
 from moe_serve import config as config_lib
 from moe_serve import loading
-from moe_serve.metrics import latency, table, writers
+from moe_serve import provenance
+from moe_serve.metrics import benchmark, latency, serve_plots, table, writers
 from moe_serve.parallel import compiles, steps
 from moe_serve.serving import clock as clock_lib
-from moe_serve.serving import workload
+from moe_serve.serving import profiling, prompt_sources, trace_formats, workload
 from moe_serve.serving.engine import Engine
 
 
@@ -47,30 +54,53 @@ def build_engine(cfg, step_fn=None, params=None, cache=None, mesh=None):
 
 
 def make_requests(cfg, prompt_source=None, skipped=None):
-  """The trace in workload.trace if set, else the generated workload (synthetic prompts).
+  """The trace in workload.trace if set (format workload.trace_format, docs/traces.md), else the
+  generated workload; prompts from `prompt_source` or the one workload.prompt_source names.
 
   With `workload.skip_bad_lines`, bad trace lines are appended to `skipped` (a list) as
   {"line", "reason"} and the rest are served; otherwise the first bad line is a TraceError.
+  `workload.max_requests` (0: all) caps a trace and `workload.time_scale` multiplies its arrival
+  times.
   """
-  if cfg.workload.trace:
-    tok = loading.tokenizer(cfg)
-    if cfg.workload.get("skip_bad_lines", False):
-      skipped = [] if skipped is None else skipped
-      return workload.load_trace(cfg.workload.trace, skipped=skipped, tok=tok)
-    return workload.load_trace(cfg.workload.trace, tok=tok)
-  return workload.generate(cfg.workload, prompt_source or workload.SyntheticPromptSource())
+  wl = cfg.workload
+  tok = loading.tokenizer(cfg)
+  if prompt_source is None:
+    prompt_source = prompt_sources.make(wl.get("prompt_source", "synthetic"), tok, wl.seed)
+  if not wl.trace:
+    return workload.generate(wl, prompt_source)
+  if wl.get("skip_bad_lines", False):
+    skipped = [] if skipped is None else skipped
+  else:
+    skipped = None
+  fmt = wl.get("trace_format", "jsonl")
+  if fmt != "jsonl":
+    requests, _ = trace_formats.load(wl, wl.trace, fmt, tok,
+                                     prompt_sources.exact_length(prompt_source), skipped)
+    return requests
+  requests = workload.load_trace(wl.trace, skipped=skipped, tok=tok)
+  requests = requests[:wl.get("max_requests", 0) or None]
+  scale = float(wl.get("time_scale", 1.0))
+  return [dataclasses.replace(r, arrival=r.arrival * scale) for r in requests] if scale != 1 \
+      else requests
 
 
 def serve(cfg, workdir, engine=None, requests=None, slo_ttft_ms=None, slo_tpot_ms=None,
-          on_step=None, log=print, params_source=None, skipped_lines=()):
+          on_step=None, log=print, params_source=None, skipped_lines=(), slo_e2el_ms=None,
+          percentiles=benchmark.DEFAULT_PERCENTILES, profile_dir=None, profile_steps=20,
+          progress=None):
   """Runs the whole thing; returns (summary dict, RunLog). Writes the files listed above.
 
   `params_source` says where the engine's parameters came from (loading.load's second value;
   default: the config's `params_dir` or seed when this builds the engine); `skipped_lines` are
-  the bad trace lines that make_requests skipped, kept in skipped_lines.jsonl.
+  the bad trace lines that make_requests skipped, kept in skipped_lines.jsonl. `percentiles` are
+  benchmark.json's (vLLM's --metric-percentiles). With `profile_dir`, the first `profile_steps`
+  steps after warm-up are traced by jax.profiler into it (serving/profiling.py). `progress(what,
+  done, total)` hears of each step shape compiled in warm-up.
   """
   config_lib.validate(cfg)
   config_lib.validate_serve(cfg)
+  stamp = provenance.provenance(cfg)  # software, devices, commit, config hash, start time
+  started = datetime.datetime.now()
   os.makedirs(workdir, exist_ok=True)
   skipped_lines = list(skipped_lines)
   if engine is None:
@@ -85,31 +115,41 @@ def serve(cfg, workdir, engine=None, requests=None, slo_ttft_ms=None, slo_tpot_m
   # ----------------------------------------------------------------- warm-up: compile every bucket
   t0 = time.perf_counter()
   with compiles.count_compiles() as warm_compiles:
-    engine.warmup()
+    engine.warmup(progress)
   warmup_s = time.perf_counter() - t0
 
   # ----------------------------------------------------------------- serve
   tb = writers.TensorBoard(os.path.join(workdir, "tb")) if cfg.serve.tensorboard else None
 
+  profiler = profiling.StepTrace(profile_dir, profile_steps) if profile_dir else None
+
   def step_hook(eng, rec):
+    if profiler is not None:
+      profiler.step()
     if tb is not None:
       tb.step(rec)
     if on_step is not None:
       on_step(eng, rec)
 
+  if profiler is not None:
+    profiler.start()
   t0 = time.perf_counter()
   with compiles.count_compiles() as run_compiles:
     runlog = engine.run(requests, on_step=step_hook)
   run_s = time.perf_counter() - t0
+  if profiler is not None and profiler.stop():
+    log(f"profile: {min(profiler.seen, profile_steps)} steps traced in {profiler.directory} "
+        f"(tensorboard --logdir={profiler.directory}, or open its *.trace.json.gz in "
+        "https://ui.perfetto.dev)")
 
   # ----------------------------------------------------------------- summary and files
-  summary = latency.summarize(runlog.requests, slo_ttft_ms, slo_tpot_ms)
+  summary = latency.summarize(runlog.requests, slo_ttft_ms, slo_tpot_ms, slo_e2el_ms)
   step_s = sum(w["step_s"] for w in runlog.wall)
   host_s = sum(w["host_s"] for w in runlog.wall)
   summary.update(
       steps=len(runlog.steps), clock_mode=cfg.clock.mode, batching=cfg.serve.batching,
       policy=cfg.serve.policy, params=params_source or "given (source not recorded)",
-      skipped_trace_lines=len(skipped_lines),
+      skipped_trace_lines=len(skipped_lines), provenance=stamp,
       compiles_warmup=warm_compiles(), compiles_after_warmup=run_compiles(),
       wall=dict(warmup_s=warmup_s, run_s=run_s, step_s=step_s, host_s=host_s,
                 host_fraction=host_s / step_s if step_s else None,
@@ -119,11 +159,23 @@ def serve(cfg, workdir, engine=None, requests=None, slo_ttft_ms=None, slo_tpot_m
   writers.write_jsonl(os.path.join(workdir, "wall.jsonl"), runlog.wall)
   writers.write_json(os.path.join(workdir, "summary.json"), summary)
   writers.write_summary_csv(os.path.join(workdir, "summary.csv"), summary)
+  bench = benchmark.result(runlog.requests, percentiles,
+                           dict(ttft=slo_ttft_ms, tpot=slo_tpot_ms, e2el=slo_e2el_ms),
+                           benchmark.metadata(cfg, params_source, started))
+  writers.write_json(os.path.join(workdir, "benchmark.json"), bench)
   writers.write_json(os.path.join(workdir, "config.json"), cfg.to_dict())
   if skipped_lines:
     writers.write_jsonl(os.path.join(workdir, "skipped_lines.jsonl"), skipped_lines)
+  if cfg.serve.get("plots", False):
+    written = serve_plots.write_all(runlog.steps, runlog.requests, os.path.join(workdir, "plots"),
+                                    cfg.serve.kv_num_blocks, cfg.serve.max_num_seqs)
+    log(f"plots: {', '.join(os.path.relpath(p, workdir) for p in written)} in {workdir}"
+        if written else "plots: skipped (matplotlib is not installed: pip install -e '.[plots]')")
+  text = table.format_summary(summary)
   if tb is not None:
-    tb.summary(summary)
+    tb.summary(summary, text=text)
     tb.close()
-  log(table.format_summary(summary))
+    log(f"TensorBoard: tensorboard --logdir={os.path.join(workdir, 'tb')} (then open "
+        "http://localhost:6006: SCALARS per step, TEXT for the summary)")
+  log(text)
   return summary, runlog

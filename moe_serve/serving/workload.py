@@ -37,8 +37,9 @@ class SyntheticPromptSource:
   (crc32, not Python's per-process `hash`).
   """
 
-  def __init__(self, alphabet_size=32):
+  def __init__(self, alphabet_size=32, tok=tokenizer.BYTES):
     self.alphabet_size = alphabet_size
+    self.tok = tok  # the served model's tokenizer (to decode; the ids are bytes + OFFSET)
 
   def __call__(self, domain, length, rng):
     lo = 32 + zlib.crc32(domain.encode()) % (127 - 32 - self.alphabet_size)  # printable ASCII

@@ -6,6 +6,8 @@ positions) at two loads, gives bitwise the tokens and logprobs of its solo refer
 Contract 3 (the effect is real): the same traffic with scope `batch` at capacity factor 1.0
 changes some completion, and makes routing decisions differ.
 """
+import os
+
 import pytest
 
 from configs import study_default
@@ -13,6 +15,7 @@ from moe_serve import config as config_lib
 from moe_serve import loading
 from moe_serve.experiments import determinism, prompts
 from moe_serve.parallel import compiles
+from moe_serve.serving import prompt_sources
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +70,17 @@ def test_bad_study_config_is_named(field, value, message):
   cfg.study[field] = value
   with pytest.raises(config_lib.ConfigError, match=message):
     config_lib.validate_study(cfg)
+
+
+def test_study_background_is_the_trace_when_one_is_given():
+  """workload.trace replaces the generated background traffic (the same in every repeat)."""
+  cfg = study_default.get_config("size=tiny")
+  trace = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "traces",
+                       "burstgpt.csv")
+  cfg.workload.update(trace=trace, trace_format="burstgpt")
+  source = prompt_sources.make(cfg.workload.prompt_source)
+  for seed in (1, 2):
+    assert [len(r.prompt) for r in determinism._background(cfg, source, seed)] == [12, 20, 30, 5]
+  cfg.workload.update(trace="", trace_format="jsonl")
+  one, two = (determinism._background(cfg, source, seed) for seed in (1, 2))
+  assert len(one) == cfg.workload.num_requests and [r.prompt for r in one] != [r.prompt for r in two]

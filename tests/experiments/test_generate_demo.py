@@ -1,5 +1,12 @@
 """The README's demo runs end to end on the tiny config and reports honest figures."""
-from configs import tiny
+import os
+
+import pytest
+
+from configs import generate_default, tiny
+from moe_serve import bundled, loading
+from moe_serve import config as config_lib
+from moe_serve.data import eval_prompts
 from moe_serve.experiments import generate_demo
 
 
@@ -9,3 +16,27 @@ def test_demo_runs_and_reports(capsys):
   assert "parameters:" in out and "decode" in out and "'12+34=' ->" in out
   assert figures["params_total"] > figures["params_active"] > 0
   assert figures["decode_tok_s"] > 0 and figures["prefill_tok_s"] > 0
+
+
+def test_eval_prompt_set_is_the_first_prompt_of_each_domain():
+  first = {}
+  for ex in eval_prompts.load():
+    first.setdefault(ex.domain, ex.prompt)
+  assert generate_demo.prompt_texts("eval") == list(first.values())
+  assert len(first) == 6 and generate_demo.prompt_texts("demo") == list(generate_demo.DEMO_PROMPTS)
+  with pytest.raises(config_lib.ConfigError, match="generate.prompts='random'"):
+    generate_demo.prompt_texts("random")
+
+
+def test_printed_text_stops_at_the_first_eos():
+  assert generate_demo._until_eos([5, 6, 2, 7, 2], 2) == [5, 6]  # pylint: disable=protected-access
+  assert generate_demo._until_eos([5, 6], 2) == [5, 6]  # pylint: disable=protected-access
+
+
+def test_default_generate_config_is_the_bundled_model():
+  cfg = generate_default.get_config()
+  assert os.path.samefile(cfg.params_dir, bundled.DEFAULT_DIR) and cfg.generate.prompts == "eval"
+  cfg = loading.resolve(config_lib.validate(cfg), log=lambda *_: None)
+  trained = bundled.load_model_config()
+  for key in ("d_model", "num_layers", "num_experts", "d_ff_expert", "vocab_size"):
+    assert cfg.model[key] == trained[key], key

@@ -38,11 +38,12 @@ def _prefill_chunks(model_cfg, step, params, cache, toks_BxL, chunk, slots):
 
 
 # Router configs for which contract 1 holds exactly (tests/model/test_moe.py and docs/routing.md
-# explain the others): dropless (einsum by default, ragged; gather runs in the sequence variant)
+# explain the others): dropless (einsum by default, ragged, sorted; gather runs in the sequence variant)
 # and the hash router; `sequence` scope with a factor of E/k, where no instance can drop (a
 # decode step's one-token instances never drop).
 ROUTER_VARIANTS = {
     "none_ragged": dict(capacity_scope="none", dispatch="ragged"),
+    "none_sorted": dict(capacity_scope="none", dispatch="sorted"),
     "hash_none": dict(kind="hash", capacity_scope="none"),
     "sequence_token_factor_E_over_k": dict(capacity_scope="sequence", priority="token",
                                            dispatch="gather", capacity_factor_prefill=2.0),

@@ -47,7 +47,8 @@ def _numpy_reference(x_TxD, index_TxK, weight_TxK, w):
 def _run_all(x, rt, w, cap):
   out = {"einsum": dispatch.einsum_dispatch(x, rt, w, cap),
          "gather": dispatch.gather_dispatch(x, rt, w, cap),
-         "ragged": dispatch.ragged_dispatch(x, rt, w)}
+         "ragged": dispatch.ragged_dispatch(x, rt, w),
+         "sorted": dispatch.run("sorted", x, rt, w, cap)}
   return {k: np.asarray(v) for k, v in out.items()}
 
 

@@ -43,7 +43,7 @@ def test_backends_agree_in_the_model(tiny_cfg, scope):
   params = api.init_params(tiny_cfg.model, jax.random.key(0))
   toks = _toks(tiny_cfg, (2, 12))
   out = {}
-  for backend in ("einsum", "gather") + (("ragged",) if scope == "none" else ()):
+  for backend in ("einsum", "gather", "sorted") + (("ragged",) if scope == "none" else ()):
     r.dispatch = backend
     logits, aux = _forward(tiny_cfg.model, params, toks)
     out[backend] = np.asarray(logits)
@@ -101,7 +101,7 @@ def test_decode_tokens_get_the_decode_capacity_factor(tiny_cfg, decode_factor, p
   toks = _toks(tiny_cfg, (8,))
   batch = parts.StepBatch(parts.decode_part(toks, np.arange(8), np.zeros(8), np.arange(8)),
                           parts.empty_part(0, 4))
-  _, _, aux = steps.make_step_fn(m)(params, api.init_cache(m, 8), batch)
+  _, _, aux = steps.make_step_fn(m, record_routing=True)(params, api.init_cache(m, 8), batch)
   drops = np.asarray(aux["drop_rate"])
   if dropping:
     assert (drops >= 0.75).all(), drops
@@ -201,8 +201,8 @@ def test_sequence_scope_single_shot_prefill_equals_forward_with_drops(tiny_cfg, 
                   dispatch=dispatch)
   params = api.init_params(m, jax.random.key(0))
   toks = _toks(tiny_cfg, (2, 12))
-  logits, _, aux = steps.make_step_fn(m)(params, api.init_cache(m, 2),
-                                         _prefill_batch(toks, [0, 1]))
+  logits, _, aux = steps.make_step_fn(m, record_routing=True)(params, api.init_cache(m, 2),
+                                                              _prefill_batch(toks, [0, 1]))
   assert float(aux["drop_rate"].max()) > 0
   full, _ = _forward(m, params, toks)
   np.testing.assert_allclose(np.asarray(logits["prefill"]), np.asarray(full),

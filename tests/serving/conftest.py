@@ -10,7 +10,7 @@ from moe_serve.parallel import steps
 
 def tiny_serve_cfg(**serve):
   cfg = serve_default.get_config("size=tiny")
-  cfg.serve.update(serve)
+  cfg.serve.update(dict(plots=False), **serve)  # plots: tests/serving/test_serve_outputs.py
   config_lib.validate(cfg)
   config_lib.validate_serve(cfg)
   return cfg

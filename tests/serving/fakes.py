@@ -60,8 +60,8 @@ class FakeModel:
           logits[i, j, next_token(prefix, self.vocab_size)] = 10.0
     return logits
 
-  def __call__(self, params, cache, batch):
-    del params
+  def __call__(self, params, cache, batch, kv_len=None):
+    del params, kv_len
     self.calls += 1
     dec = self._part(batch.decode)
     pre = self._part(batch.prefill)

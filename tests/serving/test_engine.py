@@ -61,21 +61,30 @@ def test_reused_slot_leaks_nothing(tiny_model):
 # XLA:CPU a row's result of that dot can depend on the row's position in T (measured on
 # 2026-11-27 on a 2-core AMD EPYC with AVX2: request 2's logprobs differ by 2.4e-7, 1 ulp, between
 # its solo and co-batched rows; bitwise on the host of 2026-11-26). `gather`, which the study
-# uses, is bitwise on both; so are the tokens under either.
-@pytest.mark.parametrize("dispatch, logprob_atol", [("gather", 0.0), ("einsum", 1e-6)])
-def test_co_batched_requests_match_solo_with_fixed_shapes(dispatch, logprob_atol):
+# uses, and `sorted` (the dropless default) are bitwise on both; so are the tokens under any.
+# With kv-length buckets a request's steps read fewer cache positions alone than in company
+# (masked keys weigh exactly 0): still bitwise.
+@pytest.mark.parametrize("dispatch, logprob_atol, kv_lens", [
+    ("gather", 0.0, ()), ("einsum", 1e-6, ()), ("sorted", 0.0, (16, 32))])
+def test_co_batched_requests_match_solo_with_fixed_shapes(dispatch, logprob_atol, kv_lens):
   cfg = _fixed_cfg()
   cfg.model.router.dispatch = dispatch
+  cfg.serve.buckets.kv_lens = kv_lens
   model = (steps.make_step_fn(cfg.model), api.init_params(cfg.model, jax.random.key(0)))
   reqs = [_req(i, 5 + 3 * i, 12, 0.002 * i, temperature=0.7 * (i % 2)) for i in range(6)]
   log = _engine(cfg, model).run(reqs)
   assert max(s["decode"] + s["prefill_rows"] for s in log.steps) >= 4  # they did share steps
   busy = _by_id(log)
+  kv_differs = False
   for req in reqs[:3]:
-    solo = _by_id(_engine(cfg, model).run([req]))[req.id]
+    solo_log = _engine(cfg, model).run([req])
+    solo = _by_id(solo_log)[req.id]
     assert busy[req.id]["tokens"] == solo["tokens"], req.id
     np.testing.assert_allclose(busy[req.id]["logprobs"], solo["logprobs"], rtol=0,
                                atol=logprob_atol)
+    kv_of = lambda lg: [s["kv_len"] for s in lg.steps if req.id in s["requests"]]
+    kv_differs |= kv_of(solo_log) != kv_of(log)
+  assert kv_differs == bool(kv_lens)  # the buckets really differed between solo and busy
 
 
 def test_static_and_continuous_give_the_same_completions(tiny_model):

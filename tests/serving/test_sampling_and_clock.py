@@ -29,6 +29,18 @@ def test_greedy_is_argmax_and_logprob_is_log_softmax():
   np.testing.assert_allclose(lps, ls[np.arange(8), toks], atol=1e-5)
 
 
+def test_greedy_fast_path_gives_the_general_paths_tokens_and_logprobs():
+  """All rows greedy takes the argmax-only branch; one sampled row sends the same greedy rows
+  through the general sampler. Their tokens and logprobs must be the same, bitwise."""
+  temps = np.zeros(8, np.float32)
+  fast = _sample(LOGITS, 0, 0, temps, 0, 1.0)
+  temps[5] = 1.0
+  general = _sample(LOGITS, 0, 0, temps, 0, 1.0)
+  greedy = np.arange(8) != 5
+  for a, b in zip(fast, general):
+    np.testing.assert_array_equal(a[greedy], b[greedy])
+
+
 def test_a_row_samples_the_same_in_any_batch():
   seeds, pos = np.arange(8) + 11, np.arange(8) * 3
   toks, lps = _sample(LOGITS, seeds, pos, 1.0, 10, 0.9)

@@ -61,6 +61,13 @@ def test_bad_train_config_is_named(field, value, message):
     config_lib.validate_train(cfg)
 
 
+def test_training_refuses_the_serving_only_dispatch():
+  cfg = _tiny()
+  cfg.model.router.dispatch = "sorted"
+  with pytest.raises(config_lib.ConfigError, match="dispatch='sorted' is for serving"):
+    config_lib.validate_train(cfg)
+
+
 @pytest.mark.parametrize("stop", [3, 4])  # 4 is also a regular checkpoint step (every 2)
 def test_stop_step_ends_early_with_the_same_schedule(tmp_path, stop):
   cfg = _tiny()

@@ -1,0 +1,169 @@
+r"""moe_serve against Hugging Face transformers on the same weights and workload, interleaved.
+
+  pip install -e '.[peer]'                    # torch (CPU) + transformers, not in the test install
+  python benchmarks/peer.py                   # prints the table
+  python benchmarks/peer.py --append          # ... and appends it to benchmarks/RESULTS.md
+  python benchmarks/peer.py --peer_python=/tmp/hf/bin/python   # torch in another venv
+
+The model is a tiny Mixtral (hidden 256, 4 layers, 8 heads / 4 KV heads, 8 experts top-2, expert
+hidden 512, vocabulary 512) built with `transformers` from a seed and saved as float32
+safetensors; moe_serve imports that directory through its one loading path (moe_serve/hf). The
+workload: 64 requests x (64-token random prompt + exactly 64 new tokens), greedy, all arriving
+at t=0. Each round times HF `generate` at batch 32 and at batch 64 (benchmarks/peer_hf.py, a
+worker process that owns torch) and every moe_serve config (measured clock, `Engine.run` wall
+time after warm-up), one after the other, so load from other processes on this shared machine
+hits every case alike; the table gives medians over rounds. Output tokens/s x FLOPs per token
+(2 x the parameters a token uses) against the matmul peak measured in the same run is the
+fraction of the FLOP limit. Greedy agreement with HF says the weights really are the same.
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import serve_default
+from moe_serve import loading
+from moe_serve.serving import request as request_lib
+from moe_serve.serving import run as serve_run
+
+import common  # benchmarks/common.py (the script's folder is on sys.path)
+
+_APPEND = flags.DEFINE_bool("append", False, "Append the results to benchmarks/RESULTS.md.")
+_PEER_PYTHON = flags.DEFINE_string("peer_python", sys.executable,
+                                   "Python with torch + transformers for the HF worker.")
+_ROUNDS = flags.DEFINE_integer("rounds", 5, "Interleaved rounds.")
+_REQUESTS = flags.DEFINE_integer("num_requests", 64, "Requests (prompts) per run.")
+_PROMPT = flags.DEFINE_integer("prompt_len", 64, "Prompt tokens.")
+_NEW = flags.DEFINE_integer("new_tokens", 64, "New tokens per request (exactly).")
+_CONFIGS = flags.DEFINE_list("configs", ["none:sorted", "none:gather"],
+                             "moe_serve configs to time, scope:dispatch each.")
+
+MIXTRAL = dict(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+               num_attention_heads=8, num_key_value_heads=4, num_local_experts=8,
+               num_experts_per_tok=2, max_position_embeddings=256, rope_theta=10000.0,
+               tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+
+
+class HFWorker:
+  """benchmarks/peer_hf.py in a subprocess, one JSON line per command."""
+
+  def __init__(self, python):
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_hf.py")
+    self.proc = subprocess.Popen([python, script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 text=True)
+
+  def ask(self, **msg):
+    self.proc.stdin.write(json.dumps(msg) + "\n")
+    self.proc.stdin.flush()
+    line = self.proc.stdout.readline()
+    if not line:
+      raise RuntimeError(f"the HF worker ({_PEER_PYTHON.value}) died: does it have torch and "
+                         "transformers (pip install -e '.[peer]')?")
+    return json.loads(line)
+
+  def close(self):
+    self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+    self.proc.stdin.close()
+    self.proc.wait(timeout=60)
+
+
+def moe_engine(hf_dir, scope, dispatch_name, slots):
+  """A warmed-up engine for the HF directory: `slots` decode rows, 8 prefill rows of 64."""
+  cfg = serve_default.get_config("size=base")
+  cfg.params_dir = hf_dir
+  cfg.model.max_len = 2 * (_PROMPT.value + _NEW.value)
+  cfg.model = loading.resolve(cfg, log=lambda *_: None).model
+  cfg.model.router.update(capacity_scope=scope, dispatch=dispatch_name)
+  cfg.clock.mode = "measured"
+  chunk = 64
+  cfg.serve.update(max_num_seqs=slots, max_num_batched_tokens=slots + 8 * chunk, ignore_eos=True,
+                   kv_num_blocks=slots * -(-cfg.model.max_len // cfg.serve.kv_block_size))
+  cfg.serve.buckets.update(decode_rows=(slots,), prefill_rows=(0, 8), chunk_lens=(chunk,))
+  engine = serve_run.build_engine(cfg)
+  engine.warmup()
+  return engine
+
+
+def matmul_peak_gflops(n=1024, repeats=20):
+  """float32 [n, n] @ [n, n] on the default device: the best of `repeats`, GFLOP/s."""
+  a = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  jax.block_until_ready(f(a))
+  best = min(_timed(f, a) for _ in range(repeats))
+  return 2 * n ** 3 / best / 1e9
+
+
+def _timed(f, *args):
+  t0 = time.perf_counter()
+  jax.block_until_ready(f(*args))
+  return time.perf_counter() - t0
+
+
+def main(argv):
+  del argv
+  rng = np.random.default_rng(0)
+  prompts = rng.integers(3, MIXTRAL["vocab_size"], (_REQUESTS.value, _PROMPT.value)).tolist()
+  n_out = _REQUESTS.value * _NEW.value
+  worker = HFWorker(_PEER_PYTHON.value)
+  with tempfile.TemporaryDirectory() as hf_dir:
+    info = worker.ask(cmd="build", dir=hf_dir, seed=0, config=MIXTRAL)
+    engines = {}
+    for spec in _CONFIGS.value:
+      scope, dispatch_name = spec.split(":")
+      engines[spec] = moe_engine(hf_dir, scope, dispatch_name, 64)
+    reqs = [request_lib.Request(id=i, prompt=p, max_new_tokens=_NEW.value, arrival=0.0,
+                                domain="prose") for i, p in enumerate(prompts)]
+    times = {k: [] for k in ["hf b32", "hf b64", *engines]}
+    tokens = {}
+    for _ in range(_ROUNDS.value):
+      for b in (32, 64):
+        out = worker.ask(cmd="generate", prompts=prompts, batch=b, new=_NEW.value)
+        times[f"hf b{b}"].append(out["wall_s"])
+        tokens["hf"] = out["tokens"]
+      for spec, engine in engines.items():
+        t0 = time.perf_counter()
+        log = engine.run(reqs)
+        times[spec].append(time.perf_counter() - t0)
+        tokens[spec] = [r["tokens"] for r in sorted(log.requests, key=lambda r: r["id"])]
+    worker.close()
+  peak = matmul_peak_gflops()
+  per_tok_flops = 2 * active_params()
+  tps = {k: n_out / float(np.median(v)) for k, v in times.items()}
+  rows = []
+  for k, v in tps.items():
+    agree = ("" if k.startswith("hf") else
+             f"{np.mean(np.array(tokens[k]) == np.array(tokens['hf'])):.3f}")
+    rows.append([k, f"{v:.0f}", f"{v / tps['hf b32']:.2f}", f"{v / tps['hf b64']:.2f}",
+                 f"{v * per_tok_flops / 1e9 / peak:.3f}", agree])
+  desc = (f"tiny Mixtral ({info['params'] / 1e6:.1f}M parameters, float32), "
+          f"{_REQUESTS.value} requests x ({_PROMPT.value} prompt + {_NEW.value} new tokens), greedy, "
+          f"all at t=0; {_ROUNDS.value} interleaved rounds, medians. HF: torch {info['torch']}, "
+          f"transformers {info['transformers']}, {info['threads']} threads, attention "
+          f"{info['attn']}, experts {info['experts']}. moe_serve: 64 slots, prefill 8 x 64, "
+          f"measured clock. Matmul peak {peak:.0f} GFLOP/s (float32 1024^3); "
+          f"{per_tok_flops / 1e6:.1f} MFLOP per token.")
+  common.report("Peer: moe_serve vs HF transformers generate", desc,
+                ["run", "output tok/s", "vs HF b32", "vs HF b64", "of FLOP limit",
+                 "greedy agreement with HF"], rows,
+                append_to=os.path.join(os.path.dirname(__file__), "RESULTS.md")
+                if _APPEND.value else None)
+
+
+def active_params():
+  """Parameters one token uses: attention, router, k of the experts, embedding row, LM head."""
+  c = MIXTRAL
+  d, f, h = c["hidden_size"], c["intermediate_size"], c["hidden_size"] // c["num_attention_heads"]
+  attn = d * d * 2 + d * c["num_key_value_heads"] * h * 2
+  ffn = c["num_experts_per_tok"] * 3 * d * f + d * c["num_local_experts"]
+  return c["num_hidden_layers"] * (attn + ffn) + d * c["vocab_size"]
+
+
+if __name__ == "__main__":
+  app.run(main)
