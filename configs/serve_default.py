@@ -47,6 +47,7 @@ def get_config(arg=None):
       ignore_eos=False,  # True: every request runs to max_new_tokens (benchmarks)
       domains=DOMAINS,
       record_routing=False,  # per-request drops, when the step can return routing records
+      replay_routing=False,  # steps take forced routing codes: Engine.run(replay=...) (replay.py)
       prompt_logprobs=False,  # log p(prompt[q] | prompt[:q]) per request (NLL via serving)
       tensorboard=False,
       plots=True,  # PNGs under <workdir>/plots (latency CDFs, load over time); needs matplotlib

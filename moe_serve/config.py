@@ -329,6 +329,9 @@ def validate_serve(cfg):
   s, m = cfg.serve, cfg.model
   _choice(s.policy, "serve.policy", SERVE_POLICIES)
   _choice(s.batching, "serve.batching", SERVE_BATCHING)
+  if s.get("replay_routing", False) and m.router.kind not in ("topk", "hash"):
+    raise ConfigError(f"serve.replay_routing needs model.router.kind topk or hash, not "
+                      f"{m.router.kind!r}")
   _positive(s, "serve", "max_num_seqs", "max_num_batched_tokens", "kv_block_size", "kv_num_blocks")
   b = {k: tuple(s.buckets[k]) for k in ("decode_rows", "prefill_rows", "chunk_lens")}
   for key, opts in b.items():
@@ -413,6 +416,8 @@ def validate_serve(cfg):
 
 STUDY_MODES = ("traffic", "composition")
 CO_DOMAINS = ("same", "mixed")
+STUDY_ARMS = ("routing", "numerical")
+STUDY_REPLAY = ("none", "solo")
 
 
 def validate_study(cfg):
@@ -423,6 +428,8 @@ def validate_study(cfg):
   st = cfg.study
   _choice(st.mode, "study.mode", STUDY_MODES)
   _choice(st.co_domains, "study.co_domains", CO_DOMAINS)
+  _choice(st.get("arm", "routing"), "study.arm", STUDY_ARMS)
+  _choice(st.get("replay", "none"), "study.replay", STUDY_REPLAY)
   _positive(st, "study", "repeats", "targets_per_domain", "max_new_tokens", "co_max_new_tokens")
   for name in ("co_requests", "quality_per_domain", "seed"):
     if not isinstance(st[name], int) or st[name] < 0:

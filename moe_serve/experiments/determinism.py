@@ -8,6 +8,19 @@ engine of the same configuration), then `study.repeats` repeats, each in differe
   whose prompts come from `study.co_domains` ("same" = the target's own domain), so batch
   composition itself is the variable.
 All targets of a repeat share its traffic. Each repeat stops as soon as its targets finish.
+Targets run to `study.max_new_tokens` (EOS does not stop them: long completions are the probe).
+
+Arms (`study.arm`): `routing` serves the setting as configured (the default study: one fixed step
+shape, so only routing can tell a repeat from solo); `numerical` is dropless (scope `none`) with
+the step shapes of `study.numerical_buckets`, which vary with load, so only kernel shapes can.
+`study.replay="solo"` forces every target's solo routing in its repeats (serving/replay.py): the
+causality check, whatever the scope.
+
+With an output directory (a sweep run's), a setting also writes: `config.json` (its resolved
+config), `completions.jsonl` (every target's tokens and text, solo and per repeat),
+`forensics.jsonl` (metrics/forensics.py, one line per repeat that differs from solo) and
+`routing.npz` (every target's routing codes, solo and per repeat: serving/replay.py's format,
+keys `solo_<id>` and `r<repeat>_<id>`).
 
 Then, with the same engine: a load run (the background workload served to completion) for
 throughput and latency, and the quality evaluation (task exact match, text NLL) with every eval
@@ -17,16 +30,20 @@ cache are sharded; in a multi-process run every process checks at the end of the
 all engine runs gave every process the same request records (parallel/spmd.py).
 """
 import dataclasses
+import json
+import os
 import time
 
 import numpy as np
 
+from moe_serve import files
 from moe_serve import loading
 from moe_serve.experiments import prompts, quality_runners
 from moe_serve.metrics import determinism as det
-from moe_serve.metrics import latency, quality
+from moe_serve.metrics import forensics, latency, quality
 from moe_serve.model.transformer import is_moe_layer
 from moe_serve.parallel import spmd
+from moe_serve.serving import replay as replay_lib
 from moe_serve.serving import run as serve_run
 from moe_serve.serving import prompt_sources
 from moe_serve.serving import trace as trace_lib
@@ -39,12 +56,21 @@ QUALITY_ID0 = 4_000_000
 
 def apply_capacity_factor(cfg):
   """`study.capacity_factor` and `study.load`, when not None, set the router's prefill and
-  decode factors and the workload's arrival rate (so each is one sweep axis)."""
-  if cfg.study.capacity_factor is not None:
-    cfg.model.router.capacity_factor_prefill = float(cfg.study.capacity_factor)
-    cfg.model.router.capacity_factor_decode = float(cfg.study.capacity_factor)
-  if cfg.study.load is not None:
-    cfg.workload.arrival.rate = float(cfg.study.load)
+  decode factors and the workload's arrival rate (so each is one sweep axis); `study.arm`
+  "numerical" makes the setting dropless with `study.numerical_buckets`; `study.replay` != "none"
+  builds the engine with routing replay."""
+  st = cfg.study
+  if st.capacity_factor is not None:
+    cfg.model.router.capacity_factor_prefill = float(st.capacity_factor)
+    cfg.model.router.capacity_factor_decode = float(st.capacity_factor)
+  if st.load is not None:
+    cfg.workload.arrival.rate = float(st.load)
+  if st.get("arm", "routing") == "numerical":
+    cfg.model.router.capacity_scope = "none"
+    cfg.serve.buckets.update(**{k: tuple(v) for k, v in st.numerical_buckets.items()})
+    b = cfg.serve.buckets
+    cfg.serve.max_num_batched_tokens = max(b.decode_rows) + max(b.prefill_rows) * max(b.chunk_lens)
+  cfg.serve.replay_routing = st.get("replay", "none") != "none"
   return cfg
 
 
@@ -56,9 +82,10 @@ def _traces(tracer, runlog, ids):
     if rec["status"] != "finished":
       raise RuntimeError(f"target {rid} ended as {rec['status']} ({rec.get('reason')})")
     fed = rec["prompt_len"] + rec["output_len"] - 1
-    routing = tracer.routing_array(rid, fed) if tracer.routing[rid] else np.zeros((0, 0, 0))
+    codes = tracer.codes_array(rid, fed) if tracer.codes[rid] else None
+    routing = tracer.routing_array(rid, fed) if codes is not None else np.zeros((0, 0, 0))
     out[rid] = det.Trace(rec["prompt_len"], tuple(rec["tokens"]), tuple(rec["logprobs"]),
-                         np.stack(tracer.dists[rid]), routing)
+                         np.stack(tracer.dists[rid]), routing, codes)
   return out
 
 
@@ -104,30 +131,56 @@ def make_engine(cfg, params, mesh=None):
   return engine
 
 
-def repeat_in_traffic(cfg, engine, source):
+def repeat_in_traffic(cfg, engine, source, out_dir=None):
   """Solo references and `study.repeats` repeats of every target; returns
-  (per-target summaries {id: dict}, aggregate dict)."""
+  (per-target summaries {id: dict}, aggregate dict). With `out_dir`, also writes the
+  completions, forensics and routing files there (module docstring)."""
   st, m = cfg.study, cfg.model
-  targets = prompts.target_requests(st.target_domains, st.targets_per_domain, st.max_new_tokens,
-                                    TARGET_ID0, source.tok)
+  targets = [dataclasses.replace(t, ignore_eos=True) for t in prompts.target_requests(
+      st.target_domains, st.targets_per_domain, st.max_new_tokens, TARGET_ID0, source.tok)]
   ids = [t.id for t in targets]
+  domain = {t.id: t.domain for t in targets}
+  completions, forensic_recs, codes = [], [], {}
+
+  def keep(rid, tr, repeat):
+    completions.append(dict(id=rid, domain=domain[rid], repeat=repeat, tokens=list(tr.tokens),
+                            text=quality.completion_text(tr.tokens, source.tok)[0]))
+    if tr.codes is not None:
+      codes[f"{'solo' if repeat is None else f'r{repeat}'}_{rid}"] = tr.codes
 
   # ----------------------------------------------------------------- solo references
+  t0 = time.perf_counter()
   solo = {}
   for t in targets:
     tracer = trace_lib.Tracer([t.id])
     solo.update(_traces(tracer, engine.run([t], tracer=tracer), [t.id]))
+    keep(t.id, solo[t.id], None)
+  replay = None
+  if st.get("replay", "none") == "solo":
+    replay = {rid: tr.codes for rid, tr in solo.items()}
 
   # ----------------------------------------------------------------- repeats in traffic
+  t_solo = time.perf_counter() - t0
   runs = {rid: [] for rid in ids}
   traffic_drops = []
   for r in range(st.repeats):
-    tracer = trace_lib.Tracer(ids)
-    runlog = engine.run(_repeat_requests(cfg, targets, source, r), tracer=tracer, stop_after=ids)
+    tracer = trace_lib.Tracer(ids, co_routing=True)
+    runlog = engine.run(_repeat_requests(cfg, targets, source, r), tracer=tracer, stop_after=ids,
+                        replay=replay)
+    reqs = {q["id"]: q for q in runlog.requests}
     for rid, tr in _traces(tracer, runlog, ids).items():
       runs[rid].append(tr)
+      keep(rid, tr, r)
+      rec = forensics.diagnose(solo[rid], tr, rid, tracer.steps, tracer.step_of[rid], reqs)
+      if rec is not None:
+        forensic_recs.append(dict(id=rid, domain=domain[rid], repeat=r, **rec))
     num_moe = sum(is_moe_layer(m, i) for i in range(m.num_layers))
     traffic_drops.append(det.traffic_drop_rate(runlog.steps, m.router.k, num_moe))
+  if out_dir is not None:
+    _write_jsonl(os.path.join(out_dir, "completions.jsonl"), completions)
+    _write_jsonl(os.path.join(out_dir, "forensics.jsonl"), forensic_recs)
+    if codes:
+      replay_lib.save(os.path.join(out_dir, "routing.npz"), codes)
 
   per_target = {}
   for t in targets:
@@ -138,20 +191,33 @@ def repeat_in_traffic(cfg, engine, source):
   agg = _aggregate(per_target)
   agg["traffic_drop_rate"] = (float(np.mean(traffic_drops))
                               if all(x is not None for x in traffic_drops) else None)
+  agg["forensics"] = forensics.aggregate(forensic_recs)
+  agg["solo_wall_s"], agg["repeats_wall_s"] = t_solo, time.perf_counter() - t0 - t_solo
   return per_target, agg
 
 
-def run(cfg, params, log=print, mesh=None):
+def _write_jsonl(path, records):
+  with files.atomic_open(path) as f:
+    for rec in records:
+      f.write(json.dumps(rec, sort_keys=True) + "\n")
+
+
+def run(cfg, params, log=print, mesh=None, out_dir=None):
   """Runs one setting (on `mesh` if given: `params` placed on it); returns the result dict
-  (setting, determinism, per target, serving, quality, wall_s)."""
+  (setting, determinism, per target, serving, quality, wall_s). With `out_dir`, writes the
+  setting's files there (module docstring)."""
   cfg = apply_capacity_factor(cfg.copy_and_resolve_references())
   st, m = cfg.study, cfg.model
   t0 = time.perf_counter()
+  if out_dir is not None:
+    files.write_text_atomic(os.path.join(out_dir, "config.json"),
+                            json.dumps(cfg.to_dict(), indent=1, sort_keys=True, default=str))
   engine = make_engine(cfg, params, mesh)
   # Background prompts: workload.prompt_source, with the model's tokenizer.
   source = prompt_sources.make(cfg.workload.get("prompt_source", "eval"), loading.tokenizer(cfg),
                                cfg.workload.seed)
-  per_target, agg = repeat_in_traffic(cfg, engine, source)
+  per_target, agg = repeat_in_traffic(cfg, engine, source, out_dir)
+  t_determinism = time.perf_counter() - t0
 
   # ----------------------------------------------------------------- serving and quality
   load_log = engine.run(_background(cfg, source, cfg.workload.seed))
@@ -162,16 +228,17 @@ def run(cfg, params, log=print, mesh=None):
   examples = prompts.eval_examples(st.quality_per_domain)
   runner = quality_runners.EngineRunner(cfg, params, engine=engine, first_id=QUALITY_ID0,
                                         mesh=mesh)
-  q = quality.evaluate(runner, examples, st.max_new_tokens, source.tok)
+  q = quality.evaluate(runner, examples, st.get("quality_max_new_tokens") or st.max_new_tokens,
+                       source.tok)
   q.pop("records")
   spmd.check_same(engine.records_digest.hexdigest(), "request records of this setting's runs")
   r = m.router
   setting = dict(scope=r.capacity_scope, capacity_factor=r.capacity_factor_decode,
                  priority=r.priority, router=r.kind, k=r.k, load=cfg.workload.arrival.rate,
-                 mode=st.mode,
+                 mode=st.mode, arm=st.get("arm", "routing"), replay=st.get("replay", "none"),
                  co_domains=st.co_domains if st.mode == "composition" else None)
   result = dict(setting=setting, determinism=agg, per_target=per_target, serving=_serving_fields(serving),
-                quality=q, wall_s=time.perf_counter() - t0)
+                quality=q, wall_s=time.perf_counter() - t0, determinism_wall_s=t_determinism)
   log(f"  unique completions (mean over targets) {agg['unique_completions_mean']:.2f}, "
       f"agree with solo {agg['agree_with_solo']:.2f}, exact match "
       f"{q['exact_match_mean']:.3f}, {result['wall_s']:.0f}s")
@@ -179,9 +246,20 @@ def run(cfg, params, log=print, mesh=None):
 
 
 def _aggregate(per_target):
+  """Means over targets, and bootstrap intervals over targets (metrics/determinism.py) of the
+  unique completions, the fraction of targets with a divergent repeat and their mean first
+  divergence position."""
   vals = list(per_target.values())
   mean = lambda k: float(np.mean([v[k] for v in vals]))
+  ci = {}
+  for name, xs in (("unique_completions", [v["unique_completions"] for v in vals]),
+                   ("targets_diverging", [float(v["agree_with_solo"] < 1) for v in vals]),
+                   ("first_divergence", [v["first_divergence_mean"] for v in vals])):
+    m_, lo, hi = det.bootstrap_ci(xs)
+    ci.update({f"{name}_ci_mean": m_, f"{name}_ci_low": lo, f"{name}_ci_high": hi})
   return dict(
+      targets=len(vals),
+      **ci,
       unique_completions_mean=mean("unique_completions"),
       unique_completions_max=max(v["unique_completions"] for v in vals),
       agree_with_solo=mean("agree_with_solo"),

@@ -1,13 +1,15 @@
-"""PNG plots of a sweep's rows (see report.py): one line per capacity scope in every panel."""
+"""PNG plots of a sweep's rows (see report.py): one line per capacity scope in every panel, and
+per setting the distribution over targets of unique completions and first divergence."""
 import os
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=wrong-import-position
 
 
-_LINE_KEYS = ("scope", "priority", "router", "mode", "co_domains")  # a line per combination
+_LINE_KEYS = ("scope", "priority", "router", "mode", "co_domains", "arm", "replay")  # a line each
 
 
 # Marker, line style and marker size per line, so lines that coincide stay visible: later lines
@@ -17,11 +19,12 @@ _STYLES = (("o", "-", 10), ("s", "--", 7), ("^", ":", 5), ("D", "-.", 4), ("v", 
 _X_LABELS = {"capacity_factor": "capacity factor", "load": "load (requests/s)"}
 
 
-def _lines(ax, rows, x, y, title, ylabel):
+def _lines(ax, rows, x, y, title, ylabel, first=0):
   """One line per setting along `x`; with a single x value, one bar per setting instead (a
-  line over one point shows nothing)."""
+  line over one point shows nothing). `first`: the colour and style index of the first line
+  (several calls on one panel keep their lines apart)."""
   keys = [k for k in _LINE_KEYS if k == "scope" or len({str(r.get(k)) for r in rows}) > 1]
-  label = lambda r: ", ".join(f"{k}={r.get(k)}" for k in keys)
+  label = lambda r: ", ".join(f"{k}={r.get(k)}" if k != "scope" else str(r.get(k)) for k in keys)
   series = []
   for name in sorted({label(r) for r in rows}):
     pts = sorted((r[x], r[y]) for r in rows if label(r) == name and r.get(y) is not None)
@@ -33,19 +36,30 @@ def _lines(ax, rows, x, y, title, ylabel):
     ax.bar(range(len(series)), [pts[0][1] for _, pts in series],
            color=[f"C{i}" for i in range(len(series))])
     ax.set_xticks(range(len(series)))
-    ax.set_xticklabels([name for name, _ in series], fontsize=8)
+    ax.set_xticklabels([name.replace(", ", "\n") for name, _ in series], fontsize=8)
     ax.set_title(f"{title}\n(one {xlabel}: {xs[0]:g})" if xs else title)
   else:
     first_with = {}
-    for i, (name, pts) in enumerate(series):
+    for name, pts in series:  # a constant line and a level line at its value coincide
+      if len({p[1] for p in pts}) == 1:
+        first_with.setdefault(("level", pts[0][1]), name)
+    for i, (name, pts) in enumerate(series, first):
       marker, style, size = _STYLES[i % len(_STYLES)]
+      if len(pts) == 1:  # a setting the x axis does not apply to: a level line, not one dot
+        same = first_with.setdefault(("level", pts[0][1]), name)
+        ax.axhline(pts[0][1], color=f"C{i}", linestyle=style, linewidth=2.5 if i == first else 1.5,
+                   label=(f"{name} ({xlabel} {pts[0][0]:g} only)" if same == name
+                          else f"{name} ({xlabel} {pts[0][0]:g} only; same as {same})"))
+        continue
       same = first_with.setdefault(tuple(pts), name)
+      if same == name and len({p[1] for p in pts}) == 1:
+        same = first_with[("level", pts[0][1])]
       ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, linestyle=style,
-              markersize=size, fillstyle="full" if i == 0 else "none", markeredgewidth=1.5,
-              label=name if same == name else f"{name} (same as {same})")
+              markersize=size, fillstyle="full" if i == first else "none", markeredgewidth=1.5,
+              color=f"C{i}", label=name if same == name else f"{name} (same as {same})")
     ax.set_xlabel(xlabel)
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3))  # below: hides no line
   ax.set_ylabel(ylabel)
   ax.grid(alpha=0.3)
 
@@ -53,7 +67,7 @@ def _lines(ax, rows, x, y, title, ylabel):
 def _save(fig, out_dir, name):
   path = os.path.join(out_dir, name)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  fig.savefig(path, dpi=110, bbox_inches="tight")
   plt.close(fig)
   return path
 
@@ -65,10 +79,54 @@ def _slice(rows, fixed_key):
   return [r for r in rows if r[fixed_key] == mode], mode
 
 
+def _setting_label(r):
+  text = f"{r['scope']}\ncf {r['capacity_factor']:g}"
+  if r.get("arm") not in (None, "routing"):
+    text += f"\n{r['arm']}"
+  if r.get("replay") not in (None, "none"):
+    text += f"\nreplay {r['replay']}"
+  return text
+
+
+def divergence_by_setting(rows, out_dir):
+  """Two panels over the settings: each target's unique completions and mean first divergence
+  position (dots, spread sideways), with the mean over targets and its bootstrap 95% interval."""
+  fig, axes = plt.subplots(1, 2, figsize=(max(9, 1.5 * len(rows)), 4.5))
+  n = max(r["repeats"] for r in rows)
+  panels = (("unique_completions", "unique_completions",
+             f"Unique completions of {n} repeats, per target", "unique completions"),
+            ("first_divergence_mean", "first_divergence",
+             "First divergent token, per diverging target", "output index (mean over repeats)"))
+  for ax, (key, ci, title, ylabel) in zip(axes, panels):
+    for j, r in enumerate(rows):
+      vals = [t[key] for t in (r.get("per_target") or {}).values() if t.get(key) is not None]
+      if vals:
+        ax.scatter(j - 0.3 + 0.45 * np.linspace(0, 1, len(vals)), vals, s=16, alpha=0.7,
+                   color=f"C{j % 10}")
+      else:
+        ax.text(j, 0.5, "none", ha="center", va="center", transform=ax.get_xaxis_transform(),
+                fontsize=8, color="gray")
+      mean, lo, hi = (r.get(f"{ci}_ci_{s}") for s in ("mean", "low", "high"))
+      if mean is not None:
+        ax.errorbar([j + 0.3], [mean], yerr=[[mean - lo], [hi - mean]], fmt="D", color="k",
+                    capsize=4, markersize=5, label="mean, 95% CI over targets" if j == 0 else None)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([_setting_label(r) for r in rows], fontsize=7)
+    ax.set_xlim(-0.6, len(rows) - 0.4)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0.9 if key == "unique_completions" else 0)
+    ax.grid(alpha=0.3, axis="y")
+  handles, labels = axes[0].get_legend_handles_labels()
+  if handles:
+    axes[0].legend(handles, labels, fontsize=8)
+  return _save(fig, out_dir, "divergence_by_setting.png")
+
+
 def write_all(rows, out_dir):
   """Writes every plot; returns their paths."""
   os.makedirs(out_dir, exist_ok=True)
-  paths = []
+  paths = [divergence_by_setting(rows, out_dir)]
   at_load, load = _slice(rows, "load")
   at_cf, cf = _slice(rows, "capacity_factor")
 
@@ -87,9 +145,9 @@ def write_all(rows, out_dir):
   _lines(axes[0], at_load, "capacity_factor", "exact_match_mean", "Task exact match",
          "exact match (mean over task domains)")
   nll_keys = sorted(k for k in rows[0] if k.startswith("nll_"))
-  for key in nll_keys:
+  for j, key in enumerate(nll_keys):
     _lines(axes[1], [dict(r, scope=f"{r['scope']}, {key[4:]}") for r in at_load],
-           "capacity_factor", key, "Continuation NLL", "nats/token")
+           "capacity_factor", key, "Continuation NLL", "nats/token", first=4 * j)
   paths.append(_save(fig, out_dir, "quality_vs_capacity_factor.png"))
 
   fig, axes = plt.subplots(1, 3, figsize=(14, 4))
@@ -107,8 +165,7 @@ def write_all(rows, out_dir):
       ax.bar([j + i * width for j in range(len(rows))], [r.get(key) or 0 for r in rows], width,
              label=key[len("exact_match_"):])
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(rows))])
-    ax.set_xticklabels([f"{r['scope']}\ncf {r['capacity_factor']:g}\nload {r['load']:g}"
-                        for r in rows], fontsize=7)
+    ax.set_xticklabels([f"{_setting_label(r)}\nload {r['load']:g}" for r in rows], fontsize=7)
     ax.set_ylabel("exact match")
     ax.set_title("Per-domain exact match per setting")
     ax.legend(fontsize=8)

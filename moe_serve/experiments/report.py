@@ -1,18 +1,22 @@
 """Report of a sweep directory: results.csv, results.md (tables) and PNG plots.
 
 Every row is one finished run (its `result.json`, written by experiments/sweep.py); the columns
-are the run's effective setting (scope, capacity factor, load, ...), its determinism aggregate,
-serving metrics and quality. Plots are drawn for whatever the sweep varied; an axis with one
-value gives one point per line.
+are the run's effective setting (scope, capacity factor, arm, load, ...), its determinism
+aggregate with bootstrap intervals over targets, serving metrics and quality. results.md adds the
+forensics section (each run's forensics.jsonl, aggregated in its result: causes, layers, experts
+and co-request domains of the divergences). Plots are drawn for whatever the sweep varied.
 """
 import csv
 import os
 
 from moe_serve.experiments import sweep
 
-SETTING = ("scope", "capacity_factor", "priority", "router", "load", "mode", "co_domains")
+SETTING = ("scope", "capacity_factor", "priority", "router", "load", "mode", "co_domains", "arm",
+           "replay")
 TABLE = (("scope", "scope"), ("capacity_factor", "cf"), ("load", "load req/s"),
-         ("unique_completions_mean", "unique/N (mean)"), ("unique_completions_max", "unique (max)"),
+         ("targets_diverging_ci", "targets diverging (95% CI)"),
+         ("unique_completions_ci", "unique/N mean (95% CI)"), ("unique_completions_max", "unique (max)"),
+         ("first_divergence_ci", "first divergence mean (95% CI)"),
          ("agree_with_solo", "agree w/ solo"), ("bitwise_with_solo", "bitwise w/ solo"),
          ("routing_diff_fraction", "routing diff"), ("target_drop_rate", "target drops"),
          ("traffic_drop_rate", "traffic drops"), ("exact_match_mean", "exact match"),
@@ -27,7 +31,11 @@ def rows(workdir):
     res = rec["result"]
     row = {"run": rec["name"], "repeats": None}
     row.update({k: res["setting"].get(k) for k in SETTING})
-    row.update(res["determinism"])
+    row.update({k: v for k, v in res["determinism"].items() if not isinstance(v, dict)})
+    for name in ("targets_diverging", "unique_completions", "first_divergence"):
+      row[f"{name}_ci"] = _ci_text(*(row.get(f"{name}_ci_{s}") for s in ("mean", "low", "high")))
+    row["forensics"] = res["determinism"].get("forensics")
+    row["per_target"] = res["per_target"]
     row["repeats"] = min(t["repeats"] for t in res["per_target"].values())
     row.update({k: v for k, v in res["serving"].items() if k != "per_domain"})
     q = res["quality"]
@@ -38,6 +46,12 @@ def rows(workdir):
                 for tid, t in sorted(res["per_target"].items())})
     out.append(row)
   return out
+
+
+def _ci_text(mean, low, high):
+  if mean is None:
+    return None
+  return f"{_fmt(mean)} [{_fmt(low)}, {_fmt(high)}]"
 
 
 def _fmt(v):
@@ -80,7 +94,28 @@ def invariance_cost(table_rows):
   return out
 
 
+def forensics_table(table_rows, top=3):
+  """Markdown: per setting with divergent repeats, what the forensics records say (counts; the
+  `top` most frequent layers, experts and co-request domains)."""
+  head = ("| scope | cf | arm | repeats not bitwise | tokens differ | cause | layers | experts | "
+          "co-request domains holding the slots | solo margin (median) |")
+  lines = [head, "|" + "---|" * 10]
+  short = lambda d: ", ".join(f"{k}: {v}" for k, v in sorted(
+      (d or {}).items(), key=lambda kv: (-kv[1], kv[0]))[:top]) or "-"  # result.json sorts keys
+  for r in table_rows:
+    f = r.get("forensics")
+    if not f or not f.get("records"):
+      continue
+    lines.append(f"| {r['scope']} | {_fmt(r['capacity_factor'])} | {r.get('arm') or 'routing'} | "
+                 f"{f['records']} | {_fmt(f.get('token_divergences'))} | {short(f['cause'])} | "
+                 f"{short(f['layer'])} | {short(f['expert'])} | {short(f['holder_domains'])} | "
+                 f"{_fmt(f.get('solo_margin_median'))} |")
+  return "\n".join(lines) if len(lines) > 2 else None
+
+
 def write_csv(path, table_rows):
+  table_rows = [{k: v for k, v in r.items() if k not in ("forensics", "per_target")}
+                for r in table_rows]
   keys = []
   for r in table_rows:
     keys += [k for k in r if k not in keys]
@@ -110,6 +145,9 @@ def build(workdir, out_dir=None, plots=True, log=print):
         ("exact_match_minus_batch", "exact match - batch"))
     md += ["", "## Cost of batch invariance (relative to scope `batch`, all else equal)", "",
            markdown_table(cost, cost_columns)]
+  forensic = forensics_table(table_rows)
+  md += ["", "## Divergence forensics (each run's forensics.jsonl)", "",
+         forensic or "No repeat differs from its solo reference in any setting."]
   text = "\n".join(md) + "\n"
   with open(os.path.join(out_dir, "results.md"), "w") as f:
     f.write(text)

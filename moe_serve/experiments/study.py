@@ -21,6 +21,12 @@ def axes_of(cfg):
     if not isinstance(values, (list, tuple)) or not values:
       raise config_lib.ConfigError(f"sweep.axes: {key!r} needs a non-empty list of values, "
                                    f"got {values!r}")
+    if isinstance(key, (list, tuple)):  # a joint axis: value tuples of the same length
+      key = tuple(key)
+      if any(not isinstance(v, (list, tuple)) or len(v) != len(key) for v in values):
+        raise config_lib.ConfigError(f"sweep.axes: joint axis {key!r} needs value tuples of "
+                                     f"{len(key)}, got {values!r}")
+      values = [tuple(v) for v in values]
     axes[key] = list(values)
   return axes
 
@@ -49,9 +55,8 @@ def run(cfg, workdir, progress=True, log=print):
   axes, mesh = validate(cfg)
   params, source = loading.load(cfg, mesh, log=log)
 
-  def one(run_cfg, run_dir):
-    del run_dir  # everything a run produces is its result.json
-    result = determinism.run(run_cfg, params, log=log, mesh=mesh)
+  def one(run_cfg, run_dir):  # result.json, plus the files determinism.run writes
+    result = determinism.run(run_cfg, params, log=log, mesh=mesh, out_dir=run_dir)
     result["params"] = source
     return result
 

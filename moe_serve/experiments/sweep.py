@@ -28,12 +28,26 @@ _TMP_PREFIX = ".tmp-"
 
 
 def grid(axes):
-  """Cartesian product of `{dotted.key: [values]}` in a stable order (first key varies slowest)."""
+  """Cartesian product of `{dotted.key: [values]}` in a stable order (first key varies slowest).
+
+  A joint axis `{(key, key, ...): [(value, value, ...), ...]}` sets its keys together: its points
+  are its value tuples (e.g. the settings of a study that are not a full grid).
+  """
   keys = list(axes)
   for key in keys:
     if not isinstance(axes[key], (list, tuple)) or not axes[key]:
       raise ValueError(f"sweep axis {key!r} must be a non-empty list, got {axes[key]!r}")
-  return [dict(zip(keys, values)) for values in itertools.product(*(axes[k] for k in keys))]
+    if isinstance(key, tuple) and any(not isinstance(v, (list, tuple)) or len(v) != len(key)
+                                      for v in axes[key]):
+      raise ValueError(f"joint sweep axis {key!r}: every value must be a tuple of {len(key)}, "
+                       f"got {axes[key]!r}")
+  points = []
+  for values in itertools.product(*(axes[k] for k in keys)):
+    point = {}
+    for key, value in zip(keys, values):
+      point.update(zip(key, value) if isinstance(key, tuple) else [(key, value)])
+    points.append(point)
+  return points
 
 
 def run_name(overrides):
@@ -183,6 +197,7 @@ def load_results(workdir, points=None):
       raise config_lib.ConfigError(f"{workdir} is not a sweep directory ({MANIFEST_FILE} is "
                                    "missing)")
     axes = manifest["axes"]
-    points = grid(dict(axes) if isinstance(axes, list) else axes)
+    points = grid({tuple(k) if isinstance(k, list) else k: v for k, v in axes}
+                  if isinstance(axes, list) else axes)
   records = (read_result(os.path.join(workdir, run_name(p))) for p in points)
   return [r for r in records if r is not None]

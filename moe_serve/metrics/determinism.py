@@ -25,6 +25,7 @@ class Trace(NamedTuple):
   logprobs: tuple  # log-prob of each output token, as sampled
   dists: np.ndarray  # [outputs, V] log-probabilities
   routing: np.ndarray  # [U, Y, K] kept expert index, -1 = dropped
+  codes: np.ndarray | None = None  # [U, Y, K] replay codes (model/routing.py), if recorded
 
 
 def first_divergence(a, b):
@@ -98,3 +99,15 @@ def traffic_drop_rate(step_records, k, num_moe_layers):
     return None
   tokens = sum(s["decode"] + s["prefill_tokens"] for s in step_records if s.get("drops") is not None)
   return float(np.sum(drops) / max(1, tokens * k * num_moe_layers))
+
+
+def bootstrap_ci(values, num=2000, level=0.95, seed=0):
+  """(mean, low, high): the mean of `values` and its percentile bootstrap interval (resampling
+  the values, e.g. a study's targets, with replacement; seeded, so reproducible). Nones for no
+  values; a single value gives a zero-width interval."""
+  x = np.asarray([v for v in values if v is not None], np.float64)
+  if not x.size:
+    return None, None, None
+  means = x[np.random.default_rng(seed).integers(0, x.size, (num, x.size))].mean(1)
+  lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+  return float(x.mean()), float(lo), float(hi)

@@ -90,13 +90,14 @@ def forward(model_cfg, params, tokens_BxL, segment_ids_BxL=None, record_routing=
 
 
 def _apply(model_cfg, params, parts, cache, num_decode_parts=0, record_routing=False,
-           jitter_rng=None, rows_are_requests=False, aux=True, kv_len=None):
+           jitter_rng=None, rows_are_requests=False, aux=True, kv_len=None,
+           forced_TxYxK=None):
   """`aux`: compute the "aux" collection (router losses, loads; training and forward)."""
   mutable = ["aux"] * aux + ["routing"] * record_routing
   rngs = {"jitter": jitter_rng} if jitter_rng is not None else None
   out = Decoder(model_cfg).apply(
       {"params": params}, parts, cache, num_decode_parts, record_routing, rows_are_requests,
-      kv_len, mutable=mutable or False, rngs=rngs)
+      kv_len, forced_TxYxK, mutable=mutable or False, rngs=rngs)
   (logits, cache), state = out if mutable else (out, {})
   return logits, cache, state
 
@@ -133,14 +134,17 @@ def step(model_cfg, params, cache, batch: StepBatch, record_routing=False, kv_le
   `[B decode tokens, then P*L prefill tokens]`. Every row must hold at most one request and a
   request at most one row (parts.check_one_request_per_row; the engine's batches do): the MoE
   sizes `sequence`-scope expert buffers by it. `kv_len` (static, default max_len): attention
-  reads only the first kv_len cache positions, which must cover every row's last position.
+  reads only the first kv_len cache positions, which must cover every row's last position. `batch.forced_TxYxK`,
+  when given, forces a recorded routing on chosen tokens (routing replay, model/routing.py;
+  unsharded steps only).
   """
   parts = [batch.decode, batch.prefill]
   (dec_BxLxV, pre_PxLxV), cache, state = _apply(model_cfg, params, parts, cache,
                                                 num_decode_parts=1,
                                                 record_routing=record_routing,
                                                 rows_are_requests=True, aux=False,
-                                                kv_len=kv_len)
+                                                kv_len=kv_len,
+                                                forced_TxYxK=batch.forced_TxYxK)
   lengths = cache["lengths"]
   for part in parts:
     lengths = _new_lengths(lengths, part)

@@ -70,12 +70,13 @@ class MoE(nn.Module):
 
   @nn.compact
   def __call__(self, x_TxD, segment_ids_T, num_decode=0, token_ids_T=None, record=False,
-               row_shapes=None):
+               row_shapes=None, forced_TxK=None):
     """[T, D] -> [T, D]. `num_decode`: static count of leading decode tokens (their capacity
     factor is capacity_factor_decode); `token_ids_T`: only the hash router uses them;
     `record`: sow this layer's Routing into the "routing" collection; `row_shapes`: the
     (rows, length) of each part when every row holds at most one request and a request at most
-    one row (an engine step): lets `sequence` scope size its buffers per row instead of T."""
+    one row (an engine step): lets `sequence` scope size its buffers per row instead of T;
+    `forced_TxK`: routing replay codes (routing.py), None = route freely."""
     m, r = self.cfg, self.cfg.router
     warn_if_non_causal(r)  # at trace time, once per process and router setting
     t = x_TxD.shape[0]
@@ -89,7 +90,7 @@ class MoE(nn.Module):
       router_in_TxD *= jax.random.uniform(self.make_rng("jitter"), router_in_TxD.shape,
                                           minval=1.0 - r.jitter, maxval=1.0 + r.jitter)
     logits_TxE = router_in_TxD @ w_router_DxE
-    rt = routing.route(logits_TxE, segment_ids_T, r, num_decode, token_ids_T)
+    rt = routing.route(logits_TxE, segment_ids_T, r, num_decode, token_ids_T, forced_TxK)
 
     w = Experts(m.num_experts, m.d_model, m.d_ff_expert, name="experts")()
     x = x_TxD.astype(layers.dtype_of(m.dtype))

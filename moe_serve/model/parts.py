@@ -25,9 +25,11 @@ class Part(NamedTuple):
 
 
 class StepBatch(NamedTuple):
-  """An engine step's input: decode rows, then prefill chunk rows (the flat token order)."""
+  """An engine step's input: decode rows, then prefill chunk rows (the flat token order), and
+  optionally routing replay codes per flat token and MoE layer (model/routing.py)."""
   decode: Part  # [B, 1]
   prefill: Part  # [P, C]
+  forced_TxYxK: jnp.ndarray | None = None  # int32; None = every token routed freely
 
 
 class FlatOrder(NamedTuple):

@@ -16,6 +16,14 @@ request's tokens in the step (factor_sum adds its real tokens only, so it is bat
 Factors are handled in integer thousandths so that the ceiling is exact. "Priority" here is the
 router's claim order (`model.router.priority`), not a request's priority in the scheduler.
 
+Routing replay (topk/hash routers): `forced_TxK` codes force a recorded routing on chosen tokens,
+0 = route freely, e + 1 = choice goes to expert e and is kept, -(e + 1) = it chose e and is dropped
+(`encode_forced`). A forced token's kept pairs claim their slots before every free pair of their
+(instance, expert), and its dropped pairs take none; its weights are the router's probabilities of
+the forced experts (renormalised like top-k's). Replaying a request's own recorded routing with
+the same inputs therefore reproduces its computation whatever else shares the step, as long as
+its forced kept pairs fit the expert's capacity (they did when recorded under the same scope).
+
 Axis letters (docs/design.md section 2): T flat tokens, E experts, K choices per token, I scope
 instances, A elements ranked together (the T * K (token, choice) pairs, or T * E for expert
 choice).
@@ -34,6 +42,18 @@ class Routing(NamedTuple):
   expert_index: jnp.ndarray  # int32 [T, K]
   combine_weight: jnp.ndarray  # float32 [T, K], zero where not kept
   kept: jnp.ndarray  # bool [T, K]; False = dropped for capacity, or padding
+
+
+def encode_forced(expert_index, kept):
+  """Replay codes (module docstring) from expert ids and keep flags of the same shape (numpy)."""
+  e1 = np.asarray(expert_index).astype(np.int32) + 1
+  return np.where(np.asarray(kept, bool), e1, -e1).astype(np.int32)
+
+
+def decode_forced(code):
+  """(expert ids, kept) of replay codes; a 0 (free) code decodes to expert -1, not kept."""
+  code = np.asarray(code)
+  return np.abs(code).astype(np.int32) - 1, code > 0
 
 
 def factor_milli(value):
@@ -159,15 +179,20 @@ def _hash_experts(token_ids_T, k, num_experts):
   return (first_T[:, None] + jnp.arange(k, dtype=jnp.int32)) % num_experts
 
 
-def _choose(logits_TxE, cfg, token_ids_T):
+def _choose(logits_TxE, cfg, token_ids_T, forced_T=None, forced_index_TxK=None):
   """Top-k (or hashed) experts and weights before capacity, and each token's top-1 router
-  probability (the `score` priority, taken before renormalisation): [T, K], [T, K], [T]."""
+  probability (the `score` priority, taken before renormalisation): [T, K], [T, K], [T].
+  Tokens with `forced_T` take the experts `forced_index_TxK` instead."""
   probs_TxE = jax.nn.softmax(logits_TxE.astype(jnp.float32), axis=-1)
   if cfg.kind == "hash":
     index_TxK = _hash_experts(token_ids_T, cfg.k, logits_TxE.shape[-1])
     weight_TxK = jnp.take_along_axis(probs_TxE, index_TxK, axis=1)
   else:
     weight_TxK, index_TxK = jax.lax.top_k(probs_TxE, cfg.k)  # ties: lower expert index first
+  if forced_T is not None:
+    index_TxK = jnp.where(forced_T[:, None], forced_index_TxK, index_TxK)
+    weight_TxK = jnp.where(forced_T[:, None],
+                           jnp.take_along_axis(probs_TxE, index_TxK, axis=1), weight_TxK)
   top1_T = probs_TxE.max(axis=-1)
   if cfg.renormalize:
     weight_TxK = weight_TxK / weight_TxK.sum(-1, keepdims=True)
@@ -189,8 +214,14 @@ def _priority_order(cfg, index_TxK, top1_T):
   return (choice_TxK, jnp.broadcast_to(rank_T[:, None], (t, k)))
 
 
-def _route_topk(logits_TxE, segment_ids_T, cfg, num_decode, token_ids_T):
-  index_TxK, weight_TxK, top1_T = _choose(logits_TxE, cfg, token_ids_T)
+def _route_topk(logits_TxE, segment_ids_T, cfg, num_decode, token_ids_T, forced_TxK=None):
+  forced_T = forced_kept_TxK = forced_index_TxK = None
+  if forced_TxK is not None:
+    forced_TxK = jnp.asarray(forced_TxK, jnp.int32)
+    forced_T = (forced_TxK != 0).any(-1)
+    forced_index_TxK, forced_kept_TxK = jnp.abs(forced_TxK) - 1, forced_TxK > 0
+  index_TxK, weight_TxK, top1_T = _choose(logits_TxE, cfg, token_ids_T, forced_T,
+                                          forced_index_TxK)
   valid_TxK = jnp.broadcast_to((segment_ids_T >= 0)[:, None], index_TxK.shape)
   if cfg.capacity_scope == "none":
     kept_TxK = valid_TxK
@@ -199,10 +230,14 @@ def _route_topk(logits_TxE, segment_ids_T, cfg, num_decode, token_ids_T):
     inst_TxK = jnp.broadcast_to(inst_T[:, None], index_TxK.shape)
     # Padding sorts after every real pair of its (instance, expert), so it never takes a slot.
     order = (~valid_TxK,) + _priority_order(cfg, index_TxK, top1_T)
+    if forced_T is not None:  # forced dropped pairs take no slot, forced kept ones claim first
+      order = (~valid_TxK | (forced_T[:, None] & ~forced_kept_TxK), ~forced_kept_TxK) + order[1:]
     flat = lambda a: a.reshape(-1)
     rank_TxK = _rank_within((flat(inst_TxK), flat(index_TxK)),
                             tuple(flat(o) for o in order)).reshape(index_TxK.shape)
     kept_TxK = valid_TxK & (rank_TxK < cap_T[:, None])
+  if forced_T is not None:
+    kept_TxK = jnp.where(forced_T[:, None], valid_TxK & forced_kept_TxK, kept_TxK)
   return Routing(index_TxK, jnp.where(kept_TxK, weight_TxK, 0.0), kept_TxK)
 
 
@@ -222,7 +257,7 @@ def _route_expert_choice(logits_TxE, segment_ids_T, cfg, num_decode):
   return Routing(expert_TxE, jnp.where(kept_TxE, probs_TxE, 0.0), kept_TxE)
 
 
-def route(logits_TxE, segment_ids_T, cfg, num_decode=0, token_ids_T=None):
+def route(logits_TxE, segment_ids_T, cfg, num_decode=0, token_ids_T=None, forced_TxK=None):
   """Routes a flat token set. Returns a `Routing`.
 
   Args:
@@ -231,12 +266,15 @@ def route(logits_TxE, segment_ids_T, cfg, num_decode=0, token_ids_T=None):
     cfg: the `model.router` ConfigDict (validated by config.validate_router).
     num_decode: static count of leading decode positions (they use capacity_factor_decode).
     token_ids_T: int32 token ids, needed only by the `hash` router.
+    forced_TxK: replay codes (module docstring), topk/hash routers only; None = none forced.
   """
   segment_ids_T = jnp.asarray(segment_ids_T, jnp.int32)
   if cfg.kind == "expert_choice":
+    if forced_TxK is not None:
+      raise ValueError("routing replay (forced_TxK) needs a topk or hash router")
     return _route_expert_choice(logits_TxE, segment_ids_T, cfg, num_decode)
   if cfg.kind in ("topk", "hash"):
-    return _route_topk(logits_TxE, segment_ids_T, cfg, num_decode, token_ids_T)
+    return _route_topk(logits_TxE, segment_ids_T, cfg, num_decode, token_ids_T, forced_TxK)
   raise ValueError(f"model.router.kind={cfg.kind!r} has no routing here; use topk, hash or "
                    "expert_choice (soft goes through dispatch_soft.soft_moe)")
 

@@ -30,7 +30,8 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, xs, parts: Sequence[Part], cache_layer, num_decode_parts=0,
-               record_routing=False, rows_are_requests=False, kv_len=None):
+               record_routing=False, rows_are_requests=False, kv_len=None,
+               forced_TxK=None):
     m = self.cfg
     attn = Attention(m.num_heads, m.num_kv_heads, m.head_dim, m.rope_theta, m.dtype,
                      m.attn_bias, m.qk_norm, m.norm_eps, name="attn")
@@ -54,7 +55,7 @@ class Block(nn.Module):
         token_ids_T = order.flatten([p.tokens_BxL for p in parts])
       row_shapes = order.row_shapes if rows_are_requests else None
       y_TxD = MoE(m, name="moe")(h_TxD, seg_T, num_decode, token_ids_T, record_routing,
-                                 row_shapes)
+                                 row_shapes, forced_TxK)
     else:
       y_TxD = layers.SwiGLU(m.d_ff, m.dtype, name="mlp")(h_TxD)
     return order.unflatten(x_TxD + y_TxD), cache_layer
@@ -68,13 +69,15 @@ class Decoder(nn.Module):
   `rows_are_requests` promises that every row holds at most one request (segment id) and a
   request at most one row, as in an engine step (not a packed training batch): `sequence`
   scope then sizes its expert buffers per row (routing.buffer_capacity). `kv_len` (static):
-  the cache positions attention reads (Attention).
+  the cache positions attention reads (Attention). `forced_TxYxK`: routing
+  replay codes per flat token and MoE layer (routing.py), None = route freely.
   """
   cfg: "ml_collections.ConfigDict"  # the model section  # noqa: F821
 
   @nn.compact
   def __call__(self, parts: Sequence[Part], cache=None, num_decode_parts=0,
-               record_routing=False, rows_are_requests=False, kv_len=None):
+               record_routing=False, rows_are_requests=False, kv_len=None,
+               forced_TxYxK=None):
     m = self.cfg
     embedding_VxD = layers.param_with_axes(self, "embedding", (m.vocab_size, m.d_model),
                                            ("vocab", "embed"), nn.initializers.normal(1.0))
@@ -82,11 +85,15 @@ class Decoder(nn.Module):
     xs = [jnp.take(embedding_VxD, jnp.asarray(p.tokens_BxL), axis=0).astype(dt) for p in parts]
     xs = [layers.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
           for x in xs]
-    new_layers = []
+    new_layers, moe_layer = [], 0
     for i in range(m.num_layers):
       cache_layer = None if cache is None else cache["layers"][i]
+      forced_TxK = None
+      if forced_TxYxK is not None and is_moe_layer(m, i):
+        forced_TxK, moe_layer = forced_TxYxK[:, moe_layer], moe_layer + 1
       xs, cache_layer = Block(m, is_moe_layer(m, i), name=f"block_{i}")(
-          xs, parts, cache_layer, num_decode_parts, record_routing, rows_are_requests, kv_len)
+          xs, parts, cache_layer, num_decode_parts, record_routing, rows_are_requests, kv_len,
+          forced_TxK)
       new_layers.append(cache_layer)
     final_norm = layers.RMSNorm(m.norm_eps, name="final_norm")
     if m.tie_embeddings:

@@ -24,6 +24,8 @@ import numpy as np
 
 from moe_serve.metrics import routing as routing_metrics
 from moe_serve.model import parts
+from moe_serve.model import transformer
+from moe_serve.serving import replay as replay_lib
 from moe_serve.serving import request as request_lib
 from moe_serve.serving import sampling
 from moe_serve.serving.scheduler import Scheduler
@@ -88,6 +90,11 @@ class Engine:
     self.eos_id = None if s.ignore_eos else int(s.eos_id)
     self.record_routing = bool(s.record_routing)
     self.want_prompt_logprobs = bool(s.prompt_logprobs)
+    # Routing replay (serving/replay.py): every step then carries forced codes (0 = free).
+    self.replay_routing, self._replay = bool(s.get("replay_routing", False)), {}
+    m = cfg.model
+    self._codes_shape = (sum(transformer.is_moe_layer(m, i) for i in range(m.num_layers)),
+                         m.router.k)
     self._warned_routing = False
     self.done = 0  # requests finished or rejected so far in `run` (for progress bars)
 
@@ -102,7 +109,8 @@ class Engine:
     """
     shapes = [(s, kv) for s in self.buckets.all() for kv in self.buckets.kv_lens] * 2
     for i, ((b, p, c), kv) in enumerate(shapes):
-      batch = parts.StepBatch(parts.empty_part(b, 1), parts.empty_part(p, c))
+      batch = self._with_replay(parts.StepBatch(parts.empty_part(b, 1), parts.empty_part(p, c)),
+                                None, (b, p, c))
       logits, self.cache, _ = self._step(batch, kv)
       out = sampling.sample(logits["decode"], logits["prefill"],
                             sampling.SamplingBatch.padding(b, p))
@@ -145,7 +153,8 @@ class Engine:
       held = max(held, start + n)
     batch = parts.StepBatch(parts.decode_part(d_tok, d_slot, d_pos, d_seg),
                             parts.chunk_part(p_tok, p_slot, p_start, p_len, p_seg))
-    return (b, p, c), batch, samp, kv, self.buckets.pick_kv(held)
+    return ((b, p, c), self._with_replay(batch, plan, (b, p, c)), samp, kv,
+            self.buckets.pick_kv(held))
 
   def _step(self, batch, kv_len):
     """The step function on `batch`, reading `kv_len` cache positions (only passed when the
@@ -154,10 +163,17 @@ class Engine:
       return self.step_fn(self.params, self.cache, batch)
     return self.step_fn(self.params, self.cache, batch, kv_len=kv_len)
 
+  def _with_replay(self, batch, plan, shape):
+    if not self.replay_routing:
+      return batch
+    replay = self._replay if plan is not None else None
+    return batch._replace(forced_TxYxK=replay_lib.forced_codes(plan, shape, replay,
+                                                               *self._codes_shape))
+
   # ------------------------------------------------------------------ bookkeeping
   def _emit(self, seq, token, logprob, now):
     seq.append_output(token, logprob, now)
-    if token == self.eos_id:
+    if token == self.eos_id and not seq.req.ignore_eos:
       self.sched.finish(seq, "eos")
       self.done += 1
     elif len(seq.outputs) >= seq.req.max_new_tokens:
@@ -190,23 +206,29 @@ class Engine:
                       "(aux['routing']); drops are not logged for this run")
         self._warned_routing = True
       return None
-    seg_T = parts.FlatOrder.of(batch).flatten([p.segment_ids_BxL for p in batch], np)
+    step_parts = (batch.decode, batch.prefill)
+    seg_T = parts.FlatOrder.of(step_parts).flatten([p.segment_ids_BxL for p in step_parts], np)
     per_req = routing_metrics.drops_by_request(kept, seg_T)
     for seq in plan.decode + [s for s, _ in plan.prefill]:
       seq.add_drops(per_req.get(seq.req.id, [0] * len(kept)))
     return [int(x) for x in routing_metrics.drops_per_layer(kept, seg_T)]
 
   # ------------------------------------------------------------------ the loop
-  def run(self, requests, on_step=None, tracer=None, stop_after=None) -> RunLog:
+  def run(self, requests, on_step=None, tracer=None, stop_after=None, replay=None) -> RunLog:
     """Serves `requests` (any order) to completion; returns the records. `on_step(engine, rec)`.
 
     `tracer` (serving/trace.py) records chosen requests' distributions and routing. With
     `stop_after` (request ids), the run ends as soon as those requests are finished or rejected;
-    requests still in flight then are recorded with status "unfinished".
+    requests still in flight then are recorded with status "unfinished". `replay` ({request id:
+    [U, Y, K] codes}, serving/replay.py; needs serve.replay_routing) forces those requests'
+    recorded routing.
 
     Each run starts at virtual time 0 with an empty scheduler; the cache keeps whatever earlier
     runs wrote (harmless: attention never reads past a request's own positions).
     """
+    if replay and not self.replay_routing:
+      raise ValueError("Engine.run(replay=...) needs an engine built with serve.replay_routing")
+    self._replay = dict(replay or {})
     self.sched, self.clock.now = self._new_scheduler(), 0.0
     seen, rejected, accepted = set(), [], []
     for req in requests:

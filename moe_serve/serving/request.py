@@ -28,6 +28,7 @@ class Request:
   arrival: float = 0.0  # seconds of virtual time
   domain: str = "synthetic"
   priority: int = 0  # smaller is served first under the `priority` policy
+  ignore_eos: bool = False  # run to max_new_tokens even past EOS (a study's long completions)
 
   def __post_init__(self):
     object.__setattr__(self, "prompt", tuple(int(t) for t in np.asarray(self.prompt).reshape(-1)))

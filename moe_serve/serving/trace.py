@@ -1,14 +1,22 @@
 """Per-token traces of chosen requests: the full next-token distribution at every generated
-position and the experts each of their tokens was routed to, for determinism studies.
+position and the routing of each of their tokens, for determinism studies and forensics.
 
-Only requests named in `ids` are traced, so the cost is a few rows copied per step.
+Only requests named in `ids` are traced, so the cost is a few rows copied per step. With
+`co_routing`, the tracer also keeps the routing of every request in the steps a traced request is
+in (who else held an expert's slots when a traced token was dropped).
 
-Axis letters: V vocabulary, K routing choices per token (routing.Routing), T flat step tokens
-(parts.FlatOrder).
+Routing is kept as replay codes (model/routing.py: e + 1 = kept on expert e, -(e + 1) = chose e,
+dropped), so a recording can be replayed (serving/replay.py).
+
+Axis letters: V vocabulary, Y MoE layers, K routing choices per token (routing.Routing), T flat
+step tokens (parts.FlatOrder).
 """
+from typing import NamedTuple
+
 import numpy as np
 
 from moe_serve.model import parts
+from moe_serve.model import routing as routing_lib
 
 
 def _log_softmax(x_V):
@@ -18,51 +26,67 @@ def _log_softmax(x_V):
   return (x - m - np.log(np.exp(x - m).sum())).astype(np.float32)
 
 
-def _kept_experts(routing_records, rows):
-  """[len(rows), layers, K] expert index of each kept choice, -1 where dropped (numpy records)."""
-  out = []
-  for r in routing_records:
-    out.append(np.where(r["kept"][rows], r["expert_index"][rows], -1))
-  return np.stack(out, 1) if out else np.zeros((len(rows), 0, 0), np.int32)
+class StepRouting(NamedTuple):
+  """The routing of every real token of one step: request id [T'] and codes [T', Y, K]."""
+  segment_ids: np.ndarray
+  codes: np.ndarray
 
 
 class Tracer:
   """Collects, per traced request id: `dists` (one log-prob vector [V] per generated token, in
-  order) and `routing` ({position: [layers, K] kept expert index or -1}; recomputed positions
-  after a preemption are overwritten with their latest routing)."""
+  order), `codes` ({position: [Y, K] replay codes}) and `step_of` ({position: engine step
+  index}); recomputed positions after a preemption are overwritten with their latest values.
+  With `co_routing`, `steps` ({step index: StepRouting}) for the steps a traced request is in."""
 
-  def __init__(self, ids):
+  def __init__(self, ids, co_routing=False):
     self.ids = set(int(i) for i in ids)
+    self.co_routing = co_routing
     self.dists = {i: [] for i in self.ids}
-    self.routing = {i: {} for i in self.ids}
+    self.codes = {i: {} for i in self.ids}
+    self.step_of = {i: {} for i in self.ids}
+    self.steps = {}
+    self.num_steps = 0  # engine steps seen (record is called once per step)
 
   def record(self, logits, aux, plan, shape):
     """Called by the engine after each step, before the sampled tokens are appended."""
+    step, self.num_steps = self.num_steps, self.num_steps + 1
     in_step = [s.req.id for s in plan.decode] + [s.req.id for s, _ in plan.prefill]
     if self.ids.isdisjoint(in_step):
       return
     order = parts.FlatOrder.of_step(*shape)
     logits = {k: np.asarray(v) for k, v in logits.items()}  # one device->host copy per step
-    records = [{"expert_index": np.asarray(r.expert_index), "kept": np.asarray(r.kept)}
-               for r in aux.get("routing") or ()]
-    for i, seq in enumerate(plan.decode):
+    recs = aux.get("routing") or ()
+    codes_TxYxK = None
+    if recs:
+      codes_TxYxK = np.stack([routing_lib.encode_forced(np.asarray(r.expert_index),
+                                                        np.asarray(r.kept)) for r in recs], 1)
+    rows = [(seq, [order.index(0, i, 0)], "decode", i) for i, seq in enumerate(plan.decode)]
+    rows += [(seq, [order.index(1, j, o) for o in range(n)], "prefill", j)
+             for j, (seq, n) in enumerate(plan.prefill)]
+    for seq, flat, part, row in rows:
       rid = seq.req.id
       if rid not in self.ids:
         continue
-      self.dists[rid].append(_log_softmax(logits["decode"][i]))
-      if records:
-        self.routing[rid][seq.num_computed] = _kept_experts(records, [order.index(0, i, 0)])[0]
-    for j, (seq, n) in enumerate(plan.prefill):
-      rid = seq.req.id
-      if rid not in self.ids:
-        continue
-      if seq.num_computed + n == len(seq.tokens):  # this chunk ends the prefill: a token is sampled
-        self.dists[rid].append(_log_softmax(logits["prefill"][j, n - 1]))
-      if records:
-        rows = [order.index(1, j, o) for o in range(n)]
-        for o, experts in enumerate(_kept_experts(records, rows)):
-          self.routing[rid][seq.num_computed + o] = experts
+      if part == "decode":
+        self.dists[rid].append(_log_softmax(logits["decode"][row]))
+      elif seq.num_computed + len(flat) == len(seq.tokens):  # the prefill ends: a token is sampled
+        self.dists[rid].append(_log_softmax(logits["prefill"][row, len(flat) - 1]))
+      for o in range(len(flat)):
+        self.step_of[rid][seq.num_computed + o] = step
+        if codes_TxYxK is not None:
+          self.codes[rid][seq.num_computed + o] = codes_TxYxK[flat[o]]
+    if self.co_routing and codes_TxYxK is not None:
+      seg_T = np.full(order.num_tokens, -1, np.int64)
+      for seq, flat, _, _ in rows:
+        seg_T[flat] = seq.req.id
+      real = seg_T >= 0
+      self.steps[step] = StepRouting(seg_T[real], codes_TxYxK[real])
+
+  def codes_array(self, rid, length):
+    """[length, Y, K] replay codes of positions 0..length-1 of request `rid`."""
+    return np.stack([self.codes[rid][p] for p in range(length)])
 
   def routing_array(self, rid, length):
-    """[length, layers, K] routing of positions 0..length-1 of request `rid`."""
-    return np.stack([self.routing[rid][p] for p in range(length)])
+    """[length, Y, K] kept expert index of positions 0..length-1 of request `rid`, -1 = dropped."""
+    expert, kept = routing_lib.decode_forced(self.codes_array(rid, length))
+    return np.where(kept, expert, -1)

@@ -23,8 +23,13 @@ def test_report_from_fixture_sweep(tmp_path):
   assert float(by_scope["none"]["target_drop_rate"]) == 0.0
   assert float(by_scope["batch"]["traffic_drop_rate"]) > 0.0
   assert "| batch | 1 | 40 |" in text and "Cost of batch invariance" in text
+  # Bootstrap intervals over targets: a mean inside its interval.
+  m, lo, hi = (float(by_scope["batch"][f"unique_completions_ci_{s}"]) for s in ("mean", "low", "high"))
+  assert lo <= m <= hi and m == float(by_scope["batch"]["unique_completions_mean"])
+  forensic = text.split("## Divergence forensics")[1]
+  assert "| batch | 1 | routing |" in forensic and "| none |" not in forensic
   plots = sorted(os.listdir(workdir / "plots"))
-  assert plots == ["agreement_vs_load.png", "per_domain_exact_match.png",
+  assert plots == ["agreement_vs_load.png", "divergence_by_setting.png", "per_domain_exact_match.png",
                    "quality_vs_capacity_factor.png", "serving_vs_load.png",
                    "unique_vs_capacity_factor.png"]
   for name in plots:

@@ -77,6 +77,19 @@ def test_results_load_in_axis_order_whatever_the_key_order(tmp_path):
                  {"load": 80.0, "scope": "batch"}, {"load": 80.0, "scope": "none"}]
 
 
+def test_a_joint_axis_sets_its_keys_together_and_reloads_from_the_manifest(tmp_path):
+  cfg = ml_collections.ConfigDict({"study": {"load": 0.0, "arm": ""}, "model": {"scope": ""}})
+  axes = {("model.scope", "study.arm"): [("batch", "routing"), ("none", "numerical")],
+          "study.load": [10.0, 80.0]}
+  run = lambda c, d: [c.model.scope, c.study.arm, c.study.load]
+  sweep.run_sweep(cfg, axes, str(tmp_path), run, progress=False, log=lambda *_: None)
+  got = [r["result"] for r in sweep.load_results(str(tmp_path))]  # points from sweep.json
+  assert got == [["batch", "routing", 10.0], ["batch", "routing", 80.0],
+                 ["none", "numerical", 10.0], ["none", "numerical", 80.0]]
+  with pytest.raises(ValueError, match="every value must be a tuple of 2"):
+    sweep.grid({("model.scope", "study.arm"): [("batch",)]})
+
+
 def test_resuming_with_another_config_is_refused(tmp_path):
   cfg = ml_collections.ConfigDict({"study": {"repeats": 30, "load": 0.0}})
   run = lambda c, d: {"load": c.study.load}

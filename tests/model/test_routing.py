@@ -7,6 +7,7 @@ letting padding compete would show.
 """
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -249,3 +250,29 @@ def test_is_causal(tiny_cfg):
   assert routing.is_causal(r)
   r.update(kind="expert_choice", capacity_scope="batch")
   assert not routing.is_causal(r)
+
+
+def test_forced_routing_claims_first_and_forced_drops_take_no_slot(tiny_cfg):
+  """Replay codes (routing.py): batch case above (capacity 2 per expert). Token 4 is forced onto
+  e1 (kept) and e2 (dropped); token 3 onto e0 (dropped) and e3 (kept)."""
+  r = _router(tiny_cfg, capacity_scope="batch", priority="token", capacity_factor_prefill=0.8)
+  logits, seg = _logits(BATCH_CHOICES, BATCH_SCORES), jnp.asarray(BATCH_SEG, jnp.int32)
+  free = routing.route(logits, seg, r)
+  zeros = routing.route(logits, seg, r, forced_TxK=jnp.zeros((5, 2), jnp.int32))
+  for a, b in zip(free, zeros):  # no forced token: the free routing, bit for bit
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  codes = np.zeros((5, 2), np.int32)
+  codes[4] = routing.encode_forced([1, 2], [True, False])
+  codes[3] = routing.encode_forced([0, 3], [False, True])
+  rt = routing.route(logits, seg, r, forced_TxK=jnp.asarray(codes))
+  index, kept = np.asarray(rt.expert_index), np.asarray(rt.kept)
+  np.testing.assert_array_equal(index[3:], [[0, 3], [1, 2]])
+  np.testing.assert_array_equal(kept[3:], [[F_, T_], [T_, F_]])
+  # Free pairs: e1 holds t4 (forced, first), then t0 (token order), so t1's first choice on e1
+  # is dropped; e0 holds t0 and t1 (t3's forced drop took no slot there).
+  np.testing.assert_array_equal(kept[:2], [[T_, T_], [F_, T_]])
+  probs = np.asarray(jax.nn.softmax(logits, axis=-1))
+  w = probs[4, [1, 2]] / probs[4, [1, 2]].sum()
+  np.testing.assert_allclose(np.asarray(rt.combine_weight)[4], [w[0], 0.0], rtol=1e-6)
+  expert, flag = routing.decode_forced(codes[3])
+  assert expert.tolist() == [0, 3] and flag.tolist() == [False, True]
