@@ -45,6 +45,9 @@ _NEW = flags.DEFINE_integer("new_tokens", 64, "New tokens per request (exactly).
 _CONFIGS = flags.DEFINE_list("configs", ["none:sorted", "none:gather"],
                              "moe_serve configs to time, scope:dispatch each.")
 
+# Idle time before each timed case, so that the other side's worker threads (torch's OpenMP
+# pool, XLA's Eigen pool) have stopped spinning and do not steal the cores.
+_PAUSE_S = 1.0
 MIXTRAL = dict(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
                num_attention_heads=8, num_key_value_heads=4, num_local_experts=8,
                num_experts_per_tok=2, max_position_embeddings=256, rope_theta=10000.0,
@@ -124,10 +127,12 @@ def main(argv):
     tokens = {}
     for _ in range(_ROUNDS.value):
       for b in (32, 64):
+        time.sleep(_PAUSE_S)
         out = worker.ask(cmd="generate", prompts=prompts, batch=b, new=_NEW.value)
         times[f"hf b{b}"].append(out["wall_s"])
         tokens["hf"] = out["tokens"]
       for spec, engine in engines.items():
+        time.sleep(_PAUSE_S)
         t0 = time.perf_counter()
         log = engine.run(reqs)
         times[spec].append(time.perf_counter() - t0)
