@@ -39,21 +39,24 @@ def _lines(ax, rows, x, y, title, ylabel, first=0):
     ax.set_xticklabels([name.replace(", ", "\n") for name, _ in series], fontsize=8)
     ax.set_title(f"{title}\n(one {xlabel}: {xs[0]:g})" if xs else title)
   else:
+    # Lines "coincide" when equal to 4 significant digits (what a reader can tell apart): the
+    # numerical arm's NLL, say, moves only in the 6th digit.
+    key = lambda v: float(f"{v:.4g}")
     first_with = {}
     for name, pts in series:  # a constant line and a level line at its value coincide
-      if len({p[1] for p in pts}) == 1:
-        first_with.setdefault(("level", pts[0][1]), name)
+      if len({key(p[1]) for p in pts}) == 1:
+        first_with.setdefault(("level", key(pts[0][1])), name)
     for i, (name, pts) in enumerate(series, first):
       marker, style, size = _STYLES[i % len(_STYLES)]
       if len(pts) == 1:  # a setting the x axis does not apply to: a level line, not one dot
-        same = first_with.setdefault(("level", pts[0][1]), name)
+        same = first_with.setdefault(("level", key(pts[0][1])), name)
         ax.axhline(pts[0][1], color=f"C{i}", linestyle=style, linewidth=2.5 if i == first else 1.5,
                    label=(f"{name} ({xlabel} {pts[0][0]:g} only)" if same == name
                           else f"{name} ({xlabel} {pts[0][0]:g} only; same as {same})"))
         continue
-      same = first_with.setdefault(tuple(pts), name)
-      if same == name and len({p[1] for p in pts}) == 1:
-        same = first_with[("level", pts[0][1])]
+      same = first_with.setdefault(tuple((p[0], key(p[1])) for p in pts), name)
+      if same == name and len({key(p[1]) for p in pts}) == 1:
+        same = first_with[("level", key(pts[0][1]))]
       ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, linestyle=style,
               markersize=size, fillstyle="full" if i == first else "none", markeredgewidth=1.5,
               color=f"C{i}", label=name if same == name else f"{name} (same as {same})")
