@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import shutil
 import time
 
@@ -131,9 +132,14 @@ def _finished(workdir, name, log):
 
 
 def _clean_leftovers(workdir):
+  """Removes unfinished runs' directories and files.atomic_open's temporaries (`NAME.tmpPID`,
+  left by a kill during a write, e.g. of the manifest): neither is ever a complete result."""
   for name in os.listdir(workdir):
+    path = os.path.join(workdir, name)
     if name.startswith(_TMP_PREFIX):
-      shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
+      shutil.rmtree(path, ignore_errors=True)
+    elif re.fullmatch(r".+\.tmp\d+", name) and os.path.isfile(path):
+      os.remove(path)
 
 
 def run_sweep(base_cfg, axes, workdir, run_fn, progress=True, log=print):

@@ -77,6 +77,16 @@ def test_results_load_in_axis_order_whatever_the_key_order(tmp_path):
                  {"load": 80.0, "scope": "batch"}, {"load": 80.0, "scope": "none"}]
 
 
+def test_a_resume_removes_temporaries_a_kill_left_mid_write(tmp_path):
+  """A kill while files.atomic_open writes the manifest leaves `sweep.json.tmpPID` (the flake
+  the kill-and-resume test above met once); the next run removes it."""
+  cfg = ml_collections.ConfigDict({"study": {"load": 0.0}})
+  (tmp_path / f"{sweep.MANIFEST_FILE}.tmp12345").write_text("{\"axes\": [")
+  sweep.run_sweep(cfg, {"study.load": [1.0]}, str(tmp_path), lambda c, d: {},
+                  progress=False, log=lambda *_: None)
+  assert not [n for n in os.listdir(tmp_path) if ".tmp" in n]
+
+
 def test_a_joint_axis_sets_its_keys_together_and_reloads_from_the_manifest(tmp_path):
   cfg = ml_collections.ConfigDict({"study": {"load": 0.0, "arm": ""}, "model": {"scope": ""}})
   axes = {("model.scope", "study.arm"): [("batch", "routing"), ("none", "numerical")],
