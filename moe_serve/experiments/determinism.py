@@ -40,8 +40,8 @@ from moe_serve import files
 from moe_serve import loading
 from moe_serve.experiments import prompts, quality_runners
 from moe_serve.metrics import determinism as det
-from moe_serve.metrics import forensics, latency, quality
-from moe_serve.model.transformer import is_moe_layer
+from moe_serve.metrics import forensics, latency, quality, writers
+from moe_serve.model.transformer import num_moe_layers
 from moe_serve.parallel import spmd
 from moe_serve.serving import replay as replay_lib
 from moe_serve.serving import run as serve_run
@@ -174,11 +174,10 @@ def repeat_in_traffic(cfg, engine, source, out_dir=None):
       rec = forensics.diagnose(solo[rid], tr, rid, tracer.steps, tracer.step_of[rid], reqs)
       if rec is not None:
         forensic_recs.append(dict(id=rid, domain=domain[rid], repeat=r, **rec))
-    num_moe = sum(is_moe_layer(m, i) for i in range(m.num_layers))
-    traffic_drops.append(det.traffic_drop_rate(runlog.steps, m.router.k, num_moe))
+    traffic_drops.append(det.traffic_drop_rate(runlog.steps, m.router.k, num_moe_layers(m)))
   if out_dir is not None:
-    _write_jsonl(os.path.join(out_dir, "completions.jsonl"), completions)
-    _write_jsonl(os.path.join(out_dir, "forensics.jsonl"), forensic_recs)
+    writers.write_jsonl(os.path.join(out_dir, "completions.jsonl"), completions)
+    writers.write_jsonl(os.path.join(out_dir, "forensics.jsonl"), forensic_recs)
     if codes:
       replay_lib.save(os.path.join(out_dir, "routing.npz"), codes)
 
@@ -194,12 +193,6 @@ def repeat_in_traffic(cfg, engine, source, out_dir=None):
   agg["forensics"] = forensics.aggregate(forensic_recs)
   agg["solo_wall_s"], agg["repeats_wall_s"] = t_solo, time.perf_counter() - t0 - t_solo
   return per_target, agg
-
-
-def _write_jsonl(path, records):
-  with files.atomic_open(path) as f:
-    for rec in records:
-      f.write(json.dumps(rec, sort_keys=True) + "\n")
 
 
 def run(cfg, params, log=print, mesh=None, out_dir=None):

@@ -13,6 +13,7 @@ import jax
 from moe_serve import config as config_lib
 from moe_serve import loading
 from moe_serve.data import eval_prompts
+from moe_serve.metrics import quality
 from moe_serve.model import api
 from moe_serve.parallel import steps
 from moe_serve.serving import greedy
@@ -31,11 +32,6 @@ def prompt_texts(kind):
       first.setdefault(ex.domain, ex.prompt)
     return list(first.values())
   raise config_lib.ConfigError(f"generate.prompts={kind!r} is not one of {list(PROMPT_SETS)}")
-
-
-def _until_eos(ids, eos_id):
-  ids = list(ids)
-  return ids[:ids.index(eos_id)] if eos_id in ids else ids
 
 
 def run(cfg, log=print, mesh=None):
@@ -79,7 +75,7 @@ def run(cfg, log=print, mesh=None):
   decode_s = time.perf_counter() - t0
 
   for p, g in zip(texts[:n], generated):
-    log(f"  {p!r} -> {tok.decode(_until_eos(g, tok.eos_id))!r}")
+    log(f"  {p!r} -> {quality.completion_text(g, tok)[0]!r}")
   prompt_tokens = sum(len(p) for p in prompts)
   decoded = n * (cfg.generate.max_new_tokens - 1)  # the first token comes from the prefill
   figures = dict(params_total=total, params_active=active, compile_s=compile_s,

@@ -47,7 +47,7 @@ def compare(solo: Trace, run: Trace):
   dlogprob = np.abs(np.take_along_axis(q - p, solo_tok[:, None], 1)[:, 0]) if upto else kl
   fed = solo.prompt_len + (n_common - 1 if div is None else div)  # positions with equal inputs
   fed = min(fed, len(solo.routing), len(run.routing))
-  routing_diff = _routing_sets_differ(solo.routing[:fed], run.routing[:fed])
+  routing_diff = routing_sets_differ(solo.routing[:fed], run.routing[:fed])
   return dict(
       identical_tokens=div is None,
       bitwise=div is None and tuple(solo.logprobs) == tuple(run.logprobs),
@@ -59,7 +59,7 @@ def compare(solo: Trace, run: Trace):
   )
 
 
-def _routing_sets_differ(a_UxYxK, b_UxYxK):
+def routing_sets_differ(a_UxYxK, b_UxYxK):
   """[U, Y] bool: the sets of kept experts differ at (position, layer)."""
   if a_UxYxK.size == 0:
     return np.zeros((0, 0), bool)

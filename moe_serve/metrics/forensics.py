@@ -33,8 +33,7 @@ def _margin(dist_V):
 def _first_routing_diff(solo_UxYxK, run_UxYxK, upto):
   """(position, layer) of the first differing routing (codes as sets per (position, layer))."""
   u = min(upto, len(solo_UxYxK), len(run_UxYxK))
-  differ_UxY = (np.sort(solo_UxYxK[:u], -1) != np.sort(run_UxYxK[:u], -1)).any(-1)
-  hits = np.argwhere(differ_UxY)
+  hits = np.argwhere(det.routing_sets_differ(solo_UxYxK[:u], run_UxYxK[:u]))
   return None if not len(hits) else tuple(int(x) for x in hits[0])
 
 

@@ -100,8 +100,10 @@ class MoE(nn.Module):
     if m.shared_expert:
       y_TxD = y_TxD + self._shared(x_TxD)
 
-    drop_rate = lambda: routing.drop_rate(rt, segment_ids_T, r.kind == "expert_choice")
-    if self.is_mutable_collection("aux"):  # training and forward(); never a serving step
+    aux = self.is_mutable_collection("aux")  # training and forward(); never a serving step
+    if aux or record:
+      drop_rate = routing.drop_rate(rt, segment_ids_T, r.kind == "expert_choice")
+    if aux:
       choice_TxK = rt.expert_index
       if r.kind == "expert_choice":  # its record has K = E: balance the router's own top-k
         choice_TxK = jax.lax.top_k(logits_TxE, r.k)[1]
@@ -109,10 +111,10 @@ class MoE(nn.Module):
       self.sow("aux", "lb_loss", lb_loss)
       self.sow("aux", "z_loss", z_loss)
       self.sow("aux", "expert_load", load_E)
-      self.sow("aux", "drop_rate", drop_rate())
+      self.sow("aux", "drop_rate", drop_rate)
     if record:
       self.sow("routing", "routing", rt)
-      self.sow("routing", "drop_rate", drop_rate())
+      self.sow("routing", "drop_rate", drop_rate)
     return y_TxD
 
   def _shared(self, x_TxD):

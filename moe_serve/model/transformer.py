@@ -23,6 +23,11 @@ def is_moe_layer(model_cfg, i):
   return (i + 1) % model_cfg.moe_every == 0
 
 
+def num_moe_layers(model_cfg):
+  """How many of the layers have an MoE FFN (`is_moe_layer`)."""
+  return sum(is_moe_layer(model_cfg, i) for i in range(model_cfg.num_layers))
+
+
 class Block(nn.Module):
   """One pre-norm layer: attention per part, then the FFN or MoE on the flat token set."""
   cfg: "ml_collections.ConfigDict"  # the model section  # noqa: F821

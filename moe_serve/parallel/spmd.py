@@ -58,13 +58,11 @@ class Digest:
 
   def __init__(self):
     self._h = hashlib.sha256()
-    self.count = 0
 
   def add(self, records):
     for rec in records:
       self._h.update(json.dumps(rec, sort_keys=True, separators=(",", ":")).encode())
       self._h.update(b"\n")
-      self.count += 1
     return self
 
   def hexdigest(self):

@@ -93,8 +93,7 @@ class Engine:
     # Routing replay (serving/replay.py): every step then carries forced codes (0 = free).
     self.replay_routing, self._replay = bool(s.get("replay_routing", False)), {}
     m = cfg.model
-    self._codes_shape = (sum(transformer.is_moe_layer(m, i) for i in range(m.num_layers)),
-                         m.router.k)
+    self._codes_shape = (transformer.num_moe_layers(m), m.router.k)
     self._warned_routing = False
     self.done = 0  # requests finished or rejected so far in `run` (for progress bars)
 

@@ -6,8 +6,9 @@ import pytest
 from configs import generate_default, tiny
 from moe_serve import bundled, loading
 from moe_serve import config as config_lib
-from moe_serve.data import eval_prompts
+from moe_serve.data import eval_prompts, tokenizer
 from moe_serve.experiments import generate_demo
+from moe_serve.metrics import quality
 
 
 def test_demo_runs_and_reports(capsys):
@@ -29,8 +30,10 @@ def test_eval_prompt_set_is_the_first_prompt_of_each_domain():
 
 
 def test_printed_text_stops_at_the_first_eos():
-  assert generate_demo._until_eos([5, 6, 2, 7, 2], 2) == [5, 6]  # pylint: disable=protected-access
-  assert generate_demo._until_eos([5, 6], 2) == [5, 6]  # pylint: disable=protected-access
+  """generate_demo prints quality.completion_text: the text before the first EOS."""
+  eos, tok = tokenizer.BYTES.eos_id, tokenizer.BYTES
+  assert quality.completion_text([70, 71, eos, 72, eos], tok)[0] == tok.decode([70, 71])
+  assert quality.completion_text([70, 71], tok)[0] == tok.decode([70, 71])
 
 
 def test_default_generate_config_is_the_bundled_model():
