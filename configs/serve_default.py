@@ -5,7 +5,7 @@ r"""Serving simulator config: the default model (configs/base.py) behind a conti
       --config.workload.arrival.rate=50 --config.serve.batching=static
 
 Arg (big_vision style): `size=base|tiny` picks the model (tiny also shrinks the engine to fit it).
-Clock coefficients come from scripts/calibrate.py on the machine in benchmarks/RESULTS.md.
+Virtual time (clock.mode=cost_model) comes from the clock profile for the model (profiles/).
 """
 import ml_collections
 
@@ -63,11 +63,17 @@ def get_config(arg=None):
           kv_lens=() if tiny else (64, 128),
       )),
   ))
-  # Fitted by scripts/calibrate.py for the base model on the benchmarks/RESULTS.md machine
-  # (2 shared cores; held-out median error 16%); refit for another machine or model.
+  # cost_model prices each step's features (docs/serving.md, Virtual time) with a clock profile:
+  # `auto` finds the one scripts/calibrate.py made for this model and step options (profiles/;
+  # the bundled model's were made on the benchmarks/RESULTS.md machine), a path names one, ""
+  # uses `coef`. The tiny model has no profile: its coefficients are round numbers for tests and
+  # smoke runs (steps of about 16 ms, so that a tiny study's traffic overlaps), not a measurement.
   cfg.clock = ml_collections.ConfigDict(dict(
       mode="cost_model",  # cost_model (reproducible) | measured (wall time of each step)
-      fixed_s=0.01202, per_token_s=1.586e-4, per_kv_s=2.007e-6,
+      profile="" if tiny else "auto",
+      coef=ml_collections.ConfigDict(dict(
+          fixed=1.2e-2, decode_rows=1.6e-4, prefill_tokens=1.6e-4, decode_kv=1e-8,
+          prefill_kv=1e-8, capacity_pairs=1e-7, expert_rows=1e-7, a2a_rows=1e-7)),
   ))
   cfg.workload = ml_collections.ConfigDict(dict(
       seed=0,

@@ -369,10 +369,17 @@ def validate_serve(cfg):
   c = cfg.clock
   _choice(c.mode, "clock.mode", CLOCK_MODES)
   for name in ("fixed_s", "per_token_s", "per_kv_s"):
-    _finite(c[name], f"clock.{name}")
-  if c.mode == "cost_model" and c.fixed_s + c.per_token_s + c.per_kv_s <= 0:
-    raise ConfigError("clock.mode='cost_model' needs a positive coefficient (all are 0); run "
-                      "scripts/calibrate.py and copy its overrides")
+    if name in c:
+      raise ConfigError(f"clock.{name} is gone: step costs now come from a clock profile "
+                        "(clock.profile, docs/serving.md) or clock.coef.<feature>")
+  if not isinstance(c.get("profile", ""), str):
+    raise ConfigError(f"clock.profile={c.profile!r} must be 'auto', a path, or '' (clock.coef)")
+  coef = c.get("coef", {})
+  for name in coef:
+    _finite(coef[name], f"clock.coef.{name}")
+  if c.mode == "cost_model" and not c.get("profile", "") and sum(coef.values()) <= 0:
+    raise ConfigError("clock.mode='cost_model' with clock.profile='' needs a positive "
+                      "clock.coef (all are 0); make a profile with scripts/calibrate.py")
 
   w = cfg.workload
   for name in ("num_requests", "seed"):

@@ -1,53 +1,116 @@
-r"""Measures engine steps and fits the cost_model clock's coefficients to them.
+r"""Makes the cost_model clock's profile for a config's model on this device, and validates it.
 
   python scripts/calibrate.py --config=configs/serve_default.py --workdir=runs/calibrate
+  python scripts/calibrate.py --config=configs/serve_default.py --workdir=runs/calibrate --validate
+  python scripts/calibrate.py --config=configs/study_default.py --workdir=runs/cal_study --validate
+  python scripts/calibrate.py --config=configs/serve_default.py --workdir=runs/val \
+      --profile=profiles/PROFILE.json --validate        # validate an existing profile, no fit
 
-Serves the config's workload with clock.mode=measured on the config's model (params_dir: the
-bundled one by default, as scripts/serve.py), fits on 3 of every 4 steps, and prints the
-median and p90 absolute error on the held-out steps plus the --config.clock.* overrides to use.
-On a mesh and multi-process like scripts/serve.py; every process then takes the slowest
-process's wall time for each step (parallel/spmd.py), which is what gets fitted.
+Serves a short sweep around the config (its scope and factor, `batch` 1.0 and 2.0, dropless `none`,
+each at half and twice its arrival rate; --num_requests each) with the measured clock, fits the
+step-cost coefficients (docs/serving.md, Clock), and writes the profile: to --out, by default
+<params_dir>/profiles/<dispatch>-<backend>-<keys>.json (profiles/init-... for a random init), where
+`clock.profile=auto` finds it.
+
+--validate also serves held-out runs (other loads, scopes, factors, mixes; --validate_requests
+each) and then each once with the new profile's cost_model clock, and prints, stores in the
+profile, and writes to WORKDIR/validation.md the errors of throughput and TTFT/TPOT/E2EL p50/p99
+against the median of the measured rounds, next to how far those rounds lie from it (the noise
+floor).
+
+Every measured run is repeated in --rounds rounds, each serving every fit setting and then every
+held-out one, so that a shared host's drift hits the fit and the held-out runs alike. On a mesh and
+multi-process like scripts/serve.py (every process takes the slowest process's wall time for each
+step, parallel/spmd.py); process 0 writes.
 """
+import os
+import sys
+
 from absl import flags
 from ml_collections import config_flags
 
 from moe_serve import cli
+from moe_serve import files
 from moe_serve import config as config_lib
 from moe_serve import loading
-from moe_serve.metrics import writers
+from moe_serve.experiments import clock_profile
 from moe_serve.parallel import distributed
-from moe_serve.serving import calibrate, run
+from moe_serve.serving import profiles, run
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/serve_default.py", "Config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
-_HOLDOUT = flags.DEFINE_integer("holdout_every", 4, "Hold out every n-th step.")
+_NUM_REQUESTS = flags.DEFINE_integer("num_requests", 64, "Requests per fit run.", lower_bound=8)
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Measured rounds: each serves every fit setting, then "
+                               "every held-out one (interleaved, so drift hits all alike).",
+                               lower_bound=1)
+_VALIDATE_REQUESTS = flags.DEFINE_integer("validate_requests", 128,
+                                          "Requests per held-out run.", lower_bound=8)
+_HOLDOUT = flags.DEFINE_integer("holdout_every", 4, "Steps held out of the fit: every n-th "
+                                "(their error is reported).", lower_bound=2)
+_VALIDATE = flags.DEFINE_bool("validate", False, "Also serve held-out runs with both clocks.")
+_PROFILE = flags.DEFINE_string("profile", None, "Validate this profile instead of fitting one.")
+_OUT = flags.DEFINE_string("out", None, "Where to write the profile (default: <params_dir>/profiles/...).")
+
+
+def default_out(cfg, prof):
+  """<params_dir>/profiles/<name>.json (a profile travels with its model), or profiles/ here for
+  a random init; `clock.profile=auto` looks in both."""
+  name = (f"{cfg.model.router.dispatch}-{prof['device']['backend']}-{prof['model_key'][:8]}-"
+          f"{prof['device_key'][:8]}.json")
+  if cfg.params_dir:
+    return os.path.join(cfg.params_dir, "profiles", name)
+  return os.path.join(profiles.REPO_DIR, "init-" + name)
 
 
 def main(argv):
   del argv
   distributed.initialize_from_flags()  # first: before anything touches the devices
+  log = distributed.process_log()
   cfg = _CONFIG.value
   cfg.clock.mode = "measured"
-  config_lib.validate_serve(loading.resolve(config_lib.validate_serve(config_lib.validate(cfg))))
-  if _HOLDOUT.value < 2:
-    raise config_lib.ConfigError(f"--holdout_every={_HOLDOUT.value} must be >= 2 (every n-th "
-                                 "step is held out; the rest are fitted)")
-  requests = run.make_requests(cfg)
+  cfg = config_lib.validate_serve(loading.resolve(config_lib.validate_serve(
+      config_lib.validate(cfg))))
+  if _PROFILE.value and not _VALIDATE.value:
+    raise config_lib.ConfigError("--profile=PATH validates that profile: add --validate")
+  prof = profiles.load(_PROFILE.value) if _PROFILE.value else None
+  if prof is not None and prof["model_key"] != profiles.model_key(cfg):
+    raise profiles.ProfileError(f"--profile={_PROFILE.value} was made for another model or "
+                                "step options than --config")
   mesh = run.make_mesh(cfg)
-  params, source = loading.load(cfg, mesh, log=distributed.process_log())  # serve.py's model
-  engine = run.build_engine(cfg, params=params, mesh=mesh)
-  _, log = run.serve(cfg, _WORKDIR.value, engine=engine, requests=requests,
-                     params_source=source, log=distributed.process_log())
-  if not distributed.is_logging_process():  # process 0 fits and writes (the steps agree)
-    return
-  result = calibrate.calibrate(log.steps, log.wall, _HOLDOUT.value)
-  writers.write_json(f"{_WORKDIR.value}/calibration.json", result)
-  print(f"fit on {result['fit_steps']} steps, held out {result['heldout_steps']} "
-        f"(median step {result['heldout_step_s_median'] * 1e3:.2f} ms)")
-  print(f"held-out |error|: median {result['heldout_abs_err_median_s'] * 1e3:.3f} ms "
-        f"({result['heldout_rel_err_median']:.1%}), p90 {result['heldout_abs_err_p90_s'] * 1e3:.3f}"
-        f" ms ({result['heldout_rel_err_p90']:.1%})")
-  print("overrides:", calibrate.overrides(result))
+  params, source = loading.load(cfg, mesh, log=log)
+  runner = clock_profile.Runner(cfg, params, source, mesh, _WORKDIR.value, _NUM_REQUESTS.value,
+                                log)
+  write = distributed.is_logging_process()
+  path = _PROFILE.value
+  fit = prof is None
+  n_fit, n_held = len(clock_profile.fit_settings(cfg)), len(clock_profile.validation_settings(cfg))
+  log(f"measure: {_ROUNDS.value} rounds of " + " and ".join(
+      ([f"{n_fit} fit runs of {_NUM_REQUESTS.value} requests"] if fit else []) +
+      ([f"{n_held} held-out runs of {_VALIDATE_REQUESTS.value}"] if _VALIDATE.value else [])) +
+      ", measured clock")
+  steps, wall, measured = clock_profile.measure(cfg, runner, _ROUNDS.value, fit, _VALIDATE.value,
+                                                _VALIDATE_REQUESTS.value)
+  if fit:
+    prof = clock_profile.make_profile(cfg, steps, wall, _HOLDOUT.value, " ".join(sys.argv),
+                                      rounds=_ROUNDS.value, requests_per_run=_NUM_REQUESTS.value)
+    path = _OUT.value or default_out(cfg, prof)
+    f = prof["fit"]
+    log(f"fit on {f['fit_steps']} steps, held out {f['heldout_steps']} (median step "
+        f"{f['heldout_step_s_median'] * 1e3:.2f} ms): |error| median "
+        f"{f['heldout_rel_err_median']:.1%}, p90 {f['heldout_rel_err_p90']:.1%}")
+    log("coefficients: " + ", ".join(f"{k} {v:.3g} s" for k, v in prof["coef"].items()))
+  if _VALIDATE.value:
+    rows = clock_profile.validate(cfg, runner, prof, path, measured, _VALIDATE_REQUESTS.value)
+    table = clock_profile.validation_table(rows)
+    prof["validation"] = dict(rounds=_ROUNDS.value, requests_per_run=_VALIDATE_REQUESTS.value,
+                              runs=rows)
+    if write:
+      os.makedirs(_WORKDIR.value, exist_ok=True)
+      files.write_text_atomic(os.path.join(_WORKDIR.value, "validation.md"), table + "\n")
+    log(table)
+  if write:
+    profiles.save(path, prof)
+    log(f"profile: {path} (clock.profile=auto finds it for this model and step options)")
 
 
 if __name__ == "__main__":

@@ -230,7 +230,8 @@ def run(cfg, params, log=print, mesh=None, out_dir=None):
                  priority=r.priority, router=r.kind, k=r.k, load=cfg.workload.arrival.rate,
                  mode=st.mode, arm=st.get("arm", "routing"), replay=st.get("replay", "none"),
                  co_domains=st.co_domains if st.mode == "composition" else None)
-  result = dict(setting=setting, determinism=agg, per_target=per_target, serving=_serving_fields(serving),
+  serving = dict(_serving_fields(serving), clock=engine.clock.source)
+  result = dict(setting=setting, determinism=agg, per_target=per_target, serving=serving,
                 quality=q, wall_s=time.perf_counter() - t0, determinism_wall_s=t_determinism)
   log(f"  unique completions (mean over targets) {agg['unique_completions_mean']:.2f}, "
       f"agree with solo {agg['agree_with_solo']:.2f}, exact match "

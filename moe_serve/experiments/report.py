@@ -138,6 +138,10 @@ def build(workdir, out_dir=None, plots=True, log=print):
   columns = TABLE[:3] + tuple(extra) + TABLE[3:]
   md = ["## Determinism, serving and quality per setting", "",
         markdown_table(table_rows, columns)]
+  clocks = sorted({r["clock"] for r in table_rows if r.get("clock")})
+  if clocks:
+    md += ["", "Out tok/s, TTFT and TPOT are virtual time, each step priced by the clock: " +
+           "; ".join(clocks) + ". Step wall ms is this host's wall time."]
   if cost:
     cost_columns = TABLE[:3] + tuple(extra) + (
         ("throughput_vs_batch", "out tok/s vs batch"), ("ttft_vs_batch", "TTFT vs batch"),

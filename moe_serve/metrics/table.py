@@ -20,7 +20,9 @@ def format_summary(s):
   lines = [
       f"requests: {s['completed']} completed, {s['rejected']} rejected, "
       f"{s['preemptions']} preemptions; {s.get('steps', '?')} steps; "
-      f"virtual duration {s['duration_s']:.3f} s ({s.get('clock_mode', '?')} clock)",
+      f"virtual duration {s['duration_s']:.3f} s ({s.get('clock_mode', '?')} clock"
+      + (f": {s['clock_source']})" if s.get("clock_mode") == "cost_model" and
+         s.get("clock_source") else ")"),
       f"throughput: {_num(s['request_throughput'])} req/s, "
       f"{_num(s['output_throughput'], '{:.1f}')} output tok/s; {_goodput(s)}",
   ]

@@ -61,7 +61,9 @@ def _per_moe_layer(state, collection, name):
 def collect_aux(state):
   """Sums the router losses of all MoE layers; stacks expert loads [num_moe_layers, E] and drop
   rates [num_moe_layers]; with recorded routing, `routing` is a list of Routing per MoE layer.
-  Without the "aux" collection (a serving step) the losses are 0 and the loads empty."""
+  Without the "aux" collection (a serving step) the losses are 0 and the loads empty. A serving
+  step's `kept_pairs` [num_moe_layers, E] int32 counts each expert's kept pairs (empty for Soft
+  MoE, and outside a serving step)."""
   zero = jnp.zeros((), jnp.float32)
   loads = _per_moe_layer(state, "aux", "expert_load")
   drops = (_per_moe_layer(state, "aux", "drop_rate") or
@@ -72,6 +74,8 @@ def collect_aux(state):
       "expert_load": jnp.stack(loads) if loads else jnp.zeros((0, 0), jnp.float32),
       "drop_rate": jnp.stack(drops) if drops else jnp.zeros((0,), jnp.float32),
   }
+  pairs = _per_moe_layer(state, "pairs", "kept_pairs")
+  aux["kept_pairs"] = jnp.stack(pairs) if pairs else jnp.zeros((0, 0), jnp.int32)
   if "routing" in state:
     aux["routing"] = _per_moe_layer(state, "routing", "routing")
   return aux
@@ -92,8 +96,9 @@ def forward(model_cfg, params, tokens_BxL, segment_ids_BxL=None, record_routing=
 def _apply(model_cfg, params, parts, cache, num_decode_parts=0, record_routing=False,
            jitter_rng=None, rows_are_requests=False, aux=True, kv_len=None,
            forced_TxYxK=None):
-  """`aux`: compute the "aux" collection (router losses, loads; training and forward)."""
-  mutable = ["aux"] * aux + ["routing"] * record_routing
+  """`aux`: compute the "aux" collection (router losses, loads; training and forward); without
+  it (a serving step), the "pairs" collection (kept pairs per expert) instead."""
+  mutable = ["aux"] * aux + ["pairs"] * (not aux) + ["routing"] * record_routing
   rngs = {"jitter": jitter_rng} if jitter_rng is not None else None
   out = Decoder(model_cfg).apply(
       {"params": params}, parts, cache, num_decode_parts, record_routing, rows_are_requests,
@@ -129,14 +134,15 @@ def step(model_cfg, params, cache, batch: StepBatch, record_routing=False, kv_le
 
   Returns (logits {"decode": [B, V], "prefill": [P, L, V]}, new cache, aux). Either part may
   have zero rows. Jit it with the cache donated (parallel/steps.py). A step computes no router
-  losses or loads (training-only); with `record_routing` (static), aux["drop_rate"] holds each
-  MoE layer's drop rate and aux["routing"] lists each MoE layer's Routing over the flat tokens
-  `[B decode tokens, then P*L prefill tokens]`. Every row must hold at most one request and a
-  request at most one row (parts.check_one_request_per_row; the engine's batches do): the MoE
-  sizes `sequence`-scope expert buffers by it. `kv_len` (static, default max_len): attention
-  reads only the first kv_len cache positions, which must cover every row's last position. `batch.forced_TxYxK`,
-  when given, forces a recorded routing on chosen tokens (routing replay, model/routing.py;
-  unsharded steps only).
+  losses or loads (training-only), only aux["kept_pairs"] [num_moe_layers, E] (what the step's MoE
+  work follows, serving/step_cost.py); with `record_routing` (static), aux["drop_rate"] holds each
+  MoE layer's drop rate and aux["routing"] lists each MoE layer's Routing over the flat tokens `[B
+  decode tokens, then P*L prefill tokens]`. Every row must hold at most one request and a request
+  at most one row (parts.check_one_request_per_row; the engine's batches do): the MoE sizes
+  `sequence`-scope expert buffers by it. `kv_len` (static, default max_len): attention reads only
+  the first kv_len cache positions, which must cover every row's last position.
+  `batch.forced_TxYxK`, when given, forces a recorded routing on chosen tokens (routing replay,
+  model/routing.py; unsharded steps only).
   """
   parts = [batch.decode, batch.prefill]
   (dec_BxLxV, pre_PxLxV), cache, state = _apply(model_cfg, params, parts, cache,

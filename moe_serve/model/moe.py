@@ -5,7 +5,9 @@ backend (dispatch.py, chosen by `model.router.dispatch`). `dispatch.dense_refere
 on every token, mixed with the kept weights) is the exact reference the backends are tested
 against. Sown into the "aux" collection when it is mutable (training, api.forward; a serving step
 never asks, so it computes no router losses): lb_loss, z_loss, expert_load, drop_rate; into
-"routing" (only when asked): the layer's `Routing` and drop_rate.
+"routing" (only when asked): the layer's `Routing` and drop_rate; into "pairs" (a serving step
+always asks: the engine's step cost, serving/step_cost.py): kept_pairs, the kept (token, expert)
+pairs per expert [E] int32.
 
 Axis letters (docs/design.md section 2): T flat tokens, D model, E experts, K choices per token.
 """
@@ -115,6 +117,10 @@ class MoE(nn.Module):
     if record:
       self.sow("routing", "routing", rt)
       self.sow("routing", "drop_rate", drop_rate)
+    if self.is_mutable_collection("pairs"):
+      kept_E = jnp.zeros((m.num_experts,), jnp.int32).at[rt.expert_index.reshape(-1)].add(
+          (rt.kept & valid_T[:, None]).reshape(-1).astype(jnp.int32))
+      self.sow("pairs", "kept_pairs", kept_E)
     return y_TxD
 
   def _shared(self, x_TxD):

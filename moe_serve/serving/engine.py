@@ -7,7 +7,9 @@ cache, aux)` with the cache donated (parallel/steps.py or a sharded variant with
 compiles them all, so a warmed-up run never compiles again.
 
 Records (plain dicts, written as JSONL by metrics/writers.py):
-- `steps`: one per step, only deterministic fields (virtual time, never wall time);
+- `steps`: one per step, only deterministic fields (virtual time, never wall time), among them
+  `cost`: the step-cost features the `cost_model` clock prices (serving/step_cost.py), logged
+  in both clock modes;
 - `wall`: one per step, wall seconds of the step and of the host work around it;
 - `requests`: one per request, finished or rejected, in id order.
 
@@ -28,6 +30,7 @@ from moe_serve.model import transformer
 from moe_serve.serving import replay as replay_lib
 from moe_serve.serving import request as request_lib
 from moe_serve.serving import sampling
+from moe_serve.serving import step_cost
 from moe_serve.serving.scheduler import Scheduler
 
 
@@ -95,6 +98,7 @@ class Engine:
     m = cfg.model
     self._codes_shape = (transformer.num_moe_layers(m), m.router.k)
     self._warned_routing = False
+    self.step_cost = step_cost.StepCost(cfg)
     self.done = 0  # requests finished or rejected so far in `run` (for progress bars)
 
   # ------------------------------------------------------------------ warm-up
@@ -259,7 +263,9 @@ class Engine:
       shape, batch, samp, kv, kv_len = self._build(plan)
       t_dev = time.perf_counter()
       logits, self.cache, aux = self._step(batch, kv_len)
-      toks, lps = jax.device_get(sampling.sample(logits["decode"], logits["prefill"], samp))
+      toks, lps, kept_pairs = jax.device_get(
+          (*sampling.sample(logits["decode"], logits["prefill"], samp),
+           aux.get("kept_pairs", np.zeros((0, 0), np.int32))))
       drops = self._drops(aux, batch, plan)  # device->host copies: timed with the step
       if self.want_prompt_logprobs:
         self._prompt_logprobs(logits, plan, shape)
@@ -267,8 +273,8 @@ class Engine:
         tracer.record(logits, aux, plan, shape)
       wall_step = time.perf_counter() - t_dev
       n_dec = len(plan.decode)
-      tokens = parts.FlatOrder.of_step(*shape).num_tokens
-      now = clock.advance(clock.step_duration(tokens, kv, wall_step))
+      cost = self.step_cost.features(shape, kv_len, kept_pairs)
+      now = clock.advance(clock.step_duration(cost, wall_step))
       toks, lps = toks.tolist(), lps.tolist()
       for i, seq in enumerate(plan.decode):
         seq.advance_decode()
@@ -285,7 +291,8 @@ class Engine:
                  requests=[s.req.id for s in in_step], domains=[s.req.domain for s in in_step],
                  admitted=[s.req.id for s in plan.admitted],
                  preempted=[s.req.id for s in plan.preempted],
-                 finished=[s.req.id for s in in_step if s.finish_reason], drops=drops)
+                 finished=[s.req.id for s in in_step if s.finish_reason], drops=drops,
+                 cost=cost)
       steps.append(rec)
       wall.append(dict(step=rec["step"], step_s=wall_step,
                        host_s=time.perf_counter() - t_host - wall_step))

@@ -35,7 +35,7 @@ from moe_serve.metrics import benchmark, latency, serve_plots, table, writers
 from moe_serve.parallel import compiles, distributed, memory, spmd, steps
 from moe_serve.parallel import mesh as mesh_lib
 from moe_serve.serving import clock as clock_lib
-from moe_serve.serving import profiling, prompt_sources, trace_formats, workload
+from moe_serve.serving import profiles, profiling, prompt_sources, trace_formats, workload
 from moe_serve.serving.engine import Engine
 
 
@@ -83,7 +83,14 @@ def build_engine(cfg, step_fn=None, params=None, cache=None, mesh=None):
     params, _ = loading.load(cfg, mesh)
   if cache is None:
     cache = steps.make_cache_fn(m, mesh, rules)(cfg.serve.max_num_seqs)
-  return Engine(cfg, step_fn, params, cache, clock_lib.Clock(cfg.clock))
+  return Engine(cfg, step_fn, params, cache, make_clock(cfg))
+
+
+def make_clock(cfg):
+  """The config's clock, with the coefficients of the clock profile clock.profile picks
+  (serving/profiles.py; ProfileError when none fits)."""
+  res = profiles.resolve(cfg)
+  return clock_lib.Clock(cfg.clock, res.coef, res.describe())
 
 
 def make_requests(cfg, prompt_source=None, skipped=None):
@@ -183,7 +190,8 @@ def serve(cfg, workdir, engine=None, requests=None, slo_ttft_ms=None, slo_tpot_m
   step_s = sum(w["step_s"] for w in runlog.wall)
   host_s = sum(w["host_s"] for w in runlog.wall)
   summary.update(
-      steps=len(runlog.steps), clock_mode=cfg.clock.mode, batching=cfg.serve.batching,
+      steps=len(runlog.steps), clock_mode=cfg.clock.mode, clock_source=engine.clock.source,
+      batching=cfg.serve.batching,
       policy=cfg.serve.policy, params=params_source or "given (source not recorded)",
       skipped_trace_lines=len(skipped_lines), provenance=stamp,
       compiles_warmup=warm_compiles(), compiles_after_warmup=run_compiles(),

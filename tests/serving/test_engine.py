@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from moe_serve.model import api
+from moe_serve.model import api, dispatch_sorted
 from moe_serve.parallel import compiles, steps
 from moe_serve.serving import clock as clock_lib
 from moe_serve.serving import run as run_lib
@@ -144,6 +144,18 @@ def test_routing_records_attribute_drops_to_requests(tmp_path):
   assert len(per_layer_steps) == cfg.model.num_layers  # every tiny layer is MoE
   np.testing.assert_array_equal(per_layer_req, per_layer_steps)
   assert per_layer_steps.sum() > 0  # capacity factor 0.5 must drop something
+  # The step's own count of kept pairs (what the cost_model clock prices, step_cost.py) agrees
+  # with the recorded routing: k pairs per real token per MoE layer, minus the drops. `sorted`
+  # runs each expert's kept pairs in whole blocks: at most one part-filled block per expert.
+  m = cfg.model
+  for s in log.steps:
+    real = s["decode"] + s["prefill_tokens"]
+    c = s["cost"]
+    assert c["kept_pairs"] == m.num_layers * m.router.k * real - sum(s["drops"]), s["step"]
+    assert c["kept_pairs"] <= c["expert_rows"] < c["kept_pairs"] + m.num_layers * (
+        m.num_experts * dispatch_sorted.BLOCK_ROWS)
+    assert c["expert_rows"] % dispatch_sorted.BLOCK_ROWS == 0
+  assert m.router.dispatch == "sorted" and len({s["cost"]["expert_rows"] for s in log.steps}) > 1
 
 
 def test_prompt_logprobs_match_a_full_forward(tiny_model):

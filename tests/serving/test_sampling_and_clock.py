@@ -1,4 +1,4 @@
-"""Sampling never depends on the batch; the cost model fits known coefficients."""
+"""Sampling never depends on the batch; the clock's two modes."""
 import ml_collections
 import numpy as np
 import pytest
@@ -69,25 +69,17 @@ def test_filters():
   assert (toks2 != toks).any()
 
 
-def test_cost_model_fit_recovers_coefficients():
-  rng = np.random.default_rng(0)
-  tokens = rng.integers(8, 200, 300)
-  kv = rng.integers(0, 20000, 300)
-  true = np.array([2e-3, 1e-4, 3e-7])
-  wall = clock_lib.predict(true, tokens, kv) * rng.normal(1, 0.01, 300)
-  np.testing.assert_allclose(clock_lib.fit(tokens, kv, wall), true, rtol=0.1)
-  # A negative least-squares coefficient is dropped, not kept.
-  coef = clock_lib.fit(tokens, kv, 5e-3 - 1e-9 * kv + rng.normal(0, 1e-5, 300))
-  assert (coef >= 0).all() and coef[2] == 0
-
-
 def test_clock_modes():
-  cfg = ml_collections.ConfigDict(dict(mode="cost_model", fixed_s=1.0, per_token_s=0.5,
-                                       per_kv_s=0.25))
+  cfg = ml_collections.ConfigDict(dict(mode="cost_model", profile="",
+                                       coef=dict(fixed=1.0, decode_rows=0.5, expert_rows=0.25)))
   c = clock_lib.Clock(cfg)
-  assert c.step_duration(tokens=2, attended_kv=4, wall_s=99.0) == 3.0
+  feats = dict.fromkeys(clock_lib.FEATURES, 0) | dict(fixed=1, decode_rows=2, expert_rows=4)
+  assert c.step_duration(feats, wall_s=99.0) == 3.0
   cfg.mode = "measured"
-  assert clock_lib.Clock(cfg).step_duration(2, 4, wall_s=0.125) == 0.125
+  assert clock_lib.Clock(cfg).step_duration(feats, wall_s=0.125) == 0.125
   with pytest.raises(ValueError, match="clock.mode='wall'"):
     cfg.mode = "wall"
+    clock_lib.Clock(cfg)
+  cfg.update(mode="cost_model", profile="auto")  # a profile is resolved first (run.make_clock)
+  with pytest.raises(ValueError, match="resolve it first"):
     clock_lib.Clock(cfg)

@@ -1,0 +1,165 @@
+"""Makes a clock profile for a config's model on this device, and validates it on whole runs.
+
+`fit_settings`: a short sweep around the config (its own capacity scope and factor, `batch` at
+factors 1.0 and 2.0, and dropless `none`; each at half and twice the config's arrival rate), served with
+the `measured` clock; every step's features and wall time go into one fit (serving/calibrate.py).
+`validation_settings`: held-out runs the fit never saw (other loads, scopes, factors and domain
+mixes), served with the `measured` clock and with the new profile's `cost_model` clock on the same
+engine, and compared on throughput and TTFT/TPOT/E2EL p50/p99.
+
+A shared host's speed drifts by tens of percent over minutes, so every measured run is repeated
+in rounds that visit all settings, fit and held-out, in turn (`measure`): drift then hits every
+setting and the fit alike instead of posing as a difference between them. Validation compares the
+cost_model run with the median of a setting's measured rounds, and reports how far the measured
+rounds lie from that median: the noise floor any clock is judged against.
+
+Each run is a normal serving run (run.serve) with its files under WORKDIR/<fit|validate>/<name>.
+"""
+import dataclasses
+import datetime
+import os
+
+from moe_serve import provenance
+from moe_serve.serving import calibrate, profiles, run
+from moe_serve.serving import clock as clock_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  """One run of the sweep: capacity scope and factor, arrival rate, domain mix (None: as is)."""
+  name: str
+  scope: str
+  factor: float
+  rate: float
+  mix: tuple = None
+
+
+def _own(cfg):
+  r = cfg.model.router  # dropless `none` has no factor: 1.0 stands for any
+  return r.capacity_scope, 1.0 if r.capacity_scope == "none" else float(r.capacity_factor_decode)
+
+
+def _rate(cfg):
+  """The config's arrival rate: a study's `study.load`, else the workload's."""
+  return float(cfg.get("study", {}).get("load") or cfg.workload.arrival.rate)
+
+
+def fit_settings(cfg):
+  rate = _rate(cfg)
+  # Two `batch` factors set expert rows apart from capacity ranking (both grow with scope).
+  scopes = list(dict.fromkeys([_own(cfg), ("batch", 1.0), ("batch", 2.0), ("none", 1.0)]))
+  return [Setting(f"{s}-cf{f:g}-rate{rate * x:g}", s, f, rate * x)
+          for s, f in scopes for x in (0.5, 2.0)]
+
+
+def validation_settings(cfg):
+  rate = _rate(cfg)
+  scope, factor = _own(cfg)
+  domains = tuple(cfg.serve.domains)
+  return [Setting(f"{scope}-cf{factor:g}-rate{rate:g}", scope, factor, rate),
+          Setting(f"batch-cf1.25-rate{rate * 1.5:g}", "batch", 1.25, rate * 1.5),
+          Setting(f"sequence-cf1-rate{rate:g}-{domains[-1]}-only", "sequence", 1.0, rate,
+                  (domains[-1],))]
+
+
+def setting_config(cfg, s, num_requests, mode):
+  c = cfg.copy_and_resolve_references()
+  c.model.router.update(capacity_scope=s.scope, capacity_factor_decode=s.factor,
+                        capacity_factor_prefill=s.factor)
+  c.workload.num_requests = num_requests
+  c.workload.arrival.rate = s.rate
+  if s.mix is not None:
+    c.workload.mix = {d: float(d in s.mix) for d in c.serve.domains}
+  c.serve.update(plots=False, tensorboard=False)
+  c.clock.mode = mode
+  return c
+
+
+class Runner:
+  """Serves settings on engines built once per (scope, factor), sharing the parameters."""
+
+  def __init__(self, cfg, params, params_source, mesh, workdir, num_requests, log):
+    self.cfg, self.params, self.source, self.mesh = cfg, params, params_source, mesh
+    self.workdir, self.num_requests, self.log = workdir, num_requests, log
+    self._engines = {}
+
+  def serve(self, setting, part, mode, clock=None, tag="", num_requests=None):
+    """(summary, RunLog) of `setting` in clock `mode` (a given Clock replaces the config's), with
+    `num_requests` requests (default the runner's)."""
+    c = setting_config(self.cfg, setting, num_requests or self.num_requests, mode)
+    key = (setting.scope, setting.factor)
+    if key not in self._engines:
+      c_measured = setting_config(self.cfg, setting, self.num_requests, "measured")
+      self._engines[key] = run.build_engine(c_measured, params=self.params, mesh=self.mesh)
+    engine = self._engines[key]
+    engine.clock = clock or run.make_clock(c)
+    quiet = lambda *a, **k: None
+    summary, log = run.serve(c, os.path.join(self.workdir, part, f"{setting.name}-{mode}{tag}"),
+                             engine=engine, requests=run.make_requests(c),
+                             params_source=self.source, log=quiet)
+    self.log(f"  {part} {setting.name} ({mode}{tag}): {len(log.steps)} steps, "
+             f"{summary['output_throughput']:.0f} output tok/s of virtual time")
+    return summary, log
+
+
+def measure(cfg, runner, rounds, fit=True, validate=True, validate_requests=None):
+  """Serves the fit settings and the held-out settings with the measured clock, `rounds` times,
+  all interleaved: round i serves every fit setting, then every held-out one. Returns (fit steps,
+  fit wall records, {held-out setting name: [summary per round]})."""
+  steps, wall = [], []
+  held = {s.name: [] for s in validation_settings(cfg)} if validate else {}
+  for i in range(rounds):
+    runner.log(f"round {i + 1}/{rounds}: host load average {_load_average()}")
+    for s in fit_settings(cfg) if fit else ():
+      _, log = runner.serve(s, "fit", "measured", tag=f"-round{i}")
+      steps += log.steps
+      wall += log.wall
+    for s in validation_settings(cfg) if validate else ():
+      held[s.name].append(runner.serve(s, "validate", "measured", tag=f"-round{i}",
+                                       num_requests=validate_requests)[0])
+  return steps, wall, held
+
+
+def _load_average():
+  """The host's 1-minute load average (other processes competing for the cores), or None."""
+  try:
+    return round(os.getloadavg()[0], 2)
+  except OSError:
+    return None
+
+
+def make_profile(cfg, steps, wall, holdout_every=4, command="", **fit_facts):
+  """The profile dict fitted on measured steps (`fit_facts` go into its `fit` record)."""
+  coef, stats = calibrate.fit_steps(steps, wall, holdout_every)
+  stats.update(settings=[s.name for s in fit_settings(cfg)], **fit_facts)
+  commit, dirty = provenance.git_state()
+  return profiles.make(cfg, coef, stats, command, commit + ("+dirty" if dirty is True else ""),
+                       datetime.date.today().isoformat())
+
+
+def validate(cfg, runner, prof, path, measured, num_requests=None):
+  """Serves each held-out setting once with the profile's cost_model clock and compares it with
+  that setting's measured rounds (`measured`, from `measure`); returns one row per setting:
+  {setting, metrics: {label: (measured median over rounds, cost_model, error)}, noise: {label:
+  the largest |deviation| of one measured round from that median}}."""
+  rows = []
+  for s in validation_settings(cfg):
+    clock = clock_lib.Clock(setting_config(cfg, s, 1, "cost_model").clock, prof["coef"], path)
+    virtual, _ = runner.serve(s, "validate", "cost_model", clock, num_requests=num_requests)
+    metrics, noise = calibrate.compare_to_rounds(measured[s.name], virtual)
+    rows.append(dict(setting=s.name, metrics=metrics, noise=noise))
+  return rows
+
+
+def validation_table(rows):
+  """Markdown: one row per held-out run and metric."""
+  fmt = lambda v: "n/a" if v is None else f"{v:.1f}"
+  pct = lambda v: "n/a" if v is None else f"{v:+.1%}"
+  lines = ["| held-out run | metric | measured (median of rounds) | cost_model | error | "
+           "measured rounds vs their median |", "|---|---|---|---|---|---|"]
+  for r in rows:
+    for label, (a, b, err) in r["metrics"].items():
+      noise = r["noise"].get(label)
+      lines.append(f"| {r['setting']} | {label} | {fmt(a)} | {fmt(b)} | {pct(err)} | "
+                   f"{'n/a' if noise is None else f'up to {noise:.1%}'} |")
+  return "\n".join(lines)
