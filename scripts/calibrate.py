@@ -88,7 +88,7 @@ def main(argv):
       ([f"{n_fit} fit runs of {_NUM_REQUESTS.value} requests"] if fit else []) +
       ([f"{n_held} held-out runs of {_VALIDATE_REQUESTS.value}"] if _VALIDATE.value else [])) +
       ", measured clock")
-  steps, wall, measured = clock_profile.measure(cfg, runner, _ROUNDS.value, fit, _VALIDATE.value,
+  steps, wall, measured, by_round = clock_profile.measure(cfg, runner, _ROUNDS.value, fit, _VALIDATE.value,
                                                 _VALIDATE_REQUESTS.value)
   if fit:
     prof = clock_profile.make_profile(cfg, steps, wall, _HOLDOUT.value, " ".join(sys.argv),
@@ -101,9 +101,12 @@ def main(argv):
     log("coefficients: " + ", ".join(f"{k} {v:.3g} s" for k, v in prof["coef"].items()))
   if _VALIDATE.value:
     rows = clock_profile.validate(cfg, runner, prof, path, measured, _VALIDATE_REQUESTS.value)
-    table = clock_profile.validation_table(rows)
+    speed = clock_profile.host_speed(prof["coef"], by_round)
+    table = clock_profile.validation_table(rows) + (
+        "\n\nHost speed per round (measured / predicted time of all its steps): " +
+        ", ".join(f"{x:.2f}" for x in speed))
     prof["validation"] = dict(rounds=_ROUNDS.value, requests_per_run=_VALIDATE_REQUESTS.value,
-                              runs=rows)
+                              runs=rows, host_speed_by_round=speed)
     if write:
       os.makedirs(_WORKDIR.value, exist_ok=True)
       files.write_text_atomic(os.path.join(_WORKDIR.value, "validation.md"), table + "\n")

@@ -105,19 +105,35 @@ class Runner:
 def measure(cfg, runner, rounds, fit=True, validate=True, validate_requests=None):
   """Serves the fit settings and the held-out settings with the measured clock, `rounds` times,
   all interleaved: round i serves every fit setting, then every held-out one. Returns (fit steps,
-  fit wall records, {held-out setting name: [summary per round]})."""
-  steps, wall = [], []
+  fit wall records, {held-out setting name: [summary per round]}, [(steps, wall) of all the
+  runs of each round]: see `host_speed`)."""
+  steps, wall, by_round = [], [], []
   held = {s.name: [] for s in validation_settings(cfg)} if validate else {}
   for i in range(rounds):
     runner.log(f"round {i + 1}/{rounds}: host load average {_load_average()}")
+    round_steps, round_wall = [], []
     for s in fit_settings(cfg) if fit else ():
       _, log = runner.serve(s, "fit", "measured", tag=f"-round{i}")
       steps += log.steps
       wall += log.wall
+      round_steps += log.steps
+      round_wall += log.wall
     for s in validation_settings(cfg) if validate else ():
-      held[s.name].append(runner.serve(s, "validate", "measured", tag=f"-round{i}",
-                                       num_requests=validate_requests)[0])
-  return steps, wall, held
+      summary, log = runner.serve(s, "validate", "measured", tag=f"-round{i}",
+                                  num_requests=validate_requests)
+      held[s.name].append(summary)
+      round_steps += log.steps
+      round_wall += log.wall
+    by_round.append((round_steps, round_wall))
+  return steps, wall, held, by_round
+
+
+def host_speed(coef, by_round):
+  """Per round, measured / predicted time of all its steps: how slow the host was in that round
+  relative to the profile (1.0: as fitted; a shared host swings between rounds)."""
+  return [float(sum(w["step_s"] for w in wall) /
+                clock_lib.predict(coef, calibrate.step_features(steps)).sum())
+          for steps, wall in by_round if steps]
 
 
 def _load_average():

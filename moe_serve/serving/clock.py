@@ -92,4 +92,4 @@ def fit(features, wall_s):
 
 
 def predict(coef, features):
-  return design_matrix(features) @ np.array([coef[f] for f in FEATURES])
+  return design_matrix(features) @ np.array([coef.get(f, 0.0) for f in FEATURES])

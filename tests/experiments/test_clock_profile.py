@@ -1,5 +1,7 @@
 """The calibration sweep: held-out runs differ from every fit run, and a setting's config is the
 base config with only its scope, factor, load and mix changed."""
+import pytest
+
 from configs import serve_default, study_default
 from moe_serve import config as config_lib
 from moe_serve.experiments import clock_profile
@@ -32,3 +34,14 @@ def test_a_settings_config_changes_only_what_it_names():
                         capacity_factor_decode=cfg.model.router.capacity_factor_decode,
                         capacity_factor_prefill=cfg.model.router.capacity_factor_prefill)
   assert c.model == cfg.model  # the model is otherwise untouched
+
+
+def test_host_speed_is_measured_over_predicted_per_round():
+  feats = lambda rows: {"cost": dict(fixed=1, decode_rows=0, prefill_tokens=0, decode_kv=0,
+                                     prefill_kv=0, capacity_pairs=0, expert_rows=rows,
+                                     a2a_rows=0)}
+  coef = dict(fixed=1e-3, expert_rows=1e-5)
+  steps = [feats(100), feats(300)]  # predicted 2 ms and 4 ms
+  by_round = [(steps, [{"step_s": 2e-3}, {"step_s": 4e-3}]),
+              (steps, [{"step_s": 3e-3}, {"step_s": 6e-3}])]
+  assert clock_profile.host_speed(coef, by_round) == pytest.approx([1.0, 1.5])
