@@ -95,7 +95,8 @@ def main(argv):
                 f"one busy step of the default study's bucket (T={t} tokens: {b} decode rows, "
                 f"{batch.prefill.tokens_BxL.shape} prefill), bundled model, gather dispatch, "
                 f"routing recorded; {_REPEATS.value} interleaved rounds. Profile columns: the "
-                f"study's clock profile {os.path.relpath(profile.path)} priced on the same step's features "
+                f"study's clock profile {os.path.relpath(profile.path)} priced on the same step's "
+                "features "
                 "(an engine step: the model step plus sampling and the host's drop records).",
                 header, rows, _APPEND.value)
 

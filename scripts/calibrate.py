@@ -49,7 +49,8 @@ _HOLDOUT = flags.DEFINE_integer("holdout_every", 4, "Steps held out of the fit: 
                                 "(their error is reported).", lower_bound=2)
 _VALIDATE = flags.DEFINE_bool("validate", False, "Also serve held-out runs with both clocks.")
 _PROFILE = flags.DEFINE_string("profile", None, "Validate this profile instead of fitting one.")
-_OUT = flags.DEFINE_string("out", None, "Where to write the profile (default: <params_dir>/profiles/...).")
+_OUT = flags.DEFINE_string("out", None,
+                           "Where to write the profile (default: <params_dir>/profiles/...).")
 
 
 def default_out(cfg, prof):
@@ -88,8 +89,8 @@ def main(argv):
       ([f"{n_fit} fit runs of {_NUM_REQUESTS.value} requests"] if fit else []) +
       ([f"{n_held} held-out runs of {_VALIDATE_REQUESTS.value}"] if _VALIDATE.value else [])) +
       ", measured clock")
-  steps, wall, measured, by_round = clock_profile.measure(cfg, runner, _ROUNDS.value, fit, _VALIDATE.value,
-                                                _VALIDATE_REQUESTS.value)
+  steps, wall, measured, by_round = clock_profile.measure(
+      cfg, runner, _ROUNDS.value, fit, _VALIDATE.value, _VALIDATE_REQUESTS.value)
   if fit:
     prof = clock_profile.make_profile(cfg, steps, wall, _HOLDOUT.value, " ".join(sys.argv),
                                       rounds=_ROUNDS.value, requests_per_run=_NUM_REQUESTS.value)

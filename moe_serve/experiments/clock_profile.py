@@ -1,8 +1,9 @@
 """Makes a clock profile for a config's model on this device, and validates it on whole runs.
 
 `fit_settings`: a short sweep around the config (its own capacity scope and factor, `batch` at
-factors 1.0 and 2.0, and dropless `none`; each at half and twice the config's arrival rate), served with
-the `measured` clock; every step's features and wall time go into one fit (serving/calibrate.py).
+factors 1.0 and 2.0, and dropless `none`; each at half and twice the config's arrival rate), served
+with the `measured` clock; every step's features and wall time go into one fit
+(serving/calibrate.py).
 `validation_settings`: held-out runs the fit never saw (other loads, scopes, factors and domain
 mixes), served with the `measured` clock and with the new profile's `cost_model` clock on the same
 engine, and compared on throughput and TTFT/TPOT/E2EL p50/p99.

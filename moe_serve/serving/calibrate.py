@@ -11,7 +11,7 @@ import numpy as np
 from moe_serve.serving import clock as clock_lib
 
 # (summary key, statistic, label) of the whole-run metrics compared; a p99 is allowed twice the
-# error of a median or a throughput (docs/serving.md, Virtual time).
+# error of a median or a throughput (issue 17's targets; docs/serving.md, Clock profiles).
 RUN_METRICS = (("output_throughput", None, "throughput"),
                ("ttft_ms", "median", "TTFT p50"), ("ttft_ms", "p99", "TTFT p99"),
                ("tpot_ms", "median", "TPOT p50"), ("tpot_ms", "p99", "TPOT p99"),

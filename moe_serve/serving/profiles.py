@@ -11,10 +11,10 @@ statistics and the whole-run validation when one was run:
 - `date`, `command`, `commit`, `fit`, and `validation`.
 
 `clock.profile` picks one: `auto` finds the profile of this model in the model directory's
-`profiles/` folder and the repository's `profiles/` and `models/*/profiles/`, preferring one made on this device
-(another device's or mesh's is used with a warning, and the summary says so); a path names one (a model
-mismatch is an error, never a silent reuse; another device is allowed: simulating that device
-is the point); "" uses the coefficients in `clock.coef`.
+`profiles/` folder and the repository's `profiles/` and `models/*/profiles/`, preferring one made
+on this device (another device's or mesh's is used with a warning, and the summary says so); a path
+names one (a model mismatch is an error, never a silent reuse; another device is allowed:
+simulating that device is the point); "" uses the coefficients in `clock.coef`.
 """
 import glob
 import hashlib
@@ -49,9 +49,9 @@ def model_identity(cfg):
   model["router"] = {k: v for k, v in model["router"].items()
                      if k not in _FEATURE_FREE_ROUTER_KEYS}
   s = cfg.serve
-  return dict(model=model, step=dict(record_routing=bool(s.record_routing),
-                        prompt_logprobs=bool(s.prompt_logprobs),
-                        replay_routing=bool(s.get("replay_routing", False))))
+  step = dict(record_routing=bool(s.record_routing), prompt_logprobs=bool(s.prompt_logprobs),
+              replay_routing=bool(s.get("replay_routing", False)))
+  return dict(model=model, step=step)
 
 
 def model_key(cfg):
@@ -145,8 +145,9 @@ class Resolved:
   def describe(self):
     if self.prof is None:
       return "clock.coef (no profile)"
-    p = self.prof
-    text = f"{self.path} (made {p.get('date', '?')} on {device_name(p['device'])})"
+    p, path = self.prof, os.path.relpath(self.path)
+    path = self.path if path.startswith("..") else path
+    text = f"{path} (made {p.get('date', '?')} on {device_name(p['device'])})"
     return text if self.same_device else text + ", NOT this device: " + device_name(self.here)
 
 

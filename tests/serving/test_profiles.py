@@ -24,7 +24,8 @@ def _write(tmp_path, name, cfg, scale=1.0, device=None):
   prof = profiles.make(cfg, {k: v * scale for k, v in _COEF.items()}, fit={}, command="test",
                        commit="c", date="2026-11-27")
   if device is not None:
-    prof.update(device=device, device_key=profiles._digest(device))  # pylint: disable=protected-access
+    key = profiles._digest(device)  # pylint: disable=protected-access
+    prof.update(device=device, device_key=key)
   path = tmp_path / "profiles" / name
   path.parent.mkdir(exist_ok=True)
   profiles.save(str(path), prof)
