@@ -114,7 +114,10 @@ def main(argv):
     log(table)
   if write:
     profiles.save(path, prof)
-    log(f"profile: {path} (clock.profile=auto finds it for this model and step options)")
+    found = os.path.dirname(os.path.abspath(path)) in map(os.path.abspath,
+                                                          profiles.search_dirs(cfg))
+    log(f"profile: {path} (" + ("clock.profile=auto finds it for this model and step options"
+                                if found else f"use it with --config.clock.profile={path}") + ")")
 
 
 if __name__ == "__main__":

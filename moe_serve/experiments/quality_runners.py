@@ -79,7 +79,11 @@ class EngineRunner:
 
   def __init__(self, cfg, params, engine=None, first_id=0, progress=None, mesh=None):
     if engine is None:
-      engine = serve_run.build_engine(cfg, params=params, mesh=mesh)
+      # Every request arrives at time 0, so the schedule (and every token) is the same on any
+      # clock: the measured one needs no clock profile for this model.
+      measured = cfg.copy_and_resolve_references()
+      measured.clock.mode = "measured"
+      engine = serve_run.build_engine(measured, params=params, mesh=mesh)
       engine.warmup(progress)
     self.engine, self.first_id, self.progress = engine, first_id, progress
     self._scorer = None if engine.want_prompt_logprobs else StepRunner(

@@ -62,8 +62,8 @@ def collect_aux(state):
   """Sums the router losses of all MoE layers; stacks expert loads [num_moe_layers, E] and drop
   rates [num_moe_layers]; with recorded routing, `routing` is a list of Routing per MoE layer.
   Without the "aux" collection (a serving step) the losses are 0 and the loads empty. A serving
-  step's `kept_pairs` [num_moe_layers, E] int32 counts each expert's kept pairs (empty for Soft
-  MoE, and outside a serving step)."""
+  step's `kept_pairs` [num_moe_layers, E] int32 counts each expert's kept pairs (absent outside a
+  serving step, and for Soft MoE)."""
   zero = jnp.zeros((), jnp.float32)
   loads = _per_moe_layer(state, "aux", "expert_load")
   drops = (_per_moe_layer(state, "aux", "drop_rate") or
@@ -75,7 +75,8 @@ def collect_aux(state):
       "drop_rate": jnp.stack(drops) if drops else jnp.zeros((0,), jnp.float32),
   }
   pairs = _per_moe_layer(state, "pairs", "kept_pairs")
-  aux["kept_pairs"] = jnp.stack(pairs) if pairs else jnp.zeros((0, 0), jnp.int32)
+  if pairs:
+    aux["kept_pairs"] = jnp.stack(pairs)
   if "routing" in state:
     aux["routing"] = _per_moe_layer(state, "routing", "routing")
   return aux
