@@ -7,8 +7,9 @@ r"""Makes the cost_model clock's profile for a config's model on this device, an
       --profile=profiles/PROFILE.json --validate        # validate an existing profile, no fit
 
 Serves a short sweep around the config (its scope and factor, `batch` 1.0 and 2.0, dropless `none`,
-each at half and twice its arrival rate; --num_requests each) with the measured clock, fits the
-step-cost coefficients (docs/serving.md, Clock), and writes the profile: to --out, by default
+each at half and twice its arrival rate, and its scope and `none` with row buckets at 1/3, 2/3 and
+all of its own; --num_requests each) with the measured clock, fits the step-cost coefficients
+(docs/serving.md, Clock), and writes the profile: to --out, by default
 <params_dir>/profiles/<dispatch>-<backend>-<keys>.json (profiles/init-... for a random init), where
 `clock.profile=auto` finds it.
 

@@ -1,9 +1,9 @@
 """Makes a clock profile for a config's model on this device, and validates it on whole runs.
 
 `fit_settings`: a short sweep around the config (its own capacity scope and factor, `batch` at
-factors 1.0 and 2.0, and dropless `none`; each at half and twice the config's arrival rate), served
-with the `measured` clock; every step's features and wall time go into one fit
-(serving/calibrate.py).
+factors 1.0 and 2.0, and dropless `none`, each at half and twice the config's arrival rate, plus
+its own scope and `none` with step shapes that follow the load, `shape_buckets`), served with the
+`measured` clock; every step's features and wall time go into one fit (serving/calibrate.py).
 `validation_settings`: held-out runs the fit never saw (other loads, scopes, factors and domain
 mixes), served with the `measured` clock and with the new profile's `cost_model` clock on the same
 engine, and compared on throughput and TTFT/TPOT/E2EL p50/p99.
@@ -27,12 +27,14 @@ from moe_serve.serving import clock as clock_lib
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
-  """One run of the sweep: capacity scope and factor, arrival rate, domain mix (None: as is)."""
+  """One run of the sweep: capacity scope and factor, arrival rate, domain mix and step shapes
+  (`rows`: (decode_rows, prefill_rows) buckets; None: the config's)."""
   name: str
   scope: str
   factor: float
   rate: float
   mix: tuple = None
+  rows: tuple = None
 
 
 def _own(cfg):
@@ -45,12 +47,27 @@ def _rate(cfg):
   return float(cfg.get("study", {}).get("load") or cfg.workload.arrival.rate)
 
 
+def shape_buckets(cfg):
+  """Decode and prefill row buckets at a third, two thirds and all of the config's largest
+  (e.g. 8/16/24 and 0/1/2 for the study): steps whose shape follows the load, so that the
+  per-row features vary apart from the fixed cost (with one bucket they never do)."""
+  b = max(cfg.serve.buckets.decode_rows)
+  p = max(cfg.serve.buckets.prefill_rows)
+  return (tuple(sorted({max(1, b // 3), max(1, 2 * b // 3), b})),
+          tuple(sorted({0, p // 2, p})))
+
+
 def fit_settings(cfg):
   rate = _rate(cfg)
   # Two `batch` factors set expert rows apart from capacity ranking (both grow with scope).
   scopes = list(dict.fromkeys([_own(cfg), ("batch", 1.0), ("batch", 2.0), ("none", 1.0)]))
+  # Shapes that follow the load, at the config's scope and dropless: expert rows then grow with
+  # the tokens at two different rates, which sets them apart from the per-token costs.
+  shaped = dict.fromkeys([_own(cfg), ("none", 1.0)])
   return [Setting(f"{s}-cf{f:g}-rate{rate * x:g}", s, f, rate * x)
-          for s, f in scopes for x in (0.5, 2.0)]
+          for s, f in scopes for x in (0.5, 2.0)] + [
+              Setting(f"{s}-cf{f:g}-rate{rate * x:g}-shapes", s, f, rate * x,
+                      rows=shape_buckets(cfg)) for s, f in shaped for x in (0.5, 2.0)]
 
 
 def validation_settings(cfg):
@@ -71,13 +88,16 @@ def setting_config(cfg, s, num_requests, mode):
   c.workload.arrival.rate = s.rate
   if s.mix is not None:
     c.workload.mix = {d: float(d in s.mix) for d in c.serve.domains}
+  if s.rows is not None:
+    c.serve.buckets.update(decode_rows=s.rows[0], prefill_rows=s.rows[1])
   c.serve.update(plots=False, tensorboard=False)
   c.clock.mode = mode
   return c
 
 
 class Runner:
-  """Serves settings on engines built once per (scope, factor), sharing the parameters."""
+  """Serves settings on engines built once per (scope, factor, buckets), sharing the
+  parameters."""
 
   def __init__(self, cfg, params, params_source, mesh, workdir, num_requests, log):
     self.cfg, self.params, self.source, self.mesh = cfg, params, params_source, mesh
@@ -88,7 +108,7 @@ class Runner:
     """(summary, RunLog) of `setting` in clock `mode` (a given Clock replaces the config's), with
     `num_requests` requests (default the runner's)."""
     c = setting_config(self.cfg, setting, num_requests or self.num_requests, mode)
-    key = (setting.scope, setting.factor)
+    key = (setting.scope, setting.factor, setting.rows)
     if key not in self._engines:
       c_measured = setting_config(self.cfg, setting, self.num_requests, "measured")
       self._engines[key] = run.build_engine(c_measured, params=self.params, mesh=self.mesh)

@@ -16,6 +16,9 @@ def test_validation_settings_are_held_out_of_the_fit():
     assert len({s.name for s in fit + held}) == len(fit + held)
     assert {s.scope for s in fit} >= {"batch", "none"}  # expert rows vary across the fit
     assert len({s.rate for s in fit}) == 2
+    shapes = [s for s in fit if s.rows is not None]  # and step shapes vary with the load
+    assert shapes and all(len(r) == 3 for s in shapes for r in s.rows)
+    config_lib.validate_serve(clock_profile.setting_config(cfg, shapes[0], 8, "measured"))
 
 
 def test_a_settings_config_changes_only_what_it_names():
