@@ -1,8 +1,6 @@
 """Shared by the benchmarks: interleaved timing and RESULTS.md sections (date, machine, command)."""
 import datetime
 import os
-import platform
-import subprocess
 import sys
 import time
 
@@ -13,19 +11,14 @@ from moe_serve import provenance
 
 def machine():
   """'CPU model, N cores, jax X on platform' for a RESULTS.md heading."""
-  try:
-    lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    model = next(l.split(":", 1)[1].strip() for l in lines.splitlines() if "Model name" in l)
-  except (OSError, subprocess.CalledProcessError, StopIteration):
-    model = platform.processor() or "unknown CPU"
   cores = len(os.sched_getaffinity(0))
-  return f"{model}, {cores} cores, jax {jax.__version__} on {jax.devices()[0].platform}"
+  return f"{provenance.cpu_name()}, {cores} cores, jax {jax.__version__} on " \
+         f"{jax.devices()[0].platform}"
 
 
 def commit():
   """The checkout's short commit, '+dirty' with uncommitted changes (moe_serve.provenance)."""
-  head, dirty = provenance.git_state()
-  return head[:9] + ("+dirty" if dirty is True else "")
+  return provenance.commit_label(9)
 
 
 def interleaved_ms(fns, repeats, warmup=2):

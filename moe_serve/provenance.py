@@ -47,6 +47,25 @@ def git_state(directory=_PACKAGE_DIR):
   return commit, dirty
 
 
+def commit_label(length=None):
+  """This checkout's commit (its first `length` characters), '+dirty' with uncommitted changes:
+  how benchmark sections and clock profiles name the code that measured them."""
+  head, dirty = git_state()
+  return head[:length] + ("+dirty" if dirty is True else "")
+
+
+def cpu_name():
+  """The processor's model name (/proc/cpuinfo), else what `platform` knows."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine() or UNKNOWN
+
+
 def provenance(cfg=None, started=None, directory=_PACKAGE_DIR):
   """The provenance dict (module docstring); `started` defaults to now."""
   started = started or datetime.datetime.now(datetime.timezone.utc)

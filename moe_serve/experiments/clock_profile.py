@@ -169,8 +169,7 @@ def make_profile(cfg, steps, wall, holdout_every=4, command="", **fit_facts):
   """The profile dict fitted on measured steps (`fit_facts` go into its `fit` record)."""
   coef, stats = calibrate.fit_steps(steps, wall, holdout_every)
   stats.update(settings=[s.name for s in fit_settings(cfg)], **fit_facts)
-  commit, dirty = provenance.git_state()
-  return profiles.make(cfg, coef, stats, command, commit + ("+dirty" if dirty is True else ""),
+  return profiles.make(cfg, coef, stats, command, provenance.commit_label(),
                        datetime.date.today().isoformat())
 
 

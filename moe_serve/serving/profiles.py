@@ -20,13 +20,13 @@ import glob
 import hashlib
 import json
 import os
-import platform
 import warnings
 
 import jax
 
 from moe_serve import config as config_lib
 from moe_serve import files
+from moe_serve import provenance
 from moe_serve.serving import step_cost
 
 REPO_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -58,23 +58,12 @@ def model_key(cfg):
   return _digest(model_identity(cfg))
 
 
-def _cpu_name():
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
 def device_identity(cfg):
   """Where the steps run: backend and device kind (plus processor and cores on a CPU) and the
   config's mesh."""
   ident = dict(backend=jax.default_backend(), kind=jax.devices()[0].device_kind)
   if ident["backend"] == "cpu":
-    ident.update(processor=_cpu_name(), cores=os.cpu_count())
+    ident.update(processor=provenance.cpu_name(), cores=os.cpu_count())
   ident["mesh"] = {a: int(cfg.mesh[a]) for a in config_lib.MESH_AXES}
   return ident
 
