@@ -5,10 +5,18 @@ dropped), then every query attends to its slot's row at key positions <= its own
 positions 0..p are all written by that request before it reads them, so whatever an earlier
 occupant left in the slot past p is masked out: slots leak nothing.
 
+The cache is heads-major, `[S, M, J, H]`: one slot's keys for one KV head are contiguous, so a
+decode row reads `M` runs of `kv_len x H` values (the layout paged-attention kernels use too).
+Decode rows (L = 1) take their scores and weighted values as elementwise products summed over H
+and J: on XLA:CPU that is one fused pass over the keys, where a batched matmul per (row, head)
+of [Q x H] x [H x J] ran as hundreds of tiny dots (benchmarks/RESULTS.md, "Speed").
+
 Axis letters (docs/design.md section 2): B rows of the part, L tokens per row (query positions),
 D model, N query heads, M KV heads, Q = N / M query heads per KV head, H head dim, S cache slots,
 J key positions (a cache row's first `kv_len` positions, or L without a cache).
 """
+from typing import Sequence
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -20,42 +28,91 @@ _MASKED = -1e30  # finite, so fully masked (padding) rows give a uniform softmax
 
 
 def init_cache_layer(num_slots, max_len, num_kv_heads, head_dim, dtype=jnp.float32):
-  """One layer's zeroed KV cache: {"k", "v": [S, J, M, H]} with J = max_len."""
-  shape = (num_slots, max_len, num_kv_heads, head_dim)
+  """One layer's zeroed KV cache: {"k", "v": [S, M, J, H]} with J = max_len."""
+  shape = (num_slots, num_kv_heads, max_len, head_dim)
   return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
 
-def write_cache(cache_SxJxMxH, slots_B, positions_BxL, valid_BxL, new_BxLxMxH):
+def write_cache(cache_SxMxJxH, slots_B, positions_BxL, valid_BxL, new_BxLxMxH):
   """Scatters new keys or values into (slot, position); invalid tokens are dropped."""
-  max_len = cache_SxJxMxH.shape[1]
+  max_len = cache_SxMxJxH.shape[2]
   pos = jnp.where(valid_BxL, positions_BxL, max_len)  # out of range -> dropped
   rows = jnp.broadcast_to(slots_B[:, None], pos.shape)
-  return cache_SxJxMxH.at[rows, pos].set(new_BxLxMxH.astype(cache_SxJxMxH.dtype), mode="drop")
+  # Index arrays on axes 0 and 2 around a slice: the updated values are [B, L, M, H].
+  return cache_SxMxJxH.at[rows, :, pos].set(new_BxLxMxH.astype(cache_SxMxJxH.dtype), mode="drop")
 
 
-def attend(q_BxLxNxH, k_BxJxMxH, v_BxJxMxH, mask_BxLxJ):
+def attend(q_BxLxNxH, k_BxMxJxH, v_BxMxJxH, mask_BxLxJ):
   """Grouped-query softmax attention in float32: query l of row b attends key j where
-  mask_BxLxJ[b, l, j]. Returns [B, L, N, H]."""
+  mask_BxLxJ[b, l, j]. Returns [B, L, N, H]. One query per row (decode) is computed as
+  elementwise products and sums (module docstring); longer rows as batched matmuls."""
   b, length, n, h = q_BxLxNxH.shape
-  m = k_BxJxMxH.shape[2]
+  m = k_BxMxJxH.shape[1]
+  k_BxMxJxH, v_BxMxJxH = k_BxMxJxH.astype(jnp.float32), v_BxMxJxH.astype(jnp.float32)
+  if length == 1:
+    q_BxMxQx1xH = q_BxLxNxH.reshape(b, m, n // m, 1, h).astype(jnp.float32)
+    logits_BxMxQxJ = jnp.sum(q_BxMxQx1xH * k_BxMxJxH[:, :, None], axis=-1) * h**-0.5
+    logits_BxMxQxJ = jnp.where(mask_BxLxJ[:, :, None], logits_BxMxQxJ, _MASKED)
+    probs_BxMxQxJ = jax.nn.softmax(logits_BxMxQxJ, axis=-1)
+    out_BxMxQxH = jnp.sum(probs_BxMxQxJ[..., None] * v_BxMxJxH[:, :, None], axis=3)
+    return out_BxMxQxH.reshape(b, 1, n, h)
   q_BxLxMxQxH = q_BxLxNxH.reshape(b, length, m, n // m, h).astype(jnp.float32)
-  logits_BxMxQxLxJ = jnp.einsum("blmqh,bjmh->bmqlj", q_BxLxMxQxH, k_BxJxMxH.astype(jnp.float32))
+  logits_BxMxQxLxJ = jnp.einsum("blmqh,bmjh->bmqlj", q_BxLxMxQxH, k_BxMxJxH)
   logits_BxMxQxLxJ *= h**-0.5
   logits_BxMxQxLxJ = jnp.where(mask_BxLxJ[:, None, None], logits_BxMxQxLxJ, _MASKED)
   probs_BxMxQxLxJ = jax.nn.softmax(logits_BxMxQxLxJ, axis=-1)
-  out_BxLxMxQxH = jnp.einsum("bmqlj,bjmh->blmqh", probs_BxMxQxLxJ, v_BxJxMxH.astype(jnp.float32))
+  out_BxLxMxQxH = jnp.einsum("bmqlj,bmjh->blmqh", probs_BxMxQxLxJ, v_BxMxJxH)
   return out_BxLxMxQxH.reshape(b, length, n, h)
 
 
-def _norm_across_heads(module, name, x_BxLxNxH):
-  """RMSNorm over the concatenated heads (N*H values per token), reshaped back."""
-  b, length, n, h = x_BxLxNxH.shape
-  x_BxLxNH = layers.RMSNorm(module.norm_eps, name=name)(x_BxLxNxH.reshape(b, length, n * h))
-  return x_BxLxNH.reshape(b, length, n, h)
+def attend_cache(q_BxLxNxH, cache_layer, part: Part, kv_len=None):
+  """Attention of a part's queries over their slots' first `kv_len` cache positions (all of
+  them by default): query at position p attends keys 0..p. Returns [B, L, N, H].
+
+  Masked keys weigh exactly 0, so fewer of them (a shorter kv_len) changes no output bit on the
+  backends we test (tests/serving/test_engine.py compares kv buckets bitwise). Decode rows that
+  can fill every slot (L = 1, B >= S) attend in slot order, straight from the cache: their
+  queries are scattered to their slots and the outputs gathered back, [B, N, H] each way, where
+  gathering the rows' keys and values would copy [B, M, kv_len, H] twice per layer. Either way
+  each row's result depends on its own slot only.
+  """
+  b, length = q_BxLxNxH.shape[:2]
+  s = cache_layer["k"].shape[0]
+  axes = ("decode_batch", "cache_heads", "cache_seq", "cache_kv")
+  if length == 1 and b >= s:
+    at_B = jnp.where(part.segment_ids_BxL[:, 0] >= 0, part.slots_B, s)  # padding: dropped
+    q_SxLxNxH = jnp.zeros((s,) + q_BxLxNxH.shape[1:], q_BxLxNxH.dtype).at[at_B].set(
+        q_BxLxNxH, mode="drop")
+    pos_SxL = jnp.full((s, 1), -1, jnp.int32).at[at_B].set(part.positions_BxL, mode="drop")
+    keys_SxMxJxH, vals_SxMxJxH = (layers.constrain(cache_layer[c][:, :, :kv_len], axes)
+                                  for c in ("k", "v"))
+    key_pos_J = jnp.arange(keys_SxMxJxH.shape[2], dtype=jnp.int32)
+    out_SxLxNxH = attend(q_SxLxNxH, keys_SxMxJxH, vals_SxMxJxH,
+                         key_pos_J[None, None, :] <= pos_SxL[:, :, None])
+    return out_SxLxNxH[part.slots_B]  # padding rows read slot 0's: finite, never used
+  keys_BxMxJxH, vals_BxMxJxH = (layers.constrain(cache_layer[c][:, :, :kv_len][part.slots_B],
+                                                 axes) for c in ("k", "v"))
+  key_pos_J = jnp.arange(keys_BxMxJxH.shape[2], dtype=jnp.int32)
+  mask_BxLxJ = key_pos_J[None, None, :] <= part.positions_BxL[:, :, None]
+  return attend(q_BxLxNxH, keys_BxMxJxH, vals_BxMxJxH, mask_BxLxJ)
+
+
+def _across_heads(norm):
+  """`norm` (an RMSNorm) applied over the concatenated heads (N*H values per token)."""
+  def apply(x_BxLxNxH):
+    b, length, n, h = x_BxLxNxH.shape
+    return norm(x_BxLxNxH.reshape(b, length, n * h)).reshape(b, length, n, h)
+  return apply
 
 
 class Attention(nn.Module):
-  """Rotary grouped-query self-attention of one part, reading and writing the slot KV cache."""
+  """Rotary grouped-query self-attention of a step's parts, reading and writing the slot KV cache.
+
+  Every part writes its keys and values before any part reads: a part that read the cache before
+  the next part's write made XLA copy the whole layer cache to keep the read intact (8 MB per
+  layer per step at the tiny Mixtral's 64 slots). Reads see the same values either way, since
+  each row reads only its own slot.
+  """
   num_heads: int
   num_kv_heads: int
   head_dim: int
@@ -66,11 +123,12 @@ class Attention(nn.Module):
   norm_eps: float = 1e-6
 
   @nn.compact
-  def __call__(self, x_BxLxD, part: Part, cache_layer=None, kv_len=None):
-    """Returns (output [B, L, D], updated cache layer or None). `kv_len` (static, default the
-    cache's max_len): read only the first kv_len positions of each row, which must hold every
-    position a query of this part attends (the engine picks it from its kv-length buckets)."""
-    d = x_BxLxD.shape[-1]
+  def __call__(self, xs_BxLxD, parts: Sequence[Part], cache_layer=None, kv_len=None):
+    """Returns (outputs [B, L, D] per part, updated cache layer or None). `kv_len` (static,
+    default the cache's max_len): read only the first kv_len positions of each row, which must
+    hold every position a query attends (the engine picks it from its kv-length buckets).
+    Without a cache each part attends within itself (causal, per segment)."""
+    d = xs_BxLxD[0].shape[-1]
     dt = layers.dtype_of(self.dtype)
     n, m, h = self.num_heads, self.num_kv_heads, self.head_dim
     wq = layers.param_with_axes(self, "wq", (d, n, h), ("embed", "q_heads", "head_dim"))
@@ -78,47 +136,58 @@ class Attention(nn.Module):
     wv = layers.param_with_axes(self, "wv", (d, m, h), ("embed", "kv_heads", "head_dim"))
     wo = layers.param_with_axes(self, "wo", (n, h, d), ("q_heads", "head_dim", "embed"),
                                 nn.initializers.normal(stddev=(n * h) ** -0.5))
-    x = x_BxLxD.astype(dt)
-    q_BxLxNxH = jnp.einsum("bld,dnh->blnh", x, wq.astype(dt))
-    k_BxLxMxH = jnp.einsum("bld,dmh->blmh", x, wk.astype(dt))
-    v_BxLxMxH = jnp.einsum("bld,dmh->blmh", x, wv.astype(dt))
     if self.bias:
       zeros = nn.initializers.zeros
-      q_BxLxNxH += layers.param_with_axes(self, "bq", (n, h), ("q_heads", "head_dim"),
-                                          zeros).astype(dt)
-      k_BxLxMxH += layers.param_with_axes(self, "bk", (m, h), ("kv_heads", "head_dim"),
-                                          zeros).astype(dt)
-      v_BxLxMxH += layers.param_with_axes(self, "bv", (m, h), ("kv_heads", "head_dim"),
-                                          zeros).astype(dt)
+      bias_q = layers.param_with_axes(self, "bq", (n, h), ("q_heads", "head_dim"), zeros)
+      bias_k = layers.param_with_axes(self, "bk", (m, h), ("kv_heads", "head_dim"), zeros)
+      bias_v = layers.param_with_axes(self, "bv", (m, h), ("kv_heads", "head_dim"), zeros)
+    q_norm = k_norm = None
     if self.qk_norm == "head":  # one scale [H] shared by the heads (Qwen3-MoE)
-      q_BxLxNxH = layers.RMSNorm(self.norm_eps, name="q_norm")(q_BxLxNxH)
-      k_BxLxMxH = layers.RMSNorm(self.norm_eps, name="k_norm")(k_BxLxMxH)
+      q_norm = layers.RMSNorm(self.norm_eps, name="q_norm")
+      k_norm = layers.RMSNorm(self.norm_eps, name="k_norm")
     elif self.qk_norm == "full":  # over all heads at once, scales [N*H] and [M*H] (OLMoE)
-      q_BxLxNxH = _norm_across_heads(self, "q_norm", q_BxLxNxH)
-      k_BxLxMxH = _norm_across_heads(self, "k_norm", k_BxLxMxH)
-    q_BxLxNxH = layers.rotary(q_BxLxNxH, part.positions_BxL, self.rope_theta)
-    k_BxLxMxH = layers.rotary(k_BxLxMxH, part.positions_BxL, self.rope_theta)
-    valid_BxL = part.segment_ids_BxL >= 0
+      q_norm = _across_heads(layers.RMSNorm(self.norm_eps, name="q_norm"))
+      k_norm = _across_heads(layers.RMSNorm(self.norm_eps, name="k_norm"))
 
-    if cache_layer is None:  # self-attention within the part, causal and per segment
-      same_seg = part.segment_ids_BxL[:, :, None] == part.segment_ids_BxL[:, None, :]
-      causal = part.positions_BxL[:, None, :] <= part.positions_BxL[:, :, None]
-      mask_BxLxJ = same_seg & causal & valid_BxL[:, None, :]  # J = L: the part's own keys
-      out_BxLxNxH = attend(q_BxLxNxH, k_BxLxMxH, v_BxLxMxH, mask_BxLxJ)
+    def project(x_BxLxD, part):
+      x = x_BxLxD.astype(dt)
+      q_BxLxNxH = jnp.einsum("bld,dnh->blnh", x, wq.astype(dt))
+      k_BxLxMxH = jnp.einsum("bld,dmh->blmh", x, wk.astype(dt))
+      v_BxLxMxH = jnp.einsum("bld,dmh->blmh", x, wv.astype(dt))
+      if self.bias:
+        q_BxLxNxH += bias_q.astype(dt)
+        k_BxLxMxH += bias_k.astype(dt)
+        v_BxLxMxH += bias_v.astype(dt)
+      if q_norm is not None:
+        q_BxLxNxH, k_BxLxMxH = q_norm(q_BxLxNxH), k_norm(k_BxLxMxH)
+      q_BxLxNxH = layers.rotary(q_BxLxNxH, part.positions_BxL, self.rope_theta)
+      k_BxLxMxH = layers.rotary(k_BxLxMxH, part.positions_BxL, self.rope_theta)
+      return q_BxLxNxH, k_BxLxMxH, v_BxLxMxH
+
+    live = [i for i, x in enumerate(xs_BxLxD) if x.shape[0] * x.shape[1]]
+    qkv = {i: project(xs_BxLxD[i], parts[i]) for i in live}
+    outs = {}
+    if cache_layer is None:  # self-attention within each part, causal and per segment
+      heads_first = lambda a_BxLxMxH: jnp.transpose(a_BxLxMxH, (0, 2, 1, 3))
+      for i in live:
+        part, (q_BxLxNxH, k_BxLxMxH, v_BxLxMxH) = parts[i], qkv[i]
+        same_seg = part.segment_ids_BxL[:, :, None] == part.segment_ids_BxL[:, None, :]
+        causal = part.positions_BxL[:, None, :] <= part.positions_BxL[:, :, None]
+        valid_BxL = part.segment_ids_BxL >= 0
+        mask_BxLxJ = same_seg & causal & valid_BxL[:, None, :]  # J = L: the part's own keys
+        outs[i] = attend(q_BxLxNxH, heads_first(k_BxLxMxH), heads_first(v_BxLxMxH), mask_BxLxJ)
     else:
-      cache_layer = {
-          "k": write_cache(cache_layer["k"], part.slots_B, part.positions_BxL, valid_BxL,
-                           k_BxLxMxH),
-          "v": write_cache(cache_layer["v"], part.slots_B, part.positions_BxL, valid_BxL,
-                           v_BxLxMxH),
-      }
-      # Masked keys weigh exactly 0, so fewer of them (a shorter kv_len) changes no output bit
-      # on the backends we test (tests/serving/test_engine.py compares kv buckets bitwise).
-      read = lambda c: layers.constrain(c[:, :kv_len][part.slots_B],
-                                        ("decode_batch", "cache_seq", "cache_heads", "cache_kv"))
-      keys_BxJxMxH, vals_BxJxMxH = read(cache_layer["k"]), read(cache_layer["v"])
-      key_pos_J = jnp.arange(keys_BxJxMxH.shape[1], dtype=jnp.int32)
-      mask_BxLxJ = key_pos_J[None, None, :] <= part.positions_BxL[:, :, None]
-      out_BxLxNxH = attend(q_BxLxNxH, keys_BxJxMxH, vals_BxJxMxH, mask_BxLxJ)
-    y_BxLxD = jnp.einsum("blnh,nhd->bld", out_BxLxNxH.astype(dt), wo.astype(dt))
-    return y_BxLxD, cache_layer
+      for i in live:
+        part, (_, k_BxLxMxH, v_BxLxMxH) = parts[i], qkv[i]
+        valid_BxL = part.segment_ids_BxL >= 0
+        cache_layer = {
+            "k": write_cache(cache_layer["k"], part.slots_B, part.positions_BxL, valid_BxL,
+                             k_BxLxMxH),
+            "v": write_cache(cache_layer["v"], part.slots_B, part.positions_BxL, valid_BxL,
+                             v_BxLxMxH),
+        }
+      for i in live:
+        outs[i] = attend_cache(qkv[i][0], cache_layer, parts[i], kv_len)
+    ys = [jnp.einsum("blnh,nhd->bld", outs[i].astype(dt), wo.astype(dt)) if i in outs else x
+          for i, x in enumerate(xs_BxLxD)]
+    return ys, cache_layer

@@ -18,7 +18,7 @@ from moe_serve.model import api
 from moe_serve.model.parts import Part, StepBatch
 
 # Logical names of the slot KV cache (api.init_cache) and of step input rows (parts.py).
-CACHE_KV_AXES = ("decode_batch", "cache_seq", "cache_heads", "cache_kv")  # [S, L, M, H]
+CACHE_KV_AXES = ("decode_batch", "cache_heads", "cache_seq", "cache_kv")  # [S, M, J, H]
 CACHE_LENGTHS_AXES = ("decode_batch",)  # [S]
 ROWS_AXES = ("activation_batch", "activation_length")  # [B, L] tokens, positions, segment ids
 SLOTS_AXES = ("activation_batch",)  # [B]
