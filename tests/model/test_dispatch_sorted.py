@@ -31,12 +31,15 @@ def test_layout_rows_are_exactly_the_kept_pairs_in_expert_blocks(case):
   elif case == "nothing_kept":
     kept[:] = False
   rt = _routing(index, kept)
-  src, row, expert_n, used = (np.asarray(a) for a in dispatch_sorted.layout(
+  src, row, first, end = (np.asarray(a) for a in dispatch_sorted.layout(
       rt.expert_index, dispatch.buffer_slots(rt, E), rt.kept, E, M))
   n = dispatch_sorted.num_blocks(t * k, E, M)
-  assert expert_n.shape == (n,) and src.shape == (n * M,)
+  assert src.shape == (n * M,) and first.shape == end.shape == (E,)
   counts = np.bincount(index[kept], minlength=E)
-  assert used == (-(-counts // M)).sum() <= n  # only the blocks the routing needs
+  assert (end - first == -(-counts // M)).all()  # each expert: the blocks its pairs fill
+  assert first[0] == 0 and (first[1:] == end[:-1]).all()  # expert after expert, no gaps
+  assert end[-1] <= n  # within the static bound
+  expert_n = np.repeat(np.arange(E), end - first)  # the expert of each block in use
   assert (row[~kept] == n * M).all()
   rows = row[kept]
   assert len(set(rows.tolist())) == len(rows)  # one row per kept pair
