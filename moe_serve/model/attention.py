@@ -1,7 +1,7 @@
-"""Rotary grouped-query attention over a part, with or without the slot KV cache.
+"""Rotary grouped-query attention over a step's parts, with or without the slot KV cache.
 
-With a cache, a part first writes its real tokens' keys/values into its slot rows (padding is
-dropped), then every query attends to its slot's row at key positions <= its own. A request's
+With a cache, every part first writes its real tokens' keys/values into its slot rows (padding
+is dropped), then every query attends to its slot's row at key positions <= its own. A request's
 positions 0..p are all written by that request before it reads them, so whatever an earlier
 occupant left in the slot past p is masked out: slots leak nothing.
 
