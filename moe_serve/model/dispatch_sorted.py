@@ -68,12 +68,12 @@ def sorted_dispatch(x_TxD, routing, w, slot_TxK, block_rows=BLOCK_ROWS):
   x_padded = jnp.concatenate([x_TxD, jnp.zeros((1, d), x_TxD.dtype)], axis=0)
   x_NxMxD = x_padded[src_R].reshape(n, m, d)
   dt = x_TxD.dtype
-  # The experts with blocks, in order (the rest of the list is never read).
+  # The experts with blocks, in order; only the first in_use_E.sum() entries are read.
   in_use_E = end_E > first_E
-  experts_used = jnp.nonzero(in_use_E, size=e, fill_value=0)[0].astype(jnp.int32)
+  experts_in_use_E = jnp.nonzero(in_use_E, size=e, fill_value=0)[0].astype(jnp.int32)
 
   def expert(j, y_NxMxD):
-    i = experts_used[j]
+    i = experts_in_use_E[j]
     pick = lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False).astype(dt)
     w_gate_DxF, w_up_DxF, w_down_FxD = pick(w.w_gate_ExDxF), pick(w.w_up_ExDxF), pick(
         w.w_down_ExFxD)
