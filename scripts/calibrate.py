@@ -74,10 +74,7 @@ def main(argv):
       config_lib.validate(cfg))))
   if _PROFILE.value and not _VALIDATE.value:
     raise config_lib.ConfigError("--profile=PATH validates that profile: add --validate")
-  prof = profiles.load(_PROFILE.value) if _PROFILE.value else None
-  if prof is not None and prof["model_key"] != profiles.model_key(cfg):
-    raise profiles.ProfileError(f"--profile={_PROFILE.value} was made for another model or "
-                                "step options than --config")
+  prof = profiles.load_for(cfg, _PROFILE.value) if _PROFILE.value else None
   mesh = run.make_mesh(cfg)
   params, source = loading.load(cfg, mesh, log=log)
   runner = clock_profile.Runner(cfg, params, source, mesh, _WORKDIR.value, _NUM_REQUESTS.value,

@@ -124,9 +124,10 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, xs_BxLxD, parts: Sequence[Part], cache_layer=None, kv_len=None):
-    """Returns (outputs [B, L, D] per part, updated cache layer or None). `kv_len` (static,
-    default the cache's max_len): read only the first kv_len positions of each row, which must
-    hold every position a query attends (the engine picks it from its kv-length buckets).
+    """Returns (outputs [B, L, D] per part, zeros for a part without tokens; updated cache
+    layer or None). `kv_len` (static, default the cache's max_len): read only the first kv_len
+    positions of each row, which must hold every position a query attends (the engine picks it
+    from its kv-length buckets).
     Without a cache each part attends within itself (causal, per segment)."""
     d = xs_BxLxD[0].shape[-1]
     dt = layers.dtype_of(self.dtype)
@@ -188,6 +189,6 @@ class Attention(nn.Module):
         }
       for i in live:
         outs[i] = attend_cache(qkv[i][0], cache_layer, parts[i], kv_len)
-    ys = [jnp.einsum("blnh,nhd->bld", outs[i].astype(dt), wo.astype(dt)) if i in outs else x
-          for i, x in enumerate(xs_BxLxD)]
+    ys = [jnp.einsum("blnh,nhd->bld", outs[i].astype(dt), wo.astype(dt)) if i in outs
+          else jnp.zeros_like(x) for i, x in enumerate(xs_BxLxD)]
     return ys, cache_layer

@@ -25,6 +25,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from moe_serve.model import routing as routing_lib
+
 # Rows per block. On the 2-core AVX2 CPU (tiny Mixtral shapes, D 256, F 512, T 64 and 192),
 # 16 was fastest of 8/16/32: smaller blocks pay per-iteration overhead, larger ones padding.
 BLOCK_ROWS = 16
@@ -46,8 +48,8 @@ def layout(expert_index_TxK, slot_TxK, kept_TxK, num_experts, block_rows=BLOCK_R
   t, k = expert_index_TxK.shape
   e, m = num_experts, block_rows
   n = num_blocks(t * k, e, m)
-  count_E = jnp.zeros((e,), jnp.int32).at[expert_index_TxK.reshape(-1)].add(
-      kept_TxK.reshape(-1).astype(jnp.int32))
+  # The same expression as the MoE's kept_pairs record, so XLA computes it once per layer.
+  count_E = routing_lib.kept_per_expert(expert_index_TxK, kept_TxK, e)
   end_E = jnp.cumsum(-(-count_E // m))
   first_E = end_E - (-(-count_E // m))
   row_TxK = jnp.where(kept_TxK, first_E[expert_index_TxK] * m + slot_TxK, n * m)

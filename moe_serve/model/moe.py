@@ -118,8 +118,7 @@ class MoE(nn.Module):
       self.sow("routing", "routing", rt)
       self.sow("routing", "drop_rate", drop_rate)
     if self.is_mutable_collection("pairs"):
-      kept_E = jnp.zeros((m.num_experts,), jnp.int32).at[rt.expert_index.reshape(-1)].add(
-          (rt.kept & valid_T[:, None]).reshape(-1).astype(jnp.int32))
+      kept_E = routing.kept_per_expert(rt.expert_index, rt.kept, m.num_experts)
       self.sow("pairs", "kept_pairs", kept_E)
     return y_TxD
 

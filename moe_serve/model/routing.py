@@ -279,6 +279,13 @@ def route(logits_TxE, segment_ids_T, cfg, num_decode=0, token_ids_T=None, forced
                    "expert_choice (soft goes through dispatch_soft.soft_moe)")
 
 
+def kept_per_expert(expert_index_TxK, kept_TxK, num_experts):
+  """Kept (token, expert) pairs per expert [E] int32 (a Routing's fields; padding is never
+  kept)."""
+  return jnp.zeros((num_experts,), jnp.int32).at[expert_index_TxK.reshape(-1)].add(
+      kept_TxK.reshape(-1).astype(jnp.int32))
+
+
 def drop_rate(routing, segment_ids_T, expert_choice=False):
   """Fraction of real (token, choice) pairs not kept; for expert choice (K = E), the fraction of
   real tokens that no expert took."""

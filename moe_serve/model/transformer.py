@@ -42,7 +42,7 @@ class Block(nn.Module):
                      m.attn_bias, m.qk_norm, m.norm_eps, name="attn")
     norm_attn = layers.RMSNorm(m.norm_eps, name="norm_attn")
     ys, cache_layer = attn([norm_attn(x) for x in xs], parts, cache_layer, kv_len)
-    new_xs = [x + y if x.size else x for x, y in zip(xs, ys)]
+    new_xs = [x + y for x, y in zip(xs, ys)]
     order = FlatOrder.of(new_xs)  # [B, L, D] per part -> [T, D]
     x_TxD, seg_T = order.flatten(new_xs), order.flatten([p.segment_ids_BxL for p in parts])
     x_TxD = layers.constrain(x_TxD, ("activation_tokens", "activation_embed"))

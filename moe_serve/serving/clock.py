@@ -17,6 +17,7 @@ from moe_serve.parallel import spmd
 from moe_serve.serving import step_cost
 
 MODES = config_lib.CLOCK_MODES
+NO_PROFILE = "clock.coef (no profile)"  # the source of coefficients given without a profile
 FEATURES = step_cost.FEATURES
 
 
@@ -27,7 +28,7 @@ class Clock:
   (profiles.resolve gives a profile's); `source`: where they came from, for the summary.
   """
 
-  def __init__(self, clock_cfg, coef=None, source="clock.coef (no profile)"):
+  def __init__(self, clock_cfg, coef=None, source=NO_PROFILE):
     self.mode = clock_cfg.mode
     if self.mode not in MODES:
       raise ValueError(f"clock.mode={self.mode!r} is not one of {list(MODES)}")

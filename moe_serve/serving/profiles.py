@@ -27,6 +27,7 @@ import jax
 from moe_serve import config as config_lib
 from moe_serve import files
 from moe_serve import provenance
+from moe_serve.serving import clock as clock_lib
 from moe_serve.serving import step_cost
 
 REPO_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -124,6 +125,15 @@ def _mismatch(prof, ident):
   return "; ".join(diffs[:4])
 
 
+def load_for(cfg, path):
+  """The profile at `path`; ProfileError if it was made for another model or step options."""
+  prof, ident = load(path), model_identity(cfg)
+  if prof["model_key"] != _digest(ident):
+    raise ProfileError(f"clock profile {path} was made for another model or step options "
+                       f"({_mismatch(prof, ident)}); run scripts/calibrate.py for this config")
+  return prof
+
+
 class Resolved:
   """The coefficients a run uses and where they came from (`describe()`: the summary line)."""
 
@@ -133,7 +143,7 @@ class Resolved:
 
   def describe(self):
     if self.prof is None:
-      return "clock.coef (no profile)"
+      return clock_lib.NO_PROFILE
     p, path = self.prof, os.path.relpath(self.path)
     path = self.path if path.startswith("..") else path
     text = f"{path} (made {p.get('date', '?')} on {device_name(p['device'])})"
@@ -147,13 +157,10 @@ def resolve(cfg):
   which = c.get("profile", "")
   if c.mode != "cost_model" or which == "":
     return Resolved({f: float(c.coef.get(f, 0.0)) for f in step_cost.FEATURES})
-  ident, dev = model_identity(cfg), device_identity(cfg)
-  key, dev_key = _digest(ident), _digest(dev)
+  dev = device_identity(cfg)
+  key, dev_key = model_key(cfg), _digest(dev)
   if which != "auto":
-    prof = load(which)
-    if prof["model_key"] != key:
-      raise ProfileError(f"clock profile {which} was made for another model or step options "
-                         f"({_mismatch(prof, ident)}); run scripts/calibrate.py for this config")
+    prof = load_for(cfg, which)
     return Resolved(prof["coef"], which, prof, dev)
   found = []
   for d in search_dirs(cfg):
