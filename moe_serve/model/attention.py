@@ -5,11 +5,15 @@ is dropped), then every query attends to its slot's row at key positions <= its 
 positions 0..p are all written by that request before it reads them, so whatever an earlier
 occupant left in the slot past p is masked out: slots leak nothing.
 
-The cache is heads-major, `[S, M, J, H]`: one slot's keys for one KV head are contiguous, so a
-decode row reads `M` runs of `kv_len x H` values (the layout paged-attention kernels use too).
-Decode rows (L = 1) take their scores and weighted values as elementwise products summed over H
-and J: on XLA:CPU that is one fused pass over the keys, where a batched matmul per (row, head)
-of [Q x H] x [H x J] ran as hundreds of tiny dots (benchmarks/RESULTS.md, "Speed").
+The cache is heads-major: keys `[S, M, H, J]`, values `[S, M, J, H]`. One slot's keys or values
+for one KV head are contiguous, so a decode row reads `M` runs of `kv_len x H` values each (the
+layout paged-attention kernels use too). Decode rows (L = 1) take their scores and weighted values
+as elementwise products and sums: scores sum over H, which in the key layout is an outer axis, so
+the products accumulate across whole vectors of positions (on the 2-core AVX2 CPU, decode
+attention per layer at 64 rows and kv_len 128 took 1.7 ms this way against 2.6 ms with keys
+`[S, M, J, H]`, whose H-innermost sums reduce within short vectors); weighted values sum over J
+with H innermost. On XLA:CPU that is one fused pass over the keys, where a batched matmul per
+(row, head) of [Q x H] x [H x J] ran as hundreds of tiny dots (benchmarks/RESULTS.md, "Speed").
 
 Axis letters (docs/design.md section 2): B rows of the part, L tokens per row (query positions),
 D model, N query heads, M KV heads, Q = N / M query heads per KV head, H head dim, S cache slots,
@@ -26,38 +30,44 @@ from moe_serve.model.parts import Part
 
 _MASKED = -1e30  # finite, so fully masked (padding) rows give a uniform softmax, not NaN
 
+# Logical axis names of one layer's cache arrays (parallel/sharding.py maps them to the mesh).
+CACHE_AXES = {"k": ("decode_batch", "cache_heads", "cache_kv", "cache_seq"),  # [S, M, H, J]
+              "v": ("decode_batch", "cache_heads", "cache_seq", "cache_kv")}  # [S, M, J, H]
+
 
 def init_cache_layer(num_slots, max_len, num_kv_heads, head_dim, dtype=jnp.float32):
-  """One layer's zeroed KV cache: {"k", "v": [S, M, J, H]} with J = max_len."""
-  shape = (num_slots, num_kv_heads, max_len, head_dim)
-  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+  """One layer's zeroed KV cache: {"k": [S, M, H, J], "v": [S, M, J, H]} with J = max_len."""
+  s, m, h = num_slots, num_kv_heads, head_dim
+  return {"k": jnp.zeros((s, m, h, max_len), dtype), "v": jnp.zeros((s, m, max_len, h), dtype)}
 
 
-def write_cache(cache_SxMxJxH, slots_B, positions_BxL, valid_BxL, new_BxLxMxH):
-  """Scatters new keys or values into (slot, position); invalid tokens are dropped."""
-  max_len = cache_SxMxJxH.shape[2]
-  pos = jnp.where(valid_BxL, positions_BxL, max_len)  # out of range -> dropped
+def write_cache(cache, which, slots_B, positions_BxL, valid_BxL, new_BxLxMxH):
+  """Scatters new keys (`which` "k", cache [S, M, H, J]) or values ("v", [S, M, J, H]) into
+  (slot, position); invalid tokens are dropped."""
+  axis = CACHE_AXES[which].index("cache_seq")
+  pos = jnp.where(valid_BxL, positions_BxL, cache.shape[axis])  # out of range -> dropped
   rows = jnp.broadcast_to(slots_B[:, None], pos.shape)
-  # Index arrays on axes 0 and 2 around a slice: the updated values are [B, L, M, H].
-  return cache_SxMxJxH.at[rows, :, pos].set(new_BxLxMxH.astype(cache_SxMxJxH.dtype), mode="drop")
+  # Index arrays on axis 0 and the position axis around slices: updated values are [B, L, M, H].
+  at = cache.at[rows, :, pos] if axis == 2 else cache.at[rows, :, :, pos]
+  return at.set(new_BxLxMxH.astype(cache.dtype), mode="drop")
 
 
-def attend(q_BxLxNxH, k_BxMxJxH, v_BxMxJxH, mask_BxLxJ):
+def attend(q_BxLxNxH, k_BxMxHxJ, v_BxMxJxH, mask_BxLxJ):
   """Grouped-query softmax attention in float32: query l of row b attends key j where
   mask_BxLxJ[b, l, j]. Returns [B, L, N, H]. One query per row (decode) is computed as
   elementwise products and sums (module docstring); longer rows as batched matmuls."""
   b, length, n, h = q_BxLxNxH.shape
-  m = k_BxMxJxH.shape[1]
-  k_BxMxJxH, v_BxMxJxH = k_BxMxJxH.astype(jnp.float32), v_BxMxJxH.astype(jnp.float32)
+  m = k_BxMxHxJ.shape[1]
+  k_BxMxHxJ, v_BxMxJxH = k_BxMxHxJ.astype(jnp.float32), v_BxMxJxH.astype(jnp.float32)
   if length == 1:
-    q_BxMxQx1xH = q_BxLxNxH.reshape(b, m, n // m, 1, h).astype(jnp.float32)
-    logits_BxMxQxJ = jnp.sum(q_BxMxQx1xH * k_BxMxJxH[:, :, None], axis=-1) * h**-0.5
+    q_BxMxQxHx1 = q_BxLxNxH.reshape(b, m, n // m, h, 1).astype(jnp.float32)
+    logits_BxMxQxJ = jnp.sum(q_BxMxQxHx1 * k_BxMxHxJ[:, :, None], axis=3) * h**-0.5
     logits_BxMxQxJ = jnp.where(mask_BxLxJ[:, :, None], logits_BxMxQxJ, _MASKED)
     probs_BxMxQxJ = jax.nn.softmax(logits_BxMxQxJ, axis=-1)
     out_BxMxQxH = jnp.sum(probs_BxMxQxJ[..., None] * v_BxMxJxH[:, :, None], axis=3)
     return out_BxMxQxH.reshape(b, 1, n, h)
   q_BxLxMxQxH = q_BxLxNxH.reshape(b, length, m, n // m, h).astype(jnp.float32)
-  logits_BxMxQxLxJ = jnp.einsum("blmqh,bmjh->bmqlj", q_BxLxMxQxH, k_BxMxJxH)
+  logits_BxMxQxLxJ = jnp.einsum("blmqh,bmhj->bmqlj", q_BxLxMxQxH, k_BxMxHxJ)
   logits_BxMxQxLxJ *= h**-0.5
   logits_BxMxQxLxJ = jnp.where(mask_BxLxJ[:, None, None], logits_BxMxQxLxJ, _MASKED)
   probs_BxMxQxLxJ = jax.nn.softmax(logits_BxMxQxLxJ, axis=-1)
@@ -78,23 +88,24 @@ def attend_cache(q_BxLxNxH, cache_layer, part: Part, kv_len=None):
   """
   b, length = q_BxLxNxH.shape[:2]
   s = cache_layer["k"].shape[0]
-  axes = ("decode_batch", "cache_heads", "cache_seq", "cache_kv")
+  # The first kv_len positions of each row: the keys' last axis, the values' third.
+  held = {"k": lambda a: a[..., :kv_len], "v": lambda a: a[:, :, :kv_len]}
   if length == 1 and b >= s:
     at_B = jnp.where(part.segment_ids_BxL[:, 0] >= 0, part.slots_B, s)  # padding: dropped
     q_SxLxNxH = jnp.zeros((s,) + q_BxLxNxH.shape[1:], q_BxLxNxH.dtype).at[at_B].set(
         q_BxLxNxH, mode="drop")
     pos_SxL = jnp.full((s, 1), -1, jnp.int32).at[at_B].set(part.positions_BxL, mode="drop")
-    keys_SxMxJxH, vals_SxMxJxH = (layers.constrain(cache_layer[c][:, :, :kv_len], axes)
+    keys_SxMxHxJ, vals_SxMxJxH = (layers.constrain(held[c](cache_layer[c]), CACHE_AXES[c])
                                   for c in ("k", "v"))
-    key_pos_J = jnp.arange(keys_SxMxJxH.shape[2], dtype=jnp.int32)
-    out_SxLxNxH = attend(q_SxLxNxH, keys_SxMxJxH, vals_SxMxJxH,
+    key_pos_J = jnp.arange(vals_SxMxJxH.shape[2], dtype=jnp.int32)
+    out_SxLxNxH = attend(q_SxLxNxH, keys_SxMxHxJ, vals_SxMxJxH,
                          key_pos_J[None, None, :] <= pos_SxL[:, :, None])
     return out_SxLxNxH[part.slots_B]  # padding rows read slot 0's: finite, never used
-  keys_BxMxJxH, vals_BxMxJxH = (layers.constrain(cache_layer[c][:, :, :kv_len][part.slots_B],
-                                                 axes) for c in ("k", "v"))
-  key_pos_J = jnp.arange(keys_BxMxJxH.shape[2], dtype=jnp.int32)
+  keys_BxMxHxJ, vals_BxMxJxH = (layers.constrain(held[c](cache_layer[c])[part.slots_B],
+                                                 CACHE_AXES[c]) for c in ("k", "v"))
+  key_pos_J = jnp.arange(vals_BxMxJxH.shape[2], dtype=jnp.int32)
   mask_BxLxJ = key_pos_J[None, None, :] <= part.positions_BxL[:, :, None]
-  return attend(q_BxLxNxH, keys_BxMxJxH, vals_BxMxJxH, mask_BxLxJ)
+  return attend(q_BxLxNxH, keys_BxMxHxJ, vals_BxMxJxH, mask_BxLxJ)
 
 
 def _across_heads(norm):
@@ -169,24 +180,21 @@ class Attention(nn.Module):
     qkv = {i: project(xs_BxLxD[i], parts[i]) for i in live}
     outs = {}
     if cache_layer is None:  # self-attention within each part, causal and per segment
-      heads_first = lambda a_BxLxMxH: jnp.transpose(a_BxLxMxH, (0, 2, 1, 3))
       for i in live:
         part, (q_BxLxNxH, k_BxLxMxH, v_BxLxMxH) = parts[i], qkv[i]
         same_seg = part.segment_ids_BxL[:, :, None] == part.segment_ids_BxL[:, None, :]
         causal = part.positions_BxL[:, None, :] <= part.positions_BxL[:, :, None]
         valid_BxL = part.segment_ids_BxL >= 0
         mask_BxLxJ = same_seg & causal & valid_BxL[:, None, :]  # J = L: the part's own keys
-        outs[i] = attend(q_BxLxNxH, heads_first(k_BxLxMxH), heads_first(v_BxLxMxH), mask_BxLxJ)
+        outs[i] = attend(q_BxLxNxH, jnp.transpose(k_BxLxMxH, (0, 2, 3, 1)),
+                         jnp.transpose(v_BxLxMxH, (0, 2, 1, 3)), mask_BxLxJ)
     else:
       for i in live:
         part, (_, k_BxLxMxH, v_BxLxMxH) = parts[i], qkv[i]
         valid_BxL = part.segment_ids_BxL >= 0
-        cache_layer = {
-            "k": write_cache(cache_layer["k"], part.slots_B, part.positions_BxL, valid_BxL,
-                             k_BxLxMxH),
-            "v": write_cache(cache_layer["v"], part.slots_B, part.positions_BxL, valid_BxL,
-                             v_BxLxMxH),
-        }
+        new = {"k": k_BxLxMxH, "v": v_BxLxMxH}
+        cache_layer = {c: write_cache(cache_layer[c], c, part.slots_B, part.positions_BxL,
+                                      valid_BxL, new[c]) for c in ("k", "v")}
       for i in live:
         outs[i] = attend_cache(qkv[i][0], cache_layer, parts[i], kv_len)
     ys = [jnp.einsum("blnh,nhd->bld", outs[i].astype(dt), wo.astype(dt)) if i in outs

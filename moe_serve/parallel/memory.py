@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 
 from moe_serve.model import api
+from moe_serve.model import attention
 from moe_serve.parallel import sharding
 
 GIB = 2 ** 30
@@ -60,9 +61,8 @@ def planned(model_cfg, mesh_shape, rules, num_slots):
   shapes = jax.eval_shape(lambda: api.init_params(model_cfg, jax.random.key(0)))
   specs = nn.logical_to_mesh(api.param_axes(model_cfg), rules)
   cache = jax.eval_shape(lambda: api.init_cache(model_cfg, num_slots))
-  cache_specs = {"layers": [{"k": kv, "v": kv} for kv in
-                            [nn.logical_to_mesh_axes(sharding.CACHE_KV_AXES, rules)] *
-                            model_cfg.num_layers],
+  kv = {c: nn.logical_to_mesh_axes(axes, rules) for c, axes in attention.CACHE_AXES.items()}
+  cache_specs = {"layers": [dict(kv) for _ in range(model_cfg.num_layers)],
                  "lengths": nn.logical_to_mesh_axes(sharding.CACHE_LENGTHS_AXES, rules)}
   out = {}
   for name, tree, spec_tree in (("params", shapes, specs), ("cache", cache, cache_specs)):

@@ -15,10 +15,11 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from moe_serve import config as config_lib
 from moe_serve.model import api
+from moe_serve.model import attention
 from moe_serve.model.parts import Part, StepBatch
 
-# Logical names of the slot KV cache (api.init_cache) and of step input rows (parts.py).
-CACHE_KV_AXES = ("decode_batch", "cache_heads", "cache_seq", "cache_kv")  # [S, M, J, H]
+# Logical names of the slot KV cache's lengths (its keys and values: attention.CACHE_AXES) and of
+# step input rows (parts.py).
 CACHE_LENGTHS_AXES = ("decode_batch",)  # [S]
 ROWS_AXES = ("activation_batch", "activation_length")  # [B, L] tokens, positions, segment ids
 SLOTS_AXES = ("activation_batch",)  # [B]
@@ -95,8 +96,8 @@ def _make_plan(model_cfg, mesh, rules):
   params = nn.logical_to_mesh_sharding(api.param_axes(model_cfg), mesh, rules)
   check_divisible(param_shapes, params, "parameter",
                   "change the model size or the mesh/logical_axis_rules")
-  kv = named(mesh, rules, CACHE_KV_AXES)
-  cache = {"layers": [{"k": kv, "v": kv} for _ in range(model_cfg.num_layers)],
+  kv = {c: named(mesh, rules, axes) for c, axes in attention.CACHE_AXES.items()}
+  cache = {"layers": [dict(kv) for _ in range(model_cfg.num_layers)],
            "lengths": named(mesh, rules, CACHE_LENGTHS_AXES)}
   return Plan(mesh, rules, param_shapes, params, cache, step_batch_shardings(mesh, rules))
 

@@ -26,7 +26,8 @@ def _decode_part(slots, positions, segments):
 
 def test_slot_order_read_matches_gathered_rows_and_ignores_padding():
   rng = np.random.default_rng(0)
-  cache = {c: jnp.asarray(rng.normal(size=(S, M, J, H)), jnp.float32) for c in ("k", "v")}
+  cache = {"k": jnp.asarray(rng.normal(size=(S, M, H, J)), jnp.float32),  # layout: attention.py
+           "v": jnp.asarray(rng.normal(size=(S, M, J, H)), jnp.float32)}
   # Rows 0-3 real, in an order unlike their slots (slot 0 among them); rows 4-7 padding on slot 0.
   slots = [3, 0, 5, 1, 0, 0, 0, 0]
   positions = [9, 4, 11, 0, 0, 0, 0, 0]

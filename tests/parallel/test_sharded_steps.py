@@ -116,8 +116,11 @@ def test_cache_is_sharded_and_donated(cfg, reference):
   k = cache["layers"][0]["k"]
   assert k.sharding.spec == jax.sharding.PartitionSpec("data", "tensor", None, None)
   assert cache["lengths"].sharding.spec == jax.sharding.PartitionSpec("data")
-  # each device holds 4 of the 8 slots and 1 of the 2 kv heads
-  assert {s.data.shape for s in k.addressable_shards} == {(4, 1, m.max_len, m.head_dim)}
+  # each device holds 4 of the 8 slots and 1 of the 2 kv heads (keys [S, M, H, J])
+  assert {s.data.shape for s in k.addressable_shards} == {(4, 1, m.head_dim, m.max_len)}
+  v = cache["layers"][0]["v"]
+  assert v.sharding.spec == jax.sharding.PartitionSpec("data", "tensor", None, None)
+  assert {s.data.shape for s in v.addressable_shards} == {(4, 1, m.max_len, m.head_dim)}
   n = step_driver.SLOTS
   batch = parts.StepBatch(parts.decode_part(np.ones(n), np.arange(n), np.zeros(n), np.arange(n)),
                           parts.chunk_part(np.zeros((n, step_driver.CHUNK)), np.arange(n),
@@ -132,7 +135,7 @@ def test_indivisible_inputs_fail_early_with_numbers(cfg, reference):
   m, rules = cfg.model, cfg.logical_axis_rules
   mesh, params, step, make_cache = _build(cfg, (2, 2, 2), reference[0])
   with pytest.raises(config_lib.ConfigError, match=r"KV cache \['layers'\]\[0\]\['k'\] has shape "
-                                                   r"\(3, 2, 64, 8\): dim 0 = 3 is not divisible "
+                                                   r"\(3, 2, 8, 64\): dim 0 = 3 is not divisible "
                                                    r"by mesh axes \('data',\) of size 2"):
     make_cache(3)
   cache = make_cache(4)
