@@ -42,8 +42,12 @@ _ROUNDS = flags.DEFINE_integer("rounds", 5, "Interleaved rounds.")
 _REQUESTS = flags.DEFINE_integer("num_requests", 64, "Requests (prompts) per run.")
 _PROMPT = flags.DEFINE_integer("prompt_len", 64, "Prompt tokens.")
 _NEW = flags.DEFINE_integer("new_tokens", 64, "New tokens per request (exactly).")
+_PREFILL_ROWS = flags.DEFINE_integer(
+    "prefill_rows", 16, "moe_serve's prefill rows (64-token chunks) per step, for configs that do "
+    "not name theirs; on the 2-core CPU 16 was 1-4% faster than 8 in two interleaved runs and 32 "
+    "within noise of both (benchmarks/RESULTS.md, 'Peer: prefill rows per step').")
 _CONFIGS = flags.DEFINE_list("configs", ["none:sorted", "none:gather"],
-                             "moe_serve configs to time, scope:dispatch each.")
+                             "moe_serve configs to time, scope:dispatch[:prefill_rows] each.")
 
 # Idle time before each timed case, so that the other side's worker threads (torch's OpenMP
 # pool, XLA's Eigen pool) have stopped spinning and do not steal the cores.
@@ -77,8 +81,8 @@ class HFWorker:
     self.proc.wait(timeout=60)
 
 
-def moe_engine(hf_dir, scope, dispatch_name, slots):
-  """A warmed-up engine for the HF directory: `slots` decode rows, 8 prefill rows of 64."""
+def moe_engine(hf_dir, scope, dispatch_name, slots, prefill_rows=8):
+  """A warmed-up engine for the HF directory: `slots` decode rows, `prefill_rows` rows of 64."""
   cfg = serve_default.get_config("size=base")
   cfg.params_dir = hf_dir
   cfg.model.max_len = 2 * (_PROMPT.value + _NEW.value)
@@ -86,9 +90,11 @@ def moe_engine(hf_dir, scope, dispatch_name, slots):
   cfg.model.router.update(capacity_scope=scope, dispatch=dispatch_name)
   cfg.clock.mode = "measured"
   chunk = 64
-  cfg.serve.update(max_num_seqs=slots, max_num_batched_tokens=slots + 8 * chunk, ignore_eos=True,
-                   kv_num_blocks=slots * -(-cfg.model.max_len // cfg.serve.kv_block_size))
-  cfg.serve.buckets.update(decode_rows=(slots,), prefill_rows=(0, 8), chunk_lens=(chunk,))
+  blocks_per_row = -(-cfg.model.max_len // cfg.serve.kv_block_size)
+  cfg.serve.update(max_num_seqs=slots, max_num_batched_tokens=slots + prefill_rows * chunk,
+                   ignore_eos=True, kv_num_blocks=slots * blocks_per_row)
+  cfg.serve.buckets.update(decode_rows=(slots,), prefill_rows=(0, prefill_rows),
+                           chunk_lens=(chunk,))
   engine = serve_run.build_engine(cfg)
   engine.warmup()
   return engine
@@ -119,8 +125,9 @@ def main(argv):
     info = worker.ask(cmd="build", dir=hf_dir, seed=0, config=MIXTRAL)
     engines = {}
     for spec in _CONFIGS.value:
-      scope, dispatch_name = spec.split(":")
-      engines[spec] = moe_engine(hf_dir, scope, dispatch_name, 64)
+      scope, dispatch_name, *rows = spec.split(":")
+      engines[spec] = moe_engine(hf_dir, scope, dispatch_name, 64,
+                                 int(rows[0]) if rows else _PREFILL_ROWS.value)
     reqs = [request_lib.Request(id=i, prompt=p, max_new_tokens=_NEW.value, arrival=0.0,
                                 domain="prose") for i, p in enumerate(prompts)]
     times = {k: [] for k in ["hf b32", "hf b64", *engines]}
@@ -151,9 +158,9 @@ def main(argv):
           f"{_REQUESTS.value} requests x ({_PROMPT.value} prompt + {_NEW.value} new tokens), greedy, "
           f"all at t=0; {_ROUNDS.value} interleaved rounds, medians. HF: torch {info['torch']}, "
           f"transformers {info['transformers']}, {info['threads']} threads, attention "
-          f"{info['attn']}, experts {info['experts']}. moe_serve: 64 slots, prefill 8 x 64, "
-          f"measured clock. Matmul peak {peak:.0f} GFLOP/s (float32 1024^3); "
-          f"{per_tok_flops / 1e6:.1f} MFLOP per token.")
+          f"{info['attn']}, experts {info['experts']}. moe_serve: 64 slots, prefill R x 64 "
+          f"per step (R: a config's third field, else {_PREFILL_ROWS.value}), measured clock. Matmul peak {peak:.0f} GFLOP/s "
+          f"(float32 1024^3); {per_tok_flops / 1e6:.1f} MFLOP per token.")
   common.report("Peer: moe_serve vs HF transformers generate", desc,
                 ["run", "output tok/s", "vs HF b32", "vs HF b64", "of FLOP limit",
                  "greedy agreement with HF"], rows,
