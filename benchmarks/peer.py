@@ -4,6 +4,7 @@ r"""moe_serve against Hugging Face transformers on the same weights and workload
   python benchmarks/peer.py                   # prints the table
   python benchmarks/peer.py --append          # ... and appends it to benchmarks/RESULTS.md
   python benchmarks/peer.py --peer_python=/tmp/hf/bin/python   # torch in another venv
+  python benchmarks/peer.py --configs=none:sorted:8,none:sorted:16   # prefill rows per step
 
 The model is a tiny Mixtral (hidden 256, 4 layers, 8 heads / 4 KV heads, 8 experts top-2, expert
 hidden 512, vocabulary 512) built with `transformers` from a seed and saved as float32
@@ -159,8 +160,9 @@ def main(argv):
           f"all at t=0; {_ROUNDS.value} interleaved rounds, medians. HF: torch {info['torch']}, "
           f"transformers {info['transformers']}, {info['threads']} threads, attention "
           f"{info['attn']}, experts {info['experts']}. moe_serve: 64 slots, prefill R x 64 "
-          f"per step (R: a config's third field, else {_PREFILL_ROWS.value}), measured clock. Matmul peak {peak:.0f} GFLOP/s "
-          f"(float32 1024^3); {per_tok_flops / 1e6:.1f} MFLOP per token.")
+          f"per step (R: a config's third field, else {_PREFILL_ROWS.value}), measured clock. "
+          f"Matmul peak {peak:.0f} GFLOP/s (float32 1024^3); {per_tok_flops / 1e6:.1f} MFLOP per "
+          f"token.")
   common.report("Peer: moe_serve vs HF transformers generate", desc,
                 ["run", "output tok/s", "vs HF b32", "vs HF b64", "of FLOP limit",
                  "greedy agreement with HF"], rows,
