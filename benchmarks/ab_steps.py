@@ -10,8 +10,10 @@ steps, then `--prefill_steps` prefill steps, in every worker, so that load from 
 on a shared machine hits every revision alike. The model is benchmarks/peer.py's tiny Mixtral (its HF directory: --hf_dir, or
 built by peer.py's HF worker with --peer_python), served as peer.py serves it (64 slots, `none`
 scope, --dispatch). Shapes: a decode step of 64 rows at positions 100 (kv_len 128 of 256), and a
-prefill step of 8 chunks x 64 tokens with 64 idle decode rows. A step's time is what the engine
-times: the step, the sampler and the copy of tokens and kept pairs to the host. The table gives
+prefill step of 8 chunks x 64 tokens with 64 idle decode rows (peer.py's own runs now default to
+16 prefill rows per step; these shapes stay fixed so that figures compare across revisions). A
+step's time is what the engine times: the step, the sampler and the copy of tokens and kept pairs
+to the host. The table gives
 the median step time per revision and the median over rounds of its ratio to the first revision.
 Worktrees are kept for the next run; `git worktree remove PATH` deletes one.
 """
