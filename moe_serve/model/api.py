@@ -1,7 +1,8 @@
 """Pure functions over the Decoder: init, full forward, KV cache and the engine step.
 
 `params` are plain (unboxed) arrays; `param_axes` gives their logical axis names for sharding.
-The cache is `{"layers": [{"k", "v": [S, M, J, H]}] * num_layers, "lengths": [S]}`.
+The cache is `{"layers": [{"k": [S, M, H, J], "v": [S, M, J, H]}] * num_layers, "lengths": [S]}`
+(attention.CACHE_AXES).
 
 Axis letters (docs/design.md section 2): S cache slots, J key positions (= max_len), M KV heads,
 H head dim, B rows of a part (a step's decode rows), P a step's prefill rows, L tokens per row of

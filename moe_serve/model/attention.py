@@ -35,16 +35,22 @@ CACHE_AXES = {"k": ("decode_batch", "cache_heads", "cache_kv", "cache_seq"),  # 
               "v": ("decode_batch", "cache_heads", "cache_seq", "cache_kv")}  # [S, M, J, H]
 
 
+def _position_axis(which):
+  """The axis of cache positions (J) in the keys ("k") or values ("v") of a cache layer."""
+  return CACHE_AXES[which].index("cache_seq")
+
+
 def init_cache_layer(num_slots, max_len, num_kv_heads, head_dim, dtype=jnp.float32):
   """One layer's zeroed KV cache: {"k": [S, M, H, J], "v": [S, M, J, H]} with J = max_len."""
-  s, m, h = num_slots, num_kv_heads, head_dim
-  return {"k": jnp.zeros((s, m, h, max_len), dtype), "v": jnp.zeros((s, m, max_len, h), dtype)}
+  size = {"decode_batch": num_slots, "cache_heads": num_kv_heads, "cache_kv": head_dim,
+          "cache_seq": max_len}
+  return {c: jnp.zeros(tuple(size[a] for a in axes), dtype) for c, axes in CACHE_AXES.items()}
 
 
 def write_cache(cache, which, slots_B, positions_BxL, valid_BxL, new_BxLxMxH):
   """Scatters new keys (`which` "k", cache [S, M, H, J]) or values ("v", [S, M, J, H]) into
   (slot, position); invalid tokens are dropped."""
-  axis = CACHE_AXES[which].index("cache_seq")
+  axis = _position_axis(which)
   pos = jnp.where(valid_BxL, positions_BxL, cache.shape[axis])  # out of range -> dropped
   rows = jnp.broadcast_to(slots_B[:, None], pos.shape)
   # Index arrays on axis 0 and the position axis around slices: updated values are [B, L, M, H].
@@ -88,21 +94,19 @@ def attend_cache(q_BxLxNxH, cache_layer, part: Part, kv_len=None):
   """
   b, length = q_BxLxNxH.shape[:2]
   s = cache_layer["k"].shape[0]
-  # The first kv_len positions of each row: the keys' last axis, the values' third.
-  held = {"k": lambda a: a[..., :kv_len], "v": lambda a: a[:, :, :kv_len]}
+  held = lambda c: jax.lax.slice_in_dim(cache_layer[c], 0, kv_len, axis=_position_axis(c))
   if length == 1 and b >= s:
     at_B = jnp.where(part.segment_ids_BxL[:, 0] >= 0, part.slots_B, s)  # padding: dropped
     q_SxLxNxH = jnp.zeros((s,) + q_BxLxNxH.shape[1:], q_BxLxNxH.dtype).at[at_B].set(
         q_BxLxNxH, mode="drop")
     pos_SxL = jnp.full((s, 1), -1, jnp.int32).at[at_B].set(part.positions_BxL, mode="drop")
-    keys_SxMxHxJ, vals_SxMxJxH = (layers.constrain(held[c](cache_layer[c]), CACHE_AXES[c])
-                                  for c in ("k", "v"))
+    keys_SxMxHxJ, vals_SxMxJxH = (layers.constrain(held(c), CACHE_AXES[c]) for c in ("k", "v"))
     key_pos_J = jnp.arange(vals_SxMxJxH.shape[2], dtype=jnp.int32)
     out_SxLxNxH = attend(q_SxLxNxH, keys_SxMxHxJ, vals_SxMxJxH,
                          key_pos_J[None, None, :] <= pos_SxL[:, :, None])
     return out_SxLxNxH[part.slots_B]  # padding rows read slot 0's: finite, never used
-  keys_BxMxHxJ, vals_BxMxJxH = (layers.constrain(held[c](cache_layer[c])[part.slots_B],
-                                                 CACHE_AXES[c]) for c in ("k", "v"))
+  keys_BxMxHxJ, vals_BxMxJxH = (layers.constrain(held(c)[part.slots_B], CACHE_AXES[c])
+                                for c in ("k", "v"))
   key_pos_J = jnp.arange(vals_BxMxJxH.shape[2], dtype=jnp.int32)
   mask_BxLxJ = key_pos_J[None, None, :] <= part.positions_BxL[:, :, None]
   return attend(q_BxLxNxH, keys_BxMxHxJ, vals_BxMxJxH, mask_BxLxJ)
