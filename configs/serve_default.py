@@ -49,6 +49,9 @@ def get_config(arg=None):
       record_routing=False,  # per-request drops, when the step can return routing records
       replay_routing=False,  # steps take forced routing codes: Engine.run(replay=...) (replay.py)
       prompt_logprobs=False,  # log p(prompt[q] | prompt[:q]) per request (NLL via serving)
+      # Plan and launch each step while the one before runs (serving/overlap.py): the same
+      # records, host work hidden behind device time. Single-process runs only.
+      overlap=False,
       tensorboard=False,
       plots=True,  # PNGs under <workdir>/plots (latency CDFs, load over time); needs matplotlib
       # Step shapes: decode rows B, prefill rows P, chunk length C. One value each = fixed

@@ -360,7 +360,7 @@ def validate_serve(cfg):
         f"of decodes never starves prefill; use >= {s.max_num_seqs + max(b['chunk_lens'])}")
   if not 0 <= s.eos_id < m.vocab_size:
     raise ConfigError(f"serve.eos_id={s.eos_id} is outside the vocabulary [0, {m.vocab_size})")
-  for name in ("tensorboard", "plots"):
+  for name in ("tensorboard", "plots", "overlap"):
     if not isinstance(s.get(name, False), bool):
       raise ConfigError(f"serve.{name}={s[name]!r} must be true or false")
   if not s.domains or len(set(s.domains)) != len(s.domains):

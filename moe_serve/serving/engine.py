@@ -27,6 +27,7 @@ import numpy as np
 from moe_serve.metrics import routing as routing_metrics
 from moe_serve.model import parts
 from moe_serve.model import transformer
+from moe_serve.serving import overlap as overlap_lib
 from moe_serve.serving import replay as replay_lib
 from moe_serve.serving import request as request_lib
 from moe_serve.serving import sampling
@@ -66,6 +67,30 @@ class Buckets(NamedTuple):
             if p > 0 or c == self.chunk_lens[0]]  # with no prefill rows C is irrelevant
 
 
+class _Step(NamedTuple):
+  """A planned step: its plan, what `_build` made of it, and the scheduler's state then."""
+  plan: object  # scheduler.Plan
+  shape: tuple  # (B, P, C)
+  batch: parts.StepBatch  # numpy
+  samp: sampling.SamplingBatch
+  kv: int  # attended_kv
+  kv_len: int
+  start: float  # virtual time
+  blocks_in_step: int
+  t_host: float  # perf_counter when planning began
+
+
+class _Launched(NamedTuple):
+  """A step running on the device: its outputs (not yet read) and when it was launched."""
+  step: _Step
+  logits: dict
+  aux: dict
+  tokens: jax.Array  # [R]
+  logprobs: jax.Array  # [R]
+  t_launch: float
+  hidden: bool  # the step before was still running when this one was launched
+
+
 class RunLog(NamedTuple):
   """What `Engine.run` returns: the three record lists (see the module docstring)."""
   requests: list
@@ -99,7 +124,13 @@ class Engine:
     self._codes_shape = (transformer.num_moe_layers(m), m.router.k)
     self._warned_routing = False
     self.step_cost = step_cost.StepCost(cfg)
-    self.done = 0  # requests finished or rejected so far in `run` (for progress bars)
+    self.overlap = bool(s.get("overlap", False))
+    if self.overlap and jax.process_count() > 1:
+      raise ValueError("serve.overlap is single-process only: every process would have to "
+                       "drop the same steps launched ahead; set serve.overlap=false")
+    # overlap_lib.feed's `prev` when no step before is in flight: committed, like a step's tokens.
+    self._no_prev = jax.device_put(np.zeros(1, np.int32), jax.devices()[0])
+    self._run = None  # the state of the run in progress (`run`)
 
   # ------------------------------------------------------------------ warm-up
   def warmup(self, progress=None):
@@ -111,18 +142,27 @@ class Engine:
     signature of the first bucket (with one bucket it would otherwise compile in the run).
     """
     shapes = [(s, kv) for s in self.buckets.all() for kv in self.buckets.kv_lens] * 2
+    sampled = {}  # R: a step's sampled tokens [R]
     for i, ((b, p, c), kv) in enumerate(shapes):
       batch = self._with_replay(parts.StepBatch(parts.empty_part(b, 1), parts.empty_part(p, c)),
                                 None, (b, p, c))
+      if self.overlap:  # the step then takes its decode tokens from overlap_lib.feed
+        batch = batch._replace(decode=batch.decode._replace(
+            tokens_BxL=overlap_lib.feed(self._no_prev, batch.decode.tokens_BxL)))
       logits, self.cache, _ = self._step(batch, kv)
       out = sampling.sample(logits["decode"], logits["prefill"],
                             sampling.SamplingBatch.padding(b, p))
       jax.block_until_ready(out)
+      sampled[b + p] = out[0]
       if self.want_prompt_logprobs and p:
         jax.block_until_ready(sampling.prompt_logprobs(logits["prefill"], np.zeros((p, c),
                                                                                     np.int32)))
       if progress is not None:
         progress("compile step shapes", i + 1, len(shapes))
+    if self.overlap:  # feed from every step's sampled rows R to every decode row count B
+      for prev in sampled.values():
+        for b in self.buckets.decode_rows:
+          jax.block_until_ready(overlap_lib.feed(prev, np.zeros((b, 1), np.int32)))
 
   # ------------------------------------------------------------------ batch building
   def _build(self, plan):
@@ -178,10 +218,10 @@ class Engine:
     seq.append_output(token, logprob, now)
     if token == self.eos_id and not seq.req.ignore_eos:
       self.sched.finish(seq, "eos")
-      self.done += 1
+      self._run["done"] += 1
     elif len(seq.outputs) >= seq.req.max_new_tokens:
       self.sched.finish(seq, "length")
-      self.done += 1
+      self._run["done"] += 1
 
   def _prompt_logprobs(self, logits, plan, shape):
     """Appends log p(prompt[q] | prompt[:q]) for the prompt positions q this step's chunks scored
@@ -227,7 +267,9 @@ class Engine:
     recorded routing.
 
     Each run starts at virtual time 0 with an empty scheduler; the cache keeps whatever earlier
-    runs wrote (harmless: attention never reads past a request's own positions).
+    runs wrote (harmless: attention never reads past a request's own positions). With
+    serve.overlap each step is planned and launched while the one before runs (serving/
+    overlap.py); the records are the same as without.
     """
     if replay and not self.replay_routing:
       raise ValueError("Engine.run(replay=...) needs an engine built with serve.replay_routing")
@@ -239,66 +281,166 @@ class Engine:
       if isinstance(req.id, (int, np.integer)):
         seen.add(req.id)
       (rejected if reason else accepted).append((req, reason))
-    self.done = len(rejected)
-    pending = sorted((r for r, _ in accepted), key=lambda r: (r.arrival, r.id))
-    seqs, steps, wall = [], [], []
-    clock, sched, nxt = self.clock, self.sched, 0
-    stop_ids = None if stop_after is None else set(int(i) for i in stop_after)
-    while nxt < len(pending) or sched.has_work():
-      if stop_ids is not None and stop_ids <= self._ended(seqs, rejected):
+    self._run = dict(
+        pending=sorted((r for r, _ in accepted), key=lambda r: (r.arrival, r.id)), nxt=0,
+        seqs=[], rejected=rejected, done=len(rejected), steps=[], wall=[], misses=0,
+        stop_ids=None if stop_after is None else set(int(i) for i in stop_after),
+        last=dict(dt=0.0, kept=np.zeros((0, 0), np.int32), ready=None))
+    inflight = self._launch(self._next_step(), None)
+    while inflight is not None:
+      ahead = self._launch_ahead(inflight) if self.overlap else None
+      self._complete(inflight, on_step, tracer)
+      step = self._next_step()
+      if ahead is not None and step is not None and self._same_step(ahead, step):
+        inflight = ahead._replace(step=step)
+      else:
+        self._run["misses"] += ahead is not None
+        inflight = self._launch(step, None)
+    r = self._run
+    return RunLog(self._request_records(r["seqs"], rejected), r["steps"], r["wall"])
+
+  @property
+  def done(self):
+    """Requests finished or rejected so far in `run` (for progress bars)."""
+    return self._run["done"] if self._run else 0
+
+  @property
+  def overlap_misses(self):
+    """Steps launched ahead in the last `run` and then dropped (serving/overlap.py)."""
+    return self._run["misses"] if self._run else 0
+
+  def _next_step(self):
+    """Admits arrivals, plans and builds the next step (jumping idle time to the next arrival);
+    None when the run is over."""
+    r, sched, clock = self._run, self.sched, self.clock
+    while True:
+      if r["stop_ids"] is not None and r["stop_ids"] <= self._ended(r["seqs"], r["rejected"]):
+        return None
+      if r["nxt"] == len(r["pending"]) and not sched.has_work():
+        return None
+      while r["nxt"] < len(r["pending"]) and r["pending"][r["nxt"]].arrival <= clock.now:
+        r["seqs"].append(sched.add(r["pending"][r["nxt"]]))
+        r["nxt"] += 1
+      if sched.has_work():
         break
-      while nxt < len(pending) and pending[nxt].arrival <= clock.now:
-        seqs.append(sched.add(pending[nxt]))
-        nxt += 1
-      if not sched.has_work():
-        clock.jump_to(pending[nxt].arrival)
-        continue
-      t_host = time.perf_counter()
-      start = clock.now
-      plan = sched.schedule(start)
-      blocks_in_step = sched.blocks_used  # before this step's finishes free theirs
-      if not plan.decode and not plan.prefill:
-        raise RuntimeError(f"scheduler made no progress at t={start} (waiting "
-                           f"{len(sched.waiting)}, running {len(sched.running)}): a bug")
-      shape, batch, samp, kv, kv_len = self._build(plan)
-      t_dev = time.perf_counter()
-      logits, self.cache, aux = self._step(batch, kv_len)
-      toks, lps, kept_pairs = jax.device_get(
-          (*sampling.sample(logits["decode"], logits["prefill"], samp),
-           aux.get("kept_pairs", np.zeros((0, 0), np.int32))))
-      drops = self._drops(aux, batch, plan)  # device->host copies: timed with the step
-      if self.want_prompt_logprobs:
-        self._prompt_logprobs(logits, plan, shape)
-      if tracer is not None:
-        tracer.record(logits, aux, plan, shape)
-      wall_step = time.perf_counter() - t_dev
-      n_dec = len(plan.decode)
-      cost = self.step_cost.features(shape, kv_len, kept_pairs)
-      now = clock.advance(clock.step_duration(cost, wall_step))
-      toks, lps = toks.tolist(), lps.tolist()
-      for i, seq in enumerate(plan.decode):
-        seq.advance_decode()
-        self._emit(seq, toks[i], lps[i], now)
-      for j, (seq, n) in enumerate(plan.prefill):
-        if seq.advance_prefill(n):
-          self._emit(seq, toks[shape[0] + j], lps[shape[0] + j], now)
-      in_step = plan.decode + [s for s, _ in plan.prefill]
-      rec = dict(step=len(steps), t=start, dt=now - start, bucket=list(shape), kv_len=kv_len,
-                 decode=n_dec, prefill_rows=len(plan.prefill),
-                 prefill_tokens=sum(n for _, n in plan.prefill), attended_kv=kv,
-                 slots_used=len(sched.running) + sum(1 for s in in_step if s.finish_reason),
-                 kv_blocks_used=blocks_in_step, waiting=len(sched.waiting),
-                 requests=[s.req.id for s in in_step], domains=[s.req.domain for s in in_step],
-                 admitted=[s.req.id for s in plan.admitted],
-                 preempted=[s.req.id for s in plan.preempted],
-                 finished=[s.req.id for s in in_step if s.finish_reason], drops=drops,
-                 cost=cost)
-      steps.append(rec)
-      wall.append(dict(step=rec["step"], step_s=wall_step,
-                       host_s=time.perf_counter() - t_host - wall_step))
-      if on_step is not None:
-        on_step(self, rec)
-    return RunLog(self._request_records(seqs, rejected), steps, wall)
+      clock.jump_to(r["pending"][r["nxt"]].arrival)
+    t_host = time.perf_counter()
+    start = clock.now
+    plan = sched.schedule(start)
+    blocks_in_step = sched.blocks_used  # before this step's finishes free theirs
+    if not plan.decode and not plan.prefill:
+      raise RuntimeError(f"scheduler made no progress at t={start} (waiting "
+                         f"{len(sched.waiting)}, running {len(sched.running)}): a bug")
+    return _Step(plan, *self._build(plan), start, blocks_in_step, t_host)
+
+  def _launch(self, step, prev):
+    """Runs `step` on the device without waiting for it; `prev`: the launched step whose sampled
+    tokens fill the decode rows' placeholders (overlap only)."""
+    if step is None:
+      return None
+    batch = step.batch
+    if self.overlap:
+      tokens = batch.decode.tokens_BxL
+      batch = batch._replace(decode=batch.decode._replace(tokens_BxL=overlap_lib.feed(
+          self._no_prev if prev is None else prev.tokens, tokens)))
+    t_launch = time.perf_counter()
+    hidden = prev is not None and not prev.tokens.is_ready()  # the device had work queued
+    logits, self.cache, aux = self._step(batch, step.kv_len)
+    tokens, logprobs = sampling.sample(logits["decode"], logits["prefill"], step.samp)
+    return _Launched(step, logits, aux, tokens, logprobs, t_launch, hidden)
+
+  def _launch_ahead(self, inflight):
+    """Plans and launches the step after `inflight` before its tokens are read (see
+    serving/overlap.py); None when that plan needs those tokens on the host."""
+    plan = inflight.step.plan
+    snap = overlap_lib.Snapshot(self.sched, self.clock, self._run,
+                                plan.decode + [seq for seq, _ in plan.prefill])
+    try:
+      self._apply(inflight.step, None, None, self._guess_dt(inflight.step))
+      step = self._next_step()
+    finally:
+      snap.restore()
+    if step is None or (step.batch.prefill.tokens_BxL < 0).any():
+      return None
+    return self._launch(step, inflight)
+
+  def _guess_dt(self, step):
+    """The duration a step will likely get: the cost model's with the last step's kept pairs,
+    or the last measured duration."""
+    last = self._run["last"]
+    if self.clock.mode != "cost_model":
+      return last["dt"]
+    return self.clock.step_duration(self.step_cost.features(step.shape, step.kv_len,
+                                                            last["kept"]), 0.0)
+
+  def _same_step(self, ahead, step):
+    """Whether the step launched ahead computes exactly what `step` (planned from the real
+    state) asks for, its placeholders read from the step before's sampled tokens."""
+    if ahead.step.shape != step.shape or ahead.step.kv_len != step.kv_len:
+      return False
+    fed = ahead.step.batch._replace(decode=ahead.step.batch.decode._replace(
+        tokens_BxL=overlap_lib.resolve(ahead.step.batch.decode.tokens_BxL, self._run["last"]["tokens"])))
+    return overlap_lib.same_batch((fed, ahead.step.samp), (step.batch, step.samp))
+
+  def _apply(self, step, toks, lps, dt):
+    """Advances the step's sequences and the clock by `dt`; `toks`/`lps` [R] as lists, or None
+    for placeholders (overlap_lib.placeholder) and no EOS. Returns the new time."""
+    plan, b = step.plan, step.shape[0]
+    now = self.clock.advance(dt)
+    tok = (lambda r: toks[r]) if toks is not None else overlap_lib.placeholder
+    lp = (lambda r: lps[r]) if lps is not None else (lambda r: 0.0)
+    for i, seq in enumerate(plan.decode):
+      seq.advance_decode()
+      self._emit(seq, tok(i), lp(i), now)
+    for j, (seq, n) in enumerate(plan.prefill):
+      if seq.advance_prefill(n):
+        self._emit(seq, tok(b + j), lp(b + j), now)
+    return now
+
+  def _complete(self, launched, on_step, tracer):
+    """Reads a launched step's results, applies them and appends its records."""
+    step, aux, r = launched.step, launched.aux, self._run
+    plan, shape = step.plan, step.shape
+    t_wait = time.perf_counter()
+    toks, lps, kept_pairs = jax.device_get(
+        (launched.tokens, launched.logprobs, aux.get("kept_pairs", np.zeros((0, 0), np.int32))))
+    waited = time.perf_counter() - t_wait
+    drops = self._drops(aux, step.batch, plan)  # device->host copies: timed with the step
+    if self.want_prompt_logprobs:
+      self._prompt_logprobs(launched.logits, plan, shape)
+    if tracer is not None:
+      tracer.record(launched.logits, aux, plan, shape)
+    t_ready = time.perf_counter()
+    if self.overlap:
+      # The interval since the step before was read; the host's share of it is on the device's
+      # critical path only when the device had nothing queued while the host worked.
+      interval = t_ready - max(launched.t_launch, r["last"]["ready"] or launched.t_launch)
+      host_s = 0.0 if launched.hidden else max(interval - waited, 0.0)
+      wall_step = interval - host_s
+    else:
+      wall_step = t_ready - launched.t_launch
+    r["last"]["ready"] = t_ready
+    cost = self.step_cost.features(shape, step.kv_len, kept_pairs)
+    dt = self.clock.step_duration(cost, wall_step)
+    r["last"].update(dt=dt, kept=kept_pairs, tokens=toks)
+    now = self._apply(step, toks.tolist(), lps.tolist(), dt)
+    in_step = plan.decode + [s for s, _ in plan.prefill]
+    rec = dict(step=len(r["steps"]), t=step.start, dt=now - step.start, bucket=list(shape),
+               kv_len=step.kv_len, decode=len(plan.decode), prefill_rows=len(plan.prefill),
+               prefill_tokens=sum(n for _, n in plan.prefill), attended_kv=step.kv,
+               slots_used=len(self.sched.running) + sum(1 for s in in_step if s.finish_reason),
+               kv_blocks_used=step.blocks_in_step, waiting=len(self.sched.waiting),
+               requests=[s.req.id for s in in_step], domains=[s.req.domain for s in in_step],
+               admitted=[s.req.id for s in plan.admitted],
+               preempted=[s.req.id for s in plan.preempted],
+               finished=[s.req.id for s in in_step if s.finish_reason], drops=drops,
+               cost=cost)
+    r["steps"].append(rec)
+    if not self.overlap:
+      host_s = time.perf_counter() - step.t_host - wall_step
+    r["wall"].append(dict(step=rec["step"], step_s=wall_step, host_s=host_s))
+    if on_step is not None:
+      on_step(self, rec)
 
   @staticmethod
   def _ended(seqs, rejected):

@@ -1,0 +1,96 @@
+"""The overlapped loop (serve.overlap) writes exactly the records the plain loop writes.
+
+Each case runs one workload through two engines, overlap off and on, and compares every record
+but wall time; the cases cover what can make a step launched ahead wrong (an EOS, a guessed
+duration that admits a request early or late, preemption, capacity drops that change the cost
+model's duration) and what reads a step's outputs besides the tokens (routing records, prompt
+logprobs, a stop_after cut).
+"""
+import dataclasses
+import json
+
+import numpy as np
+
+from moe_serve.model import api
+from moe_serve.parallel import compiles
+from moe_serve.serving import clock as clock_lib
+from moe_serve.serving import run as run_lib
+from moe_serve.serving.engine import Engine
+from tests.serving.conftest import tiny_serve_cfg
+
+
+def _engine(cfg, tiny_model, overlap):
+  step_fn, params = tiny_model
+  cfg = cfg.copy_and_resolve_references()
+  cfg.serve.overlap = overlap
+  engine = Engine(cfg, step_fn, params, api.init_cache(cfg.model, cfg.serve.max_num_seqs),
+                  clock_lib.Clock(cfg.clock))
+  engine.warmup()
+  return engine
+
+
+def _records(log):
+  return json.dumps([log.requests, log.steps], sort_keys=True)
+
+
+def _both(cfg, tiny_model, requests=None, **run_kw):
+  """(plain log, overlapped log, overlapped engine) for one workload."""
+  requests = requests if requests is not None else run_lib.make_requests(cfg)
+  plain = _engine(cfg, tiny_model, False).run(requests, **run_kw)
+  engine = _engine(cfg, tiny_model, True)
+  return plain, engine.run(requests, **run_kw), engine
+
+
+def _poisson_cfg(**serve):
+  cfg = tiny_serve_cfg(**serve)
+  cfg.workload.update(num_requests=16, num_priorities=3)
+  cfg.workload.arrival.rate = 200.0
+  cfg.serve.buckets.update(decode_rows=(4, 8), prefill_rows=(0, 2))  # 4 step shapes
+  return cfg
+
+
+def test_eos_arrivals_and_buckets_give_the_same_records(tiny_model):
+  cfg = _poisson_cfg()
+  requests = run_lib.make_requests(cfg)
+  probe = _engine(cfg, tiny_model, False).run(requests)
+  # An EOS id that really ends some requests early: a frequent early token of the probe run.
+  early = [t for r in probe.requests for t in r["tokens"][1:4]]
+  cfg.serve.eos_id = int(np.bincount(early).argmax())
+  plain, over, engine = _both(cfg, tiny_model, requests)
+  assert sum(r["finish_reason"] == "eos" for r in plain.requests) >= 3
+  assert len({tuple(s["bucket"]) for s in plain.steps}) >= 3
+  assert _records(over) == _records(plain)
+  # Each EOS made the step launched ahead wrong: it was dropped and the right one run.
+  assert 0 < engine.overlap_misses < len(plain.steps) / 2
+
+
+def test_capacity_drops_preemption_and_prompt_logprobs_give_the_same_records(tiny_model):
+  cfg = _poisson_cfg(record_routing=True, prompt_logprobs=True, kv_num_blocks=12,
+                     ignore_eos=True)
+  cfg.serve.buckets.update(decode_rows=(8,), prefill_rows=(2,))  # one shape: one compile
+  cfg.model.router.update(capacity_scope="batch", capacity_factor_prefill=0.5,
+                          capacity_factor_decode=0.5)
+  model = (run_lib.make_step_fn(cfg), tiny_model[1])  # this router, recording routing
+  plain, over, _ = _both(cfg, model)
+  assert sum(r["preemptions"] for r in plain.requests) > 0
+  assert sum(sum(s["drops"]) for s in plain.steps) > 0
+  assert _records(over) == _records(plain)
+
+
+def test_stop_after_cuts_the_run_at_the_same_step(tiny_model):
+  cfg = _poisson_cfg(ignore_eos=True)
+  plain, over, _ = _both(cfg, tiny_model, stop_after=[3])
+  assert any(r["status"] == "unfinished" for r in plain.requests)
+  assert _records(over) == _records(plain)
+
+
+def test_a_full_batch_of_lengths_misses_nothing_and_compiles_nothing(tiny_model):
+  """Requests that all arrive at once and end by length: every step launched ahead is right."""
+  cfg = tiny_serve_cfg(ignore_eos=True)
+  requests = [dataclasses.replace(r, arrival=0.0) for r in run_lib.make_requests(cfg)]
+  engine = _engine(cfg, tiny_model, True)
+  with compiles.count_compiles() as n:
+    over = engine.run(requests)
+  assert n() == 0
+  assert engine.overlap_misses == 0
+  assert _records(over) == _records(_engine(cfg, tiny_model, False).run(requests))
