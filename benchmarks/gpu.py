@@ -12,9 +12,11 @@ every slot busy: the step wall time, the bytes such a step must read from memory
 weights, since 2 x slots pairs touch all 8 experts, plus the attention weights and the keys and
 values of the cache positions read), that over the step time as a fraction of the device's peak
 bandwidth (`--peak_gbps`, or a table of known devices), and the engine's host time as a
-fraction of the step. HF (`--hf`, needs torch with CUDA + transformers): `generate` of the same
-shapes in bf16 at batch `slots` and 2 x `slots`, with its own random weights (speed only),
-interleaved with the moe_serve runs in `--rounds` rounds.
+fraction of the step: each backend with the plain loop (all host time counts) and with
+`serve.overlap` (only host time the device may have waited for; docs/serving.md, Overlapped
+loop), on the same parameters. HF (`--hf`, needs torch with CUDA + transformers): `generate` of
+the same shapes in bf16 at batch `slots` and 2 x `slots`, with its own random weights (speed
+only), interleaved with the moe_serve runs in `--rounds` rounds.
 """
 import os
 import subprocess
@@ -63,17 +65,18 @@ def model_config():
   return cfg
 
 
-def engine_for(dispatch):
+def engine_for(dispatch, overlap, params=None):
+  """(cfg, warmed-up engine); `params` from an engine built before (same shapes) saves memory."""
   cfg = model_config()
   cfg.model.router.dispatch = dispatch
   cfg.clock.mode = "measured"
   slots = _SLOTS.value
   cfg.serve.update(max_num_seqs=slots, max_num_batched_tokens=slots + 4 * PROMPT,
-                   ignore_eos=True, eos_id=0,
+                   ignore_eos=True, eos_id=0, overlap=overlap,
                    kv_num_blocks=slots * -(-cfg.model.max_len // cfg.serve.kv_block_size))
   cfg.serve.buckets.update(decode_rows=(slots,), prefill_rows=(0, 4), chunk_lens=(PROMPT,),
                            kv_lens=(PROMPT, PROMPT + NEW))
-  engine = serve_run.build_engine(cfg)
+  engine = serve_run.build_engine(cfg, params=params)
   engine.warmup()
   return cfg, engine
 
@@ -150,7 +153,12 @@ def main(argv):
   cfg = model_config()
   reqs = [request_lib.Request(id=i, prompt=rng.integers(3, cfg.model.vocab_size, PROMPT).tolist(),
                               max_new_tokens=NEW, domain="prose") for i in range(_REQUESTS.value)]
-  engines = {d: engine_for(d) for d in _DISPATCHES.value}
+  engines, params = {}, None
+  for d in _DISPATCHES.value:
+    for overlap in (False, True):
+      name = d + (" overlap" if overlap else "")
+      engines[name] = engine_for(d, overlap, params)
+      params = engines[name][1].params
   proc = hf_worker(cfg) if _HF.value else None
   res = {d: [] for d in engines}
   hf = {b: [] for b in (_SLOTS.value, 2 * _SLOTS.value)} if proc else {}

@@ -5,6 +5,7 @@ r"""moe_serve against Hugging Face transformers on the same weights and workload
   python benchmarks/peer.py --append          # ... and appends it to benchmarks/RESULTS.md
   python benchmarks/peer.py --peer_python=/tmp/hf/bin/python   # torch in another venv
   python benchmarks/peer.py --configs=none:sorted:8,none:sorted:16   # prefill rows per step
+  python benchmarks/peer.py --configs=none:sorted:16,none:sorted:16:overlap   # serve.overlap
 
 The model is a tiny Mixtral (hidden 256, 4 layers, 8 heads / 4 KV heads, 8 experts top-2, expert
 hidden 512, vocabulary 512) built with `transformers` from a seed and saved as float32
@@ -47,8 +48,9 @@ _PREFILL_ROWS = flags.DEFINE_integer(
     "prefill_rows", 16, "moe_serve's prefill rows (64-token chunks) per step, for configs that do "
     "not name theirs; on the 2-core CPU 16 was 1-4% faster than 8 in two interleaved runs and 32 "
     "within noise of both (benchmarks/RESULTS.md, 'Peer: prefill rows per step').")
-_CONFIGS = flags.DEFINE_list("configs", ["none:sorted", "none:gather"],
-                             "moe_serve configs to time, scope:dispatch[:prefill_rows] each.")
+_CONFIGS = flags.DEFINE_list("configs", ["none:sorted", "none:sorted:16:overlap", "none:gather"],
+                             "moe_serve configs to time, scope:dispatch[:prefill_rows[:overlap]] "
+                             "each (overlap: serve.overlap, docs/serving.md).")
 
 # Idle time before each timed case, so that the other side's worker threads (torch's OpenMP
 # pool, XLA's Eigen pool) have stopped spinning and do not steal the cores.
@@ -82,8 +84,9 @@ class HFWorker:
     self.proc.wait(timeout=60)
 
 
-def moe_engine(hf_dir, scope, dispatch_name, slots, prefill_rows=8):
-  """A warmed-up engine for the HF directory: `slots` decode rows, `prefill_rows` rows of 64."""
+def moe_engine(hf_dir, scope, dispatch_name, slots, prefill_rows=8, overlap=False):
+  """A warmed-up engine for the HF directory: `slots` decode rows, `prefill_rows` rows of 64,
+  the overlapped loop if `overlap`."""
   cfg = serve_default.get_config("size=base")
   cfg.params_dir = hf_dir
   cfg.model.max_len = 2 * (_PROMPT.value + _NEW.value)
@@ -93,12 +96,21 @@ def moe_engine(hf_dir, scope, dispatch_name, slots, prefill_rows=8):
   chunk = 64
   blocks_per_row = -(-cfg.model.max_len // cfg.serve.kv_block_size)
   cfg.serve.update(max_num_seqs=slots, max_num_batched_tokens=slots + prefill_rows * chunk,
-                   ignore_eos=True, kv_num_blocks=slots * blocks_per_row)
+                   ignore_eos=True, kv_num_blocks=slots * blocks_per_row, overlap=overlap)
   cfg.serve.buckets.update(decode_rows=(slots,), prefill_rows=(0, prefill_rows),
                            chunk_lens=(chunk,))
   engine = serve_run.build_engine(cfg)
   engine.warmup()
   return engine
+
+
+def parse_config(spec):
+  """'scope:dispatch[:rows[:overlap]]' -> moe_engine's (scope, dispatch, slots, rows, overlap)."""
+  scope, dispatch_name, *rest = spec.split(":")
+  if len(rest) > 2 or (rest and not rest[0].isdigit()) or rest[1:] not in ([], ["overlap"]):
+    raise app.UsageError(f"--configs entry {spec!r} is not scope:dispatch[:rows[:overlap]] "
+                         "(e.g. none:sorted:16:overlap)")
+  return scope, dispatch_name, 64, int(rest[0]) if rest else _PREFILL_ROWS.value, len(rest) == 2
 
 
 def matmul_peak_gflops(n=1024, repeats=20):
@@ -118,6 +130,7 @@ def _timed(f, *args):
 
 def main(argv):
   del argv
+  specs = {spec: parse_config(spec) for spec in _CONFIGS.value}
   rng = np.random.default_rng(0)
   prompts = rng.integers(3, MIXTRAL["vocab_size"], (_REQUESTS.value, _PROMPT.value)).tolist()
   n_out = _REQUESTS.value * _NEW.value
@@ -125,10 +138,8 @@ def main(argv):
   with tempfile.TemporaryDirectory() as hf_dir:
     info = worker.ask(cmd="build", dir=hf_dir, seed=0, config=MIXTRAL)
     engines = {}
-    for spec in _CONFIGS.value:
-      scope, dispatch_name, *rows = spec.split(":")
-      engines[spec] = moe_engine(hf_dir, scope, dispatch_name, 64,
-                                 int(rows[0]) if rows else _PREFILL_ROWS.value)
+    for spec, args in specs.items():
+      engines[spec] = moe_engine(hf_dir, *args)
     reqs = [request_lib.Request(id=i, prompt=p, max_new_tokens=_NEW.value, arrival=0.0,
                                 domain="prose") for i, p in enumerate(prompts)]
     times = {k: [] for k in ["hf b32", "hf b64", *engines]}
@@ -160,7 +171,8 @@ def main(argv):
           f"all at t=0; {_ROUNDS.value} interleaved rounds, medians. HF: torch {info['torch']}, "
           f"transformers {info['transformers']}, {info['threads']} threads, attention "
           f"{info['attn']}, experts {info['experts']}. moe_serve: 64 slots, prefill R x 64 "
-          f"per step (R: a config's third field, else {_PREFILL_ROWS.value}), measured clock. "
+          f"per step (R: a config's third field, else {_PREFILL_ROWS.value}), measured clock; "
+          "`overlap`: serve.overlap. "
           f"Matmul peak {peak:.0f} GFLOP/s (float32 1024^3); {per_tok_flops / 1e6:.1f} MFLOP per "
           f"token.")
   common.report("Peer: moe_serve vs HF transformers generate", desc,

@@ -378,8 +378,9 @@ class Engine:
     state) asks for, its placeholders read from the step before's sampled tokens."""
     if ahead.step.shape != step.shape or ahead.step.kv_len != step.kv_len:
       return False
-    fed = ahead.step.batch._replace(decode=ahead.step.batch.decode._replace(
-        tokens_BxL=overlap_lib.resolve(ahead.step.batch.decode.tokens_BxL, self._run["last"]["tokens"])))
+    decode = ahead.step.batch.decode
+    fed = ahead.step.batch._replace(decode=decode._replace(tokens_BxL=overlap_lib.resolve(
+        decode.tokens_BxL, self._run["last"]["tokens"])))
     return overlap_lib.same_batch((fed, ahead.step.samp), (step.batch, step.samp))
 
   def _apply(self, step, toks, lps, dt):
@@ -412,9 +413,9 @@ class Engine:
       tracer.record(launched.logits, aux, plan, shape)
     t_ready = time.perf_counter()
     if self.overlap:
-      # The interval since the step before was read; the host's share of it is on the device's
-      # critical path only when the device had nothing queued while the host worked.
-      interval = t_ready - max(launched.t_launch, r["last"]["ready"] or launched.t_launch)
+      # The interval since the step before was read; the host's share of it (all but the wait)
+      # is on the device's critical path only when the device had nothing queued meanwhile.
+      interval = t_ready - (r["last"]["ready"] or launched.t_launch)
       host_s = 0.0 if launched.hidden else max(interval - waited, 0.0)
       wall_step = interval - host_s
     else:
