@@ -144,6 +144,7 @@ def main(argv):
                                 domain="prose") for i, p in enumerate(prompts)]
     times = {k: [] for k in ["hf b32", "hf b64", *engines]}
     tokens = {}
+    host = {k: [] for k in engines}  # the engine's host_s over its step_s + host_s
     for _ in range(_ROUNDS.value):
       for b in (32, 64):
         time.sleep(_PAUSE_S)
@@ -156,6 +157,8 @@ def main(argv):
         log = engine.run(reqs)
         times[spec].append(time.perf_counter() - t0)
         tokens[spec] = [r["tokens"] for r in sorted(log.requests, key=lambda r: r["id"])]
+        host[spec].append(sum(w["host_s"] for w in log.wall) /
+                          sum(w["step_s"] + w["host_s"] for w in log.wall))
     worker.close()
   peak = matmul_peak_gflops()
   per_tok_flops = 2 * active_params()
@@ -165,19 +168,21 @@ def main(argv):
     agree = ("" if k.startswith("hf") else
              f"{np.mean(np.array(tokens[k]) == np.array(tokens['hf'])):.3f}")
     rows.append([k, f"{v:.0f}", f"{v / tps['hf b32']:.2f}", f"{v / tps['hf b64']:.2f}",
-                 f"{v * per_tok_flops / 1e9 / peak:.3f}", agree])
+                 f"{v * per_tok_flops / 1e9 / peak:.3f}", agree,
+                 f"{np.median(host[k]):.2%}" if k in host else ""])
   desc = (f"tiny Mixtral ({info['params'] / 1e6:.1f}M parameters, float32), "
           f"{_REQUESTS.value} requests x ({_PROMPT.value} prompt + {_NEW.value} new tokens), greedy, "
           f"all at t=0; {_ROUNDS.value} interleaved rounds, medians. HF: torch {info['torch']}, "
           f"transformers {info['transformers']}, {info['threads']} threads, attention "
           f"{info['attn']}, experts {info['experts']}. moe_serve: 64 slots, prefill R x 64 "
           f"per step (R: a config's third field, else {_PREFILL_ROWS.value}), measured clock; "
-          "`overlap`: serve.overlap. "
+          "`overlap`: serve.overlap. Host share: the engine's host_s over step_s + host_s "
+          "(wall.jsonl; docs/serving.md, Overlapped loop). "
           f"Matmul peak {peak:.0f} GFLOP/s (float32 1024^3); {per_tok_flops / 1e6:.1f} MFLOP per "
           f"token.")
   common.report("Peer: moe_serve vs HF transformers generate", desc,
                 ["run", "output tok/s", "vs HF b32", "vs HF b64", "of FLOP limit",
-                 "greedy agreement with HF"], rows,
+                 "greedy agreement with HF", "host share (moe_serve)"], rows,
                 append_to=os.path.join(os.path.dirname(__file__), "RESULTS.md")
                 if _APPEND.value else None)
 

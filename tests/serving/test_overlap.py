@@ -94,3 +94,19 @@ def test_a_full_batch_of_lengths_misses_nothing_and_compiles_nothing(tiny_model)
   assert n() == 0
   assert engine.overlap_misses == 0
   assert _records(over) == _records(_engine(cfg, tiny_model, False).run(requests))
+
+
+def test_measured_clock_gives_the_same_tokens_and_accounts_the_wall_time(tiny_model):
+  """Under the measured clock, times follow the wall clock (so records differ between runs),
+  but tokens do not, and the wall records split each interval into step and host time."""
+  cfg = tiny_serve_cfg(ignore_eos=True)
+  cfg.clock.mode = "measured"
+  requests = run_lib.make_requests(cfg)
+  plain, over, _ = _both(cfg, tiny_model, requests)
+  tokens = lambda log: {r["id"]: r["tokens"] for r in log.requests}
+  assert tokens(over) == tokens(plain)
+  assert len(over.wall) == len(over.steps)
+  assert all(w["step_s"] >= 0 and w["host_s"] >= 0 for w in over.wall)
+  # A step's virtual duration is its wall step time, as without overlap.
+  np.testing.assert_allclose([s["dt"] for s in over.steps], [w["step_s"] for w in over.wall],
+                             rtol=1e-9)
