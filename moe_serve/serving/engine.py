@@ -88,7 +88,9 @@ class _Launched(NamedTuple):
   tokens: jax.Array  # [R]
   logprobs: jax.Array  # [R]
   t_launch: float
-  hidden: bool  # the step before was still running when this one was launched
+  # Since when the device may have had nothing queued before this launch (None: the step before
+  # was still running; with overlap only, see `_complete`).
+  idle_from: float | None
 
 
 class RunLog(NamedTuple):
@@ -344,10 +346,14 @@ class Engine:
       batch = batch._replace(decode=batch.decode._replace(tokens_BxL=overlap_lib.feed(
           self._no_prev if prev is None else prev.tokens, tokens)))
     t_launch = time.perf_counter()
-    hidden = prev is not None and not prev.tokens.is_ready()  # the device had work queued
+    if prev is not None:  # launched ahead: the device is idle only if `prev` has finished
+      idle_from = None if not prev.tokens.is_ready() else prev.t_launch
+    else:  # launched after the step before was read (or first)
+      idle_from = self._run["last"]["ready"] if self._run else None
+      idle_from = t_launch if idle_from is None else idle_from
     logits, self.cache, aux = self._step(batch, step.kv_len)
     tokens, logprobs = sampling.sample(logits["decode"], logits["prefill"], step.samp)
-    return _Launched(step, logits, aux, tokens, logprobs, t_launch, hidden)
+    return _Launched(step, logits, aux, tokens, logprobs, t_launch, idle_from)
 
   def _launch_ahead(self, inflight):
     """Plans and launches the step after `inflight` before its tokens are read (see
@@ -402,10 +408,8 @@ class Engine:
     """Reads a launched step's results, applies them and appends its records."""
     step, aux, r = launched.step, launched.aux, self._run
     plan, shape = step.plan, step.shape
-    t_wait = time.perf_counter()
     toks, lps, kept_pairs = jax.device_get(
         (launched.tokens, launched.logprobs, aux.get("kept_pairs", np.zeros((0, 0), np.int32))))
-    waited = time.perf_counter() - t_wait
     drops = self._drops(aux, step.batch, plan)  # device->host copies: timed with the step
     if self.want_prompt_logprobs:
       self._prompt_logprobs(launched.logits, plan, shape)
@@ -413,10 +417,11 @@ class Engine:
       tracer.record(launched.logits, aux, plan, shape)
     t_ready = time.perf_counter()
     if self.overlap:
-      # The interval since the step before was read; the host's share of it (all but the wait)
-      # is on the device's critical path only when the device had nothing queued meanwhile.
+      # The interval since the step before was read, less an upper bound of the time the device
+      # had nothing queued before this step's launch (host time on the critical path).
       interval = t_ready - (r["last"]["ready"] or launched.t_launch)
-      host_s = 0.0 if launched.hidden else max(interval - waited, 0.0)
+      host_s = 0.0 if launched.idle_from is None else min(
+          max(launched.t_launch - launched.idle_from, 0.0), interval)
       wall_step = interval - host_s
     else:
       wall_step = t_ready - launched.t_launch

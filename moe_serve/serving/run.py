@@ -197,6 +197,7 @@ def serve(cfg, workdir, engine=None, requests=None, slo_ttft_ms=None, slo_tpot_m
       compiles_warmup=warm_compiles(), compiles_after_warmup=run_compiles(),
       wall=dict(warmup_s=warmup_s, run_s=run_s, step_s=step_s, host_s=host_s,
                 host_fraction=host_s / step_s if step_s else None,
+                overlap_misses=engine.overlap_misses,
                 output_tok_per_wall_s=summary["output_tokens"] / run_s if run_s else None))
   summary["memory"] = memory.measured(engine.params, engine.cache)
   spmd.check_same(spmd.Digest().add(runlog.requests).hexdigest(), "request records")
