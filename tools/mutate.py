@@ -1,7 +1,8 @@
 r"""Mutation testing for the core: one-line mutations, each run against the tests that should see it.
 
 Mutated: model/routing.py, serving/sampling.py, serving/scheduler.py, the engine's bookkeeping
-(serving/engine.py, serving/sequence.py), metrics/latency.py and quality aggregation.
+(serving/engine.py, serving/sequence.py), the overlapped loop (serving/overlap.py),
+metrics/latency.py and quality aggregation.
 
     .venv/bin/python tools/mutate.py                  # every mutation, report to stdout
     .venv/bin/python tools/mutate.py --only S1 E3     # some of them
@@ -34,6 +35,7 @@ FAKE_ENGINE_TESTS = ("tests/serving/test_scheduler_by_hand.py",
                      "tests/serving/test_virtual_time.py")
 PREEMPT_TEST = ("tests/serving/test_engine.py::"
                 "test_recompute_preemption_resamples_the_same_tokens_at_temperature",)
+OVERLAP_TESTS = ("tests/serving/test_overlap.py",)
 LATENCY_TESTS = ("tests/metrics/test_latency.py", "tests/metrics/test_latency_edges.py",
                  "tests/serving/test_virtual_time.py")
 
@@ -158,11 +160,11 @@ MUTATIONS = [
        "prefill row's sampling position off by one"),
     _m("E6", E, "elif len(seq.outputs) >= seq.req.max_new_tokens:",
        "elif len(seq.outputs) > seq.req.max_new_tokens:", FAKE_ENGINE_TESTS, "one token too many"),
-    _m("E7", E, "slots_used=len(sched.running) + sum(1 for s in in_step if s.finish_reason)",
-       "slots_used=len(sched.running)", FAKE_ENGINE_TESTS, "finishing requests not counted"),
-    _m("E8", E, "tokens = parts.FlatOrder.of_step(*shape).num_tokens",
-       "tokens = shape[0] + shape[1]", FAKE_ENGINE_TESTS, "step tokens B + P"),
-    _m("E9", E, "self._emit(seq, toks[i], lps[i], now)", "self._emit(seq, toks[i], lps[i], start)",
+    _m("E7", E, "slots_used=len(self.sched.running) + sum(1 for s in in_step if s.finish_reason)",
+       "slots_used=len(self.sched.running)", FAKE_ENGINE_TESTS, "finishing requests not counted"),
+    _m("E8", "moe_serve/serving/step_cost.py", "    t = b + p * c\n", "    t = b + p\n",
+       ("tests/serving/test_sampling_and_clock.py",), "step tokens B + P (fixed-shape expert rows)"),
+    _m("E9", E, "self._emit(seq, tok(i), lp(i), now)", "self._emit(seq, tok(i), lp(i), now - dt)",
        FAKE_ENGINE_TESTS, "decode tokens stamped at the step start"),
     _m("E10", E, "self.sched, self.clock.now = self._new_scheduler(), 0.0",
        "self.sched = self._new_scheduler()", FAKE_ENGINE_TESTS, "clock not reset between runs"),
@@ -171,7 +173,7 @@ MUTATIONS = [
        "recomputed prompt positions scored twice"),
     _m("E12", E, "blocks_in_step = sched.blocks_used  #", "blocks_in_step = 0  #",
        FAKE_ENGINE_TESTS, "kv_blocks_used not logged"),
-    _m("E13", E, "                 decode=n_dec,", "                 decode=len(plan.prefill),",
+    _m("E13", E, "decode=len(plan.decode), prefill_rows", "decode=len(plan.prefill), prefill_rows",
        FAKE_ENGINE_TESTS, "decode count logged wrong"),
     _m("Q1", Q, "self.num_computed, self.prefilled = 0, False", "self.num_computed = 0",
        FAKE_ENGINE_TESTS, "preempted request still marked prefilled"),
@@ -187,6 +189,13 @@ MUTATIONS = [
        "self.drops = per_layer if True else",
        ("tests/serving/test_engine.py::test_routing_records_attribute_drops_to_requests",),
        "drops overwritten, not summed"),
+    # ------------------------------------------------------------------ overlapped loop
+    _m("O2", E, "return overlap_lib.same_batch((fed, ahead.step.samp), (step.batch, step.samp))",
+       "return True", OVERLAP_TESTS, "a step launched ahead kept whatever its inputs"),
+    _m("O3", "moe_serve/serving/overlap.py", "        setattr(seq, name, value)\n",
+       "        pass\n", OVERLAP_TESTS, "sequences' fields not restored after planning ahead"),
+    _m("O4", "moe_serve/serving/overlap.py", "return jnp.where(tokens_Bx1 < 0, prev_Bx1, tokens_Bx1)",
+       "return jnp.maximum(tokens_Bx1, 0)", OVERLAP_TESTS, "placeholders fed as token 0"),
     # ------------------------------------------------------------------ quality aggregation
     _m("N1", N, 'nll = {d: sum(r["nll_sum"] for r in rs) / max(1, sum(r["tokens"] for r in rs))',
        'nll = {d: float(np.mean([r["nll_sum"] / r["tokens"] for r in rs]))',

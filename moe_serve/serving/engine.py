@@ -381,9 +381,8 @@ class Engine:
 
   def _same_step(self, ahead, step):
     """Whether the step launched ahead computes exactly what `step` (planned from the real
-    state) asks for, its placeholders read from the step before's sampled tokens."""
-    if ahead.step.shape != step.shape or ahead.step.kv_len != step.kv_len:
-      return False
+    state) asks for, its placeholders read from the step before's sampled tokens (equal inputs
+    also mean an equal kv_len: it follows the rows' positions)."""
     decode = ahead.step.batch.decode
     fed = ahead.step.batch._replace(decode=decode._replace(tokens_BxL=overlap_lib.resolve(
         decode.tokens_BxL, self._run["last"]["tokens"])))

@@ -3,8 +3,11 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs import serve_default
+from moe_serve.model import transformer
 from moe_serve.serving import clock as clock_lib
 from moe_serve.serving import sampling
+from moe_serve.serving import step_cost
 
 V = 50
 
@@ -83,3 +86,14 @@ def test_clock_modes():
   cfg.update(mode="cost_model", profile="auto")  # a profile is resolved first (run.make_clock)
   with pytest.raises(ValueError, match="resolve it first"):
     clock_lib.Clock(cfg)
+
+
+def test_fixed_shape_expert_rows_count_every_flat_token():
+  """`gather` fills E x capacity rows per MoE layer, and a dropless capacity is the step's flat
+  token count T = B + P x C (padding included), worked out by hand for one step shape."""
+  cfg = serve_default.get_config("size=tiny")
+  cfg.model.router.update(dispatch="gather", capacity_scope="none")
+  m = cfg.model
+  feats = step_cost.StepCost(cfg).features((4, 2, 8), 16, np.zeros((0, m.num_experts)))
+  assert feats["expert_rows"] == transformer.num_moe_layers(m) * m.num_experts * (4 + 2 * 8)
+  assert feats["prefill_tokens"] == 16 and feats["prefill_kv"] == 16 * 16
