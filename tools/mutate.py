@@ -194,8 +194,9 @@ MUTATIONS = [
        "return True", OVERLAP_TESTS, "a step launched ahead kept whatever its inputs"),
     _m("O3", "moe_serve/serving/overlap.py", "        setattr(seq, name, value)\n",
        "        pass\n", OVERLAP_TESTS, "sequences' fields not restored after planning ahead"),
-    _m("O4", "moe_serve/serving/overlap.py", "return jnp.where(tokens_Bx1 < 0, prev_Bx1, tokens_Bx1)",
-       "return jnp.maximum(tokens_Bx1, 0)", OVERLAP_TESTS, "placeholders fed as token 0"),
+    _m("O4", "moe_serve/serving/overlap.py",
+       "return xp.where(tokens_Bx1 < 0, xp.take(prev_tokens_R, src_Bx1), tokens_Bx1)",
+       "return xp.maximum(tokens_Bx1, 0)", OVERLAP_TESTS, "placeholders fed as token 0"),
     # ------------------------------------------------------------------ quality aggregation
     _m("N1", N, 'nll = {d: sum(r["nll_sum"] for r in rs) / max(1, sum(r["tokens"] for r in rs))',
        'nll = {d: float(np.mean([r["nll_sum"] / r["tokens"] for r in rs]))',

@@ -88,8 +88,8 @@ class _Launched(NamedTuple):
   tokens: jax.Array  # [R]
   logprobs: jax.Array  # [R]
   t_launch: float
-  # Since when the device may have had nothing queued before this launch (None: the step before
-  # was still running; with overlap only, see `_complete`).
+  # Overlap only: since when the device may have had nothing queued before this launch (None:
+  # the step before was still running; see `_complete`).
   idle_from: float | None
 
 
@@ -131,7 +131,8 @@ class Engine:
       raise ValueError("serve.overlap is single-process only: every process would have to "
                        "drop the same steps launched ahead; set serve.overlap=false")
     # overlap_lib.feed's `prev` when no step before is in flight: committed, like a step's tokens.
-    self._no_prev = jax.device_put(np.zeros(1, np.int32), jax.devices()[0])
+    self._no_prev = (jax.device_put(np.zeros(1, np.int32), jax.devices()[0]) if self.overlap
+                     else None)
     self._run = None  # the state of the run in progress (`run`)
 
   # ------------------------------------------------------------------ warm-up
@@ -346,11 +347,11 @@ class Engine:
       batch = batch._replace(decode=batch.decode._replace(tokens_BxL=overlap_lib.feed(
           self._no_prev if prev is None else prev.tokens, tokens)))
     t_launch = time.perf_counter()
+    idle_from = None  # only the overlapped loop's wall records use it (`_complete`)
     if prev is not None:  # launched ahead: the device is idle only if `prev` has finished
-      idle_from = None if not prev.tokens.is_ready() else prev.t_launch
-    else:  # launched after the step before was read (or first)
-      idle_from = self._run["last"]["ready"] if self._run else None
-      idle_from = t_launch if idle_from is None else idle_from
+      idle_from = prev.t_launch if prev.tokens.is_ready() else None
+    elif self.overlap:  # launched after the step before was read (or first)
+      idle_from = self._run["last"]["ready"] or t_launch
     logits, self.cache, aux = self._step(batch, step.kv_len)
     tokens, logprobs = sampling.sample(logits["decode"], logits["prefill"], step.samp)
     return _Launched(step, logits, aux, tokens, logprobs, t_launch, idle_from)

@@ -29,19 +29,17 @@ def placeholder(row):
   return -1 - row
 
 
+def resolve(tokens_Bx1, prev_tokens_R, xp=np):
+  """The decode rows' input tokens: a placeholder (< 0) becomes the previous step's sampled
+  token of that row; real tokens stay. `xp`: numpy (host) or jax.numpy (`feed`)."""
+  src_Bx1 = xp.clip(-1 - tokens_Bx1, 0, prev_tokens_R.shape[0] - 1)
+  return xp.where(tokens_Bx1 < 0, xp.take(prev_tokens_R, src_Bx1), tokens_Bx1)
+
+
 @jax.jit
 def feed(prev_tokens_R, tokens_Bx1):
-  """The decode rows' input tokens: a placeholder (< 0) becomes the previous step's sampled
-  token of that row, on the device; real tokens stay."""
-  src_Bx1 = -1 - tokens_Bx1
-  prev_Bx1 = jnp.take(prev_tokens_R, jnp.clip(src_Bx1, 0, prev_tokens_R.shape[0] - 1))
-  return jnp.where(tokens_Bx1 < 0, prev_Bx1, tokens_Bx1)
-
-
-def resolve(tokens_Bx1, prev_tokens_R):
-  """`feed` on the host: the placeholders of `tokens_Bx1` replaced from `prev_tokens_R`."""
-  src_Bx1 = np.clip(-1 - tokens_Bx1, 0, len(prev_tokens_R) - 1)
-  return np.where(tokens_Bx1 < 0, np.asarray(prev_tokens_R)[src_Bx1], tokens_Bx1)
+  """`resolve` on the device, where the previous step's sampled tokens are."""
+  return resolve(tokens_Bx1, prev_tokens_R, jnp)
 
 
 def same_batch(a, b):
