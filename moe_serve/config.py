@@ -29,6 +29,9 @@ MODEL_OPTION_DEFAULTS = dict(
     tied_logit_scale=True,  # tied unembedding scaled by d_model**-0.5 (False: HF, unscaled)
     d_ff_shared=0,  # shared expert hidden width (0: d_ff_expert)
     shared_expert_gate=False,  # shared expert output times sigmoid(x . w) (Qwen2-MoE)
+    # Every op's result for a row independent of the step's shape, kv bucket and other rows
+    # (model/invariant.py): fixed row tiles for matmuls, fixed KV chunks for attention.
+    batch_invariant=False,
 )
 
 
@@ -115,7 +118,7 @@ def validate_model(m):
                         f"{MODEL_OPTION_DEFAULTS[key]!r})")
   _choice(m.param_dtype, "model.param_dtype", DTYPES)
   _choice(m.qk_norm, "model.qk_norm", QK_NORMS)
-  for key in ("attn_bias", "tied_logit_scale", "shared_expert_gate"):
+  for key in ("attn_bias", "tied_logit_scale", "shared_expert_gate", "batch_invariant"):
     if not isinstance(m[key], bool):
       raise ConfigError(f"model.{key}={m[key]!r} must be true or false")
   if not isinstance(m.d_ff_shared, int) or m.d_ff_shared < 0:
