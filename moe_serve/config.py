@@ -191,6 +191,9 @@ def validate_mesh(mesh_cfg, model_cfg, num_devices=None):
   checks = [(expert, "expert", "model.num_experts", m.num_experts)]
   checks += [(tensor, "tensor", f"model.{f}", m[f])
              for f in ("num_heads", "num_kv_heads", "d_ff", "d_ff_expert", "vocab_size")]
+  if m.get("batch_invariant", False) and expert not in (1, -1):
+    raise ConfigError(f"model.batch_invariant needs every expert on every device, but "
+                      f"mesh.expert={expert}; use mesh.expert=1 (data or tensor may split)")
   for size, axis, field, value in checks:
     if size != -1 and value % size:
       raise ConfigError(f"{field}={value} is not divisible by mesh.{axis}={size}; use a "

@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from moe_serve.model import layers
+from moe_serve.model import invariant, layers
 from moe_serve.model.parts import Part
 
 _MASKED = -1e30  # finite, so fully masked (padding) rows give a uniform softmax, not NaN
@@ -79,6 +79,88 @@ def attend(q_BxLxNxH, k_BxMxHxJ, v_BxMxJxH, mask_BxLxJ):
   probs_BxMxQxLxJ = jax.nn.softmax(logits_BxMxQxLxJ, axis=-1)
   out_BxLxMxQxH = jnp.einsum("bmqlj,bmjh->blmqh", probs_BxMxQxLxJ, v_BxMxJxH)
   return out_BxLxMxQxH.reshape(b, length, n, h)
+
+
+def attend_chunked(q_BxLxNxH, chunk_at, num_chunks, num_kv_heads):
+  """The batch-invariant `attend` (model.batch_invariant): keys in chunks of KV_CHUNK positions,
+  `chunk_at(c)` -> (keys [B, M, H, KV_CHUNK], values [B, M, KV_CHUNK, H], mask [B, L, KV_CHUNK])
+  of chunk c, folded in position order with an online softmax. Returns [B, L, N, H].
+
+  Every sum is `invariant.sum_terms` over a fixed number of terms (H for a score, KV_CHUNK for a
+  chunk's weights and values), so a query's bits depend on its own keys only, not on B, L or
+  how many chunks run. A chunk whose keys are all masked for a query leaves its running state
+  exactly unchanged (max unchanged, rescale exp(0) = 1, weights exp(-1e30 - max) = 0): a longer
+  kv bucket only runs more chunks that change nothing. Decode and prefill queries run the same
+  expression, so a token's attention has the same bits in either part (recompute after
+  preemption gives the same keys and values).
+  """
+  b, length, n, h = q_BxLxNxH.shape
+  m = num_kv_heads
+  q_BxMxQxLxH = jnp.transpose(q_BxLxNxH.reshape(b, length, m, n // m, h).astype(jnp.float32),
+                              (0, 2, 3, 1, 4))
+  scale = h**-0.5
+
+  def fold(c, state):
+    max_BxMxQxL, sum_BxMxQxL, out_BxMxQxLxH = state
+    k_BxMxHxJ, v_BxMxJxH, mask_BxLxJ = chunk_at(c)
+    k_BxMxHxJ, v_BxMxJxH = k_BxMxHxJ.astype(jnp.float32), v_BxMxJxH.astype(jnp.float32)
+    logits_BxMxQxLxJ = invariant.sum_terms(
+        [q_BxMxQxLxH[..., i, None] * k_BxMxHxJ[:, :, None, None, i] for i in range(h)]) * scale
+    logits_BxMxQxLxJ = jnp.where(mask_BxLxJ[:, None, None], logits_BxMxQxLxJ, _MASKED)
+    new_max_BxMxQxL = jnp.maximum(max_BxMxQxL, jnp.max(logits_BxMxQxLxJ, axis=-1))
+    rescale_BxMxQxL = jnp.exp(max_BxMxQxL - new_max_BxMxQxL)
+    probs_BxMxQxLxJ = jnp.exp(logits_BxMxQxLxJ - new_max_BxMxQxL[..., None])
+    j = probs_BxMxQxLxJ.shape[-1]
+    new_sum = sum_BxMxQxL * rescale_BxMxQxL + invariant.sum_terms(
+        [probs_BxMxQxLxJ[..., i] for i in range(j)])
+    new_out = out_BxMxQxLxH * rescale_BxMxQxL[..., None] + invariant.sum_terms(
+        [probs_BxMxQxLxJ[..., i, None] * v_BxMxJxH[:, :, None, None, i] for i in range(j)])
+    return new_max_BxMxQxL, new_sum, new_out
+
+  init = (jnp.full(q_BxMxQxLxH.shape[:-1], -jnp.inf, jnp.float32),
+          jnp.zeros(q_BxMxQxLxH.shape[:-1], jnp.float32), jnp.zeros_like(q_BxMxQxLxH))
+  _, sum_BxMxQxL, out_BxMxQxLxH = jax.lax.fori_loop(0, num_chunks, fold, init)
+  out_BxMxQxLxH = out_BxMxQxLxH / sum_BxMxQxL[..., None]
+  return jnp.transpose(out_BxMxQxLxH, (0, 3, 1, 2, 4)).reshape(b, length, n, h)
+
+
+def _chunks_of(k_BxMxHxJ, v_BxMxJxH, mask_BxLxJ):
+  """`attend_chunked`'s (chunk_at, num_chunks) over whole arrays, J padded with masked keys."""
+  j = k_BxMxHxJ.shape[-1]
+  pad = -j % invariant.KV_CHUNK
+  k_BxMxHxJ = jnp.pad(k_BxMxHxJ, [(0, 0)] * 3 + [(0, pad)])
+  v_BxMxJxH = jnp.pad(v_BxMxJxH, [(0, 0), (0, 0), (0, pad), (0, 0)])
+  mask_BxLxJ = jnp.pad(mask_BxLxJ, [(0, 0), (0, 0), (0, pad)])
+  size = invariant.KV_CHUNK
+  chunk_at = lambda c: (jax.lax.dynamic_slice_in_dim(k_BxMxHxJ, c * size, size, axis=3),
+                        jax.lax.dynamic_slice_in_dim(v_BxMxJxH, c * size, size, axis=2),
+                        jax.lax.dynamic_slice_in_dim(mask_BxLxJ, c * size, size, axis=2))
+  return chunk_at, (j + pad) // size
+
+
+def attend_cache_chunked(q_BxLxNxH, cache_layer, part: Part, kv_len=None):
+  """`attend_cache` in the batch-invariant mode: each row reads its own slot's cache positions
+  chunk by chunk (the first kv_len, rounded up to whole chunks). Returns [B, L, N, H].
+
+  With model.max_len a multiple of KV_CHUNK the chunks are read in place; otherwise the layer is
+  first padded with masked positions (a copy per layer and step: pick such a max_len)."""
+  size = invariant.KV_CHUNK
+  max_len = cache_layer["v"].shape[_position_axis("v")]
+  num_chunks = -(-(kv_len or max_len) // size)
+  if max_len % size:
+    cache_layer = {w: jnp.pad(a, [(0, -max_len % size) if i == _position_axis(w) else (0, 0)
+                                  for i in range(a.ndim)]) for w, a in cache_layer.items()}
+  slots_B = part.slots_B
+
+  def chunk_at(c):
+    start = c * size
+    k_BxMxHxJ, v_BxMxJxH = (
+        jax.lax.dynamic_slice_in_dim(cache_layer[w], start, size, axis=_position_axis(w))[slots_B]
+        for w in ("k", "v"))
+    key_pos_J = start + jnp.arange(size, dtype=jnp.int32)
+    return k_BxMxHxJ, v_BxMxJxH, key_pos_J[None, None, :] <= part.positions_BxL[:, :, None]
+
+  return attend_chunked(q_BxLxNxH, chunk_at, num_chunks, cache_layer["k"].shape[1])
 
 
 def attend_cache(q_BxLxNxH, cache_layer, part: Part, kv_len=None):
@@ -136,6 +218,7 @@ class Attention(nn.Module):
   bias: bool = False  # q/k/v projection bias (Qwen2-MoE)
   qk_norm: str = "none"  # RMSNorm on q and k before rotary: none | head (over H) | full (N*H)
   norm_eps: float = 1e-6
+  invariant: bool = False  # model.batch_invariant: row-tiled projections, chunked attention
 
   @nn.compact
   def __call__(self, xs_BxLxD, parts: Sequence[Part], cache_layer=None, kv_len=None):
@@ -159,17 +242,16 @@ class Attention(nn.Module):
       bias_v = layers.param_with_axes(self, "bv", (m, h), ("kv_heads", "head_dim"), zeros)
     q_norm = k_norm = None
     if self.qk_norm == "head":  # one scale [H] shared by the heads (Qwen3-MoE)
-      q_norm = layers.RMSNorm(self.norm_eps, name="q_norm")
-      k_norm = layers.RMSNorm(self.norm_eps, name="k_norm")
+      q_norm = layers.RMSNorm(self.norm_eps, self.invariant, name="q_norm")
+      k_norm = layers.RMSNorm(self.norm_eps, self.invariant, name="k_norm")
     elif self.qk_norm == "full":  # over all heads at once, scales [N*H] and [M*H] (OLMoE)
-      q_norm = _across_heads(layers.RMSNorm(self.norm_eps, name="q_norm"))
-      k_norm = _across_heads(layers.RMSNorm(self.norm_eps, name="k_norm"))
+      q_norm = _across_heads(layers.RMSNorm(self.norm_eps, self.invariant, name="q_norm"))
+      k_norm = _across_heads(layers.RMSNorm(self.norm_eps, self.invariant, name="k_norm"))
 
     def project(x_BxLxD, part):
       x = x_BxLxD.astype(dt)
-      q_BxLxNxH = jnp.einsum("bld,dnh->blnh", x, wq.astype(dt))
-      k_BxLxMxH = jnp.einsum("bld,dmh->blmh", x, wk.astype(dt))
-      v_BxLxMxH = jnp.einsum("bld,dmh->blmh", x, wv.astype(dt))
+      q_BxLxNxH, k_BxLxMxH, v_BxLxMxH = (invariant.matmul(x, w.astype(dt), self.invariant)
+                                         for w in (wq, wk, wv))
       if self.bias:
         q_BxLxNxH += bias_q.astype(dt)
         k_BxLxMxH += bias_k.astype(dt)
@@ -190,8 +272,11 @@ class Attention(nn.Module):
         causal = part.positions_BxL[:, None, :] <= part.positions_BxL[:, :, None]
         valid_BxL = part.segment_ids_BxL >= 0
         mask_BxLxJ = same_seg & causal & valid_BxL[:, None, :]  # J = L: the part's own keys
-        outs[i] = attend(q_BxLxNxH, jnp.transpose(k_BxLxMxH, (0, 2, 3, 1)),
-                         jnp.transpose(v_BxLxMxH, (0, 2, 1, 3)), mask_BxLxJ)
+        kv = (jnp.transpose(k_BxLxMxH, (0, 2, 3, 1)), jnp.transpose(v_BxLxMxH, (0, 2, 1, 3)))
+        if self.invariant:
+          outs[i] = attend_chunked(q_BxLxNxH, *_chunks_of(*kv, mask_BxLxJ), m)
+        else:
+          outs[i] = attend(q_BxLxNxH, *kv, mask_BxLxJ)
     else:
       for i in live:
         part, (_, k_BxLxMxH, v_BxLxMxH) = parts[i], qkv[i]
@@ -199,8 +284,9 @@ class Attention(nn.Module):
         new = {"k": k_BxLxMxH, "v": v_BxLxMxH}
         cache_layer = {c: write_cache(cache_layer[c], c, part.slots_B, part.positions_BxL,
                                       valid_BxL, new[c]) for c in ("k", "v")}
+      read = attend_cache_chunked if self.invariant else attend_cache
       for i in live:
-        outs[i] = attend_cache(qkv[i][0], cache_layer, parts[i], kv_len)
-    ys = [jnp.einsum("blnh,nhd->bld", outs[i].astype(dt), wo.astype(dt)) if i in outs
-          else jnp.zeros_like(x) for i, x in enumerate(xs_BxLxD)]
+        outs[i] = read(qkv[i][0], cache_layer, parts[i], kv_len)
+    ys = [invariant.matmul(outs[i].astype(dt), wo.astype(dt), self.invariant, axes=2)
+          if i in outs else jnp.zeros_like(x) for i, x in enumerate(xs_BxLxD)]
     return ys, cache_layer

@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from moe_serve.model import invariant as invariant_lib
 from moe_serve.model import routing as routing_lib
 
 # Rows per block. On the 2-core AVX2 CPU (tiny Mixtral shapes, D 256, F 512, T 64 and 192),
@@ -59,10 +60,11 @@ def layout(expert_index_TxK, slot_TxK, kept_TxK, num_experts, block_rows=BLOCK_R
   return src_R, row_TxK, first_E, end_E
 
 
-def sorted_dispatch(x_TxD, routing, w, slot_TxK, block_rows=BLOCK_ROWS):
+def sorted_dispatch(x_TxD, routing, w, slot_TxK, block_rows=BLOCK_ROWS, invariant=False):
   """Executes `routing` expert by expert, block by block (see the module docstring): [T, D] ->
   [T, D] float32 sums cast back to x's dtype. `w`: dispatch.ExpertWeights; `slot_TxK`:
-  dispatch.buffer_slots."""
+  dispatch.buffer_slots; `invariant` (model.batch_invariant): a token's K outputs are added in
+  choice order as elementwise ops (invariant.sum_terms) rather than by a contraction."""
   t, d = x_TxD.shape
   e, m = w.w_gate_ExDxF.shape[0], block_rows
   src_R, row_TxK, first_E, end_E = layout(routing.expert_index, slot_TxK, routing.kept, e, m)
@@ -90,5 +92,10 @@ def sorted_dispatch(x_TxD, routing, w, slot_TxK, block_rows=BLOCK_ROWS):
   y_NxMxD = jax.lax.fori_loop(0, jnp.sum(in_use_E), expert, jnp.zeros_like(x_NxMxD))
   y_RxD = jnp.concatenate([y_NxMxD.reshape(n * m, d), jnp.zeros((1, d), dt)])
   weight_TxK = jnp.where(routing.kept, routing.combine_weight, 0.0)
-  y_TxD = jnp.einsum("tkd,tk->td", y_RxD[row_TxK].astype(jnp.float32), weight_TxK)
+  y_TxKxD = y_RxD[row_TxK].astype(jnp.float32)
+  if invariant:
+    y_TxD = invariant_lib.sum_terms([y_TxKxD[:, i] * weight_TxK[:, i, None]
+                                     for i in range(weight_TxK.shape[1])])
+  else:
+    y_TxD = jnp.einsum("tkd,tk->td", y_TxKxD, weight_TxK)
   return y_TxD.astype(x_TxD.dtype)

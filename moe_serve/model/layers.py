@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from moe_serve.model import invariant
+
 
 def dtype_of(name):
   """The jnp dtype a config names (`model.dtype`: float32 or bfloat16)."""
@@ -44,15 +46,25 @@ def logical_axis_size(name):
 
 
 class RMSNorm(nn.Module):
-  """Root-mean-square normalisation over the last axis (in float32) with a learned scale."""
+  """Root-mean-square normalisation over the last axis (in float32) with a learned scale;
+  `invariant` (model.batch_invariant): on fixed row tiles, so the mean's reduction has one shape
+  whatever the number of rows (invariant.py)."""
   eps: float = 1e-6
+  invariant: bool = False
 
   @nn.compact
   def __call__(self, x_xD):
     scale_D = param_with_axes(self, "scale", (x_xD.shape[-1],), ("norm",), nn.initializers.ones)
-    x32 = x_xD.astype(jnp.float32)
-    inv = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return (x32 * inv * scale_D).astype(x_xD.dtype)
+
+    def norm(x_TxD, scale_D):
+      x32 = x_TxD.astype(jnp.float32)
+      inv = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+      return (x32 * inv * scale_D).astype(x_TxD.dtype)
+
+    if not self.invariant:
+      return norm(x_xD, scale_D)
+    d = x_xD.shape[-1]
+    return invariant.row_tiled(norm, x_xD.reshape(-1, d), scale_D).reshape(x_xD.shape)
 
 
 def rotary(x_BxLxNxH, pos_BxL, theta):
@@ -67,9 +79,11 @@ def rotary(x_BxLxNxH, pos_BxL, theta):
 
 
 class SwiGLU(nn.Module):
-  """Dense gated FFN: (silu(x W_gate) * x W_up) W_down."""
+  """Dense gated FFN: (silu(x W_gate) * x W_up) W_down; `invariant` (model.batch_invariant):
+  on fixed row tiles (invariant.py)."""
   d_ff: int
   dtype: str = "float32"
+  invariant: bool = False
 
   @nn.compact
   def __call__(self, x_TxD):
@@ -78,6 +92,7 @@ class SwiGLU(nn.Module):
     w_gate_DxF = param_with_axes(self, "w_gate", (d, self.d_ff), ("embed", "mlp"))
     w_up_DxF = param_with_axes(self, "w_up", (d, self.d_ff), ("embed", "mlp"))
     w_down_FxD = param_with_axes(self, "w_down", (self.d_ff, d), ("mlp", "embed"))
-    x = x_TxD.astype(dt)
-    h_TxF = nn.silu(x @ w_gate_DxF.astype(dt)) * (x @ w_up_DxF.astype(dt))
-    return h_TxF @ w_down_FxD.astype(dt)
+    ffn = lambda x, w_gate_DxF, w_up_DxF, w_down_FxD: (
+        nn.silu(x @ w_gate_DxF) * (x @ w_up_DxF)) @ w_down_FxD
+    args = [a.astype(dt) for a in (x_TxD, w_gate_DxF, w_up_DxF, w_down_FxD)]
+    return invariant.row_tiled(ffn, *args) if self.invariant else ffn(*args)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from absl import logging
 
 from moe_serve.model import dispatch, dispatch_soft, layers, routing
+from moe_serve.model import invariant as invariant_lib
 
 _warned_non_causal = set()
 
@@ -91,14 +92,16 @@ class MoE(nn.Module):
     if r.jitter > 0 and self.has_rng("jitter"):  # training only: serving never passes the rng
       router_in_TxD *= jax.random.uniform(self.make_rng("jitter"), router_in_TxD.shape,
                                           minval=1.0 - r.jitter, maxval=1.0 + r.jitter)
-    logits_TxE = router_in_TxD @ w_router_DxE
-    rt = routing.route(logits_TxE, segment_ids_T, r, num_decode, token_ids_T, forced_TxK)
+    invariant = m.get("batch_invariant", False)
+    logits_TxE = invariant_lib.matmul(router_in_TxD, w_router_DxE, invariant)
+    rt = routing.route(logits_TxE, segment_ids_T, r, num_decode, token_ids_T, forced_TxK,
+                       invariant)
 
     w = Experts(m.num_experts, m.d_model, m.d_ff_expert, name="experts")()
     x = x_TxD.astype(layers.dtype_of(m.dtype))
     capacity = routing.buffer_capacity(r, m.num_experts, t, num_decode, row_shapes)
     y_TxD = dispatch.run(r.dispatch, x, rt, w, capacity, r, num_decode,
-                         row_shapes).astype(x_TxD.dtype)
+                         row_shapes, invariant).astype(x_TxD.dtype)
     if m.shared_expert:
       y_TxD = y_TxD + self._shared(x_TxD)
 
@@ -126,10 +129,13 @@ class MoE(nn.Module):
     """The shared expert every token passes through (width d_ff_shared, or d_ff_expert if 0),
     times sigmoid(x . w_shared_gate) when model.shared_expert_gate is set (Qwen2-MoE)."""
     m = self.cfg
-    y_TxD = layers.SwiGLU(m.d_ff_shared or m.d_ff_expert, m.dtype, name="shared_expert")(x_TxD)
+    invariant = m.get("batch_invariant", False)
+    y_TxD = layers.SwiGLU(m.d_ff_shared or m.d_ff_expert, m.dtype, invariant,
+                          name="shared_expert")(x_TxD)
     if m.shared_expert_gate:
       w_D = layers.param_with_axes(self, "w_shared_gate", (m.d_model,), ("embed",))
-      gate_T = jax.nn.sigmoid(x_TxD.astype(jnp.float32) @ w_D.astype(jnp.float32))
+      gate_T = jax.nn.sigmoid(invariant_lib.matmul(x_TxD.astype(jnp.float32),
+                                                   w_D.astype(jnp.float32), invariant))
       y_TxD = (y_TxD.astype(jnp.float32) * gate_T[:, None]).astype(y_TxD.dtype)
     return y_TxD
 

@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from moe_serve.model import invariant as invariant_lib
+
 MILLI = 1000  # capacity factors are exact multiples of 1/MILLI (checked in config.py)
 
 
@@ -179,10 +181,22 @@ def _hash_experts(token_ids_T, k, num_experts):
   return (first_T[:, None] + jnp.arange(k, dtype=jnp.int32)) % num_experts
 
 
-def _choose(logits_TxE, cfg, token_ids_T, forced_T=None, forced_index_TxK=None):
+def _choose(logits_TxE, cfg, token_ids_T, forced_T=None, forced_index_TxK=None,
+            invariant=False):
   """Top-k (or hashed) experts and weights before capacity, and each token's top-1 router
   probability (the `score` priority, taken before renormalisation): [T, K], [T, K], [T].
-  Tokens with `forced_T` take the experts `forced_index_TxK` instead."""
+  Tokens with `forced_T` take the experts `forced_index_TxK` instead. `invariant`
+  (model.batch_invariant): on fixed row tiles, so the softmax's sums have one shape."""
+  if invariant:
+    args = (logits_TxE, token_ids_T, forced_T, forced_index_TxK)
+    given = tuple(a for a in args if a is not None)
+
+    def tile(xs):
+      it = iter(xs)
+      logits, *rest = [None if a is None else next(it) for a in args]
+      return _choose(logits, cfg, *rest)
+
+    return invariant_lib.row_tiled(tile, given)
   probs_TxE = jax.nn.softmax(logits_TxE.astype(jnp.float32), axis=-1)
   if cfg.kind == "hash":
     index_TxK = _hash_experts(token_ids_T, cfg.k, logits_TxE.shape[-1])
@@ -214,14 +228,15 @@ def _priority_order(cfg, index_TxK, top1_T):
   return (choice_TxK, jnp.broadcast_to(rank_T[:, None], (t, k)))
 
 
-def _route_topk(logits_TxE, segment_ids_T, cfg, num_decode, token_ids_T, forced_TxK=None):
+def _route_topk(logits_TxE, segment_ids_T, cfg, num_decode, token_ids_T, forced_TxK=None,
+                invariant=False):
   forced_T = forced_kept_TxK = forced_index_TxK = None
   if forced_TxK is not None:
     forced_TxK = jnp.asarray(forced_TxK, jnp.int32)
     forced_T = (forced_TxK != 0).any(-1)
     forced_index_TxK, forced_kept_TxK = jnp.abs(forced_TxK) - 1, forced_TxK > 0
   index_TxK, weight_TxK, top1_T = _choose(logits_TxE, cfg, token_ids_T, forced_T,
-                                          forced_index_TxK)
+                                          forced_index_TxK, invariant)
   valid_TxK = jnp.broadcast_to((segment_ids_T >= 0)[:, None], index_TxK.shape)
   if cfg.capacity_scope == "none":
     kept_TxK = valid_TxK
@@ -257,7 +272,8 @@ def _route_expert_choice(logits_TxE, segment_ids_T, cfg, num_decode):
   return Routing(expert_TxE, jnp.where(kept_TxE, probs_TxE, 0.0), kept_TxE)
 
 
-def route(logits_TxE, segment_ids_T, cfg, num_decode=0, token_ids_T=None, forced_TxK=None):
+def route(logits_TxE, segment_ids_T, cfg, num_decode=0, token_ids_T=None, forced_TxK=None,
+          invariant=False):
   """Routes a flat token set. Returns a `Routing`.
 
   Args:
@@ -267,6 +283,8 @@ def route(logits_TxE, segment_ids_T, cfg, num_decode=0, token_ids_T=None, forced
     num_decode: static count of leading decode positions (they use capacity_factor_decode).
     token_ids_T: int32 token ids, needed only by the `hash` router.
     forced_TxK: replay codes (module docstring), topk/hash routers only; None = none forced.
+    invariant: model.batch_invariant (a topk/hash token's choice and weights on fixed row
+      tiles; model/invariant.py).
   """
   segment_ids_T = jnp.asarray(segment_ids_T, jnp.int32)
   if cfg.kind == "expert_choice":
@@ -274,7 +292,8 @@ def route(logits_TxE, segment_ids_T, cfg, num_decode=0, token_ids_T=None, forced
       raise ValueError("routing replay (forced_TxK) needs a topk or hash router")
     return _route_expert_choice(logits_TxE, segment_ids_T, cfg, num_decode)
   if cfg.kind in ("topk", "hash"):
-    return _route_topk(logits_TxE, segment_ids_T, cfg, num_decode, token_ids_T, forced_TxK)
+    return _route_topk(logits_TxE, segment_ids_T, cfg, num_decode, token_ids_T, forced_TxK,
+                       invariant)
   raise ValueError(f"model.router.kind={cfg.kind!r} has no routing here; use topk, hash or "
                    "expert_choice (soft goes through dispatch_soft.soft_moe)")
 

@@ -12,6 +12,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from moe_serve.model import invariant as invariant_lib
 from moe_serve.model import layers
 from moe_serve.model.attention import Attention
 from moe_serve.model.moe import MoE
@@ -38,15 +39,16 @@ class Block(nn.Module):
                record_routing=False, rows_are_requests=False, kv_len=None,
                forced_TxK=None):
     m = self.cfg
+    invariant = m.get("batch_invariant", False)
     attn = Attention(m.num_heads, m.num_kv_heads, m.head_dim, m.rope_theta, m.dtype,
-                     m.attn_bias, m.qk_norm, m.norm_eps, name="attn")
-    norm_attn = layers.RMSNorm(m.norm_eps, name="norm_attn")
+                     m.attn_bias, m.qk_norm, m.norm_eps, invariant, name="attn")
+    norm_attn = layers.RMSNorm(m.norm_eps, invariant, name="norm_attn")
     ys, cache_layer = attn([norm_attn(x) for x in xs], parts, cache_layer, kv_len)
     new_xs = [x + y for x, y in zip(xs, ys)]
     order = FlatOrder.of(new_xs)  # [B, L, D] per part -> [T, D]
     x_TxD, seg_T = order.flatten(new_xs), order.flatten([p.segment_ids_BxL for p in parts])
     x_TxD = layers.constrain(x_TxD, ("activation_tokens", "activation_embed"))
-    h_TxD = layers.RMSNorm(m.norm_eps, name="norm_ffn")(x_TxD)
+    h_TxD = layers.RMSNorm(m.norm_eps, invariant, name="norm_ffn")(x_TxD)
     if self.use_moe:
       # Decode tokens lead the flat set; the MoE gives them capacity_factor_decode.
       num_decode = order.start(num_decode_parts)
@@ -57,7 +59,7 @@ class Block(nn.Module):
       y_TxD = MoE(m, name="moe")(h_TxD, seg_T, num_decode, token_ids_T, record_routing,
                                  row_shapes, forced_TxK)
     else:
-      y_TxD = layers.SwiGLU(m.d_ff, m.dtype, name="mlp")(h_TxD)
+      y_TxD = layers.SwiGLU(m.d_ff, m.dtype, invariant, name="mlp")(h_TxD)
     return order.unflatten(x_TxD + y_TxD), cache_layer
 
 
@@ -95,14 +97,15 @@ class Decoder(nn.Module):
           xs, parts, cache_layer, num_decode_parts, record_routing, rows_are_requests, kv_len,
           forced_TxK)
       new_layers.append(cache_layer)
-    final_norm = layers.RMSNorm(m.norm_eps, name="final_norm")
+    final_norm = layers.RMSNorm(m.norm_eps, m.get("batch_invariant", False),
+                                name="final_norm")
     if m.tie_embeddings:
       unembed_DxV = embedding_VxD.T * (m.d_model**-0.5 if m.tied_logit_scale else 1.0)
     else:
       unembed_DxV = layers.param_with_axes(self, "unembed", (m.d_model, m.vocab_size),
                                            ("embed", "vocab"))
-    logits = [jnp.einsum("bld,dv->blv", final_norm(x).astype(jnp.float32), unembed_DxV)
-              for x in xs]
+    logits = [invariant_lib.matmul(final_norm(x).astype(jnp.float32), unembed_DxV,
+                                   m.get("batch_invariant", False)) for x in xs]
     if cache is not None:
       cache = dict(cache, layers=new_layers)
     return logits, cache
