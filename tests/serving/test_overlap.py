@@ -1,10 +1,12 @@
 """The overlapped loop (serve.overlap) writes exactly the records the plain loop writes.
 
 Each case runs one workload through two engines, overlap off and on, and compares every record
-but wall time; the cases cover what can make a step launched ahead wrong (an EOS, a guessed
-duration that admits a request early or late, preemption, capacity drops that change the cost
-model's duration) and what reads a step's outputs besides the tokens (routing records, prompt
-logprobs, a stop_after cut).
+but wall time. The cases cover what makes a step launched ahead wrong, each asserted to have
+dropped one (Engine.overlap_misses): an EOS, and a guessed duration that admits a request early
+or late (a hand-built timeline); what planning ahead must put back and the guess must follow,
+without a miss in that case: preemption, and capacity drops that change the cost model's
+duration; and what reads a step's outputs besides the tokens (routing records, prompt logprobs,
+a stop_after cut).
 """
 import dataclasses
 import json
@@ -14,17 +16,18 @@ import numpy as np
 from moe_serve.model import api
 from moe_serve.parallel import compiles
 from moe_serve.serving import clock as clock_lib
+from moe_serve.serving import request as request_lib
 from moe_serve.serving import run as run_lib
 from moe_serve.serving.engine import Engine
 from tests.serving.conftest import tiny_serve_cfg
 
 
-def _engine(cfg, tiny_model, overlap):
+def _engine(cfg, tiny_model, overlap, clock_cls=clock_lib.Clock):
   step_fn, params = tiny_model
   cfg = cfg.copy_and_resolve_references()
   cfg.serve.overlap = overlap
   engine = Engine(cfg, step_fn, params, api.init_cache(cfg.model, cfg.serve.max_num_seqs),
-                  clock_lib.Clock(cfg.clock))
+                  clock_cls(cfg.clock))
   engine.warmup()
   return engine
 
@@ -33,11 +36,11 @@ def _records(log):
   return json.dumps([log.requests, log.steps], sort_keys=True)
 
 
-def _both(cfg, tiny_model, requests=None, **run_kw):
+def _both(cfg, tiny_model, requests=None, clock_cls=clock_lib.Clock, **run_kw):
   """(plain log, overlapped log, overlapped engine) for one workload."""
   requests = requests if requests is not None else run_lib.make_requests(cfg)
-  plain = _engine(cfg, tiny_model, False).run(requests, **run_kw)
-  engine = _engine(cfg, tiny_model, True)
+  plain = _engine(cfg, tiny_model, False, clock_cls).run(requests, **run_kw)
+  engine = _engine(cfg, tiny_model, True, clock_cls)
   return plain, engine.run(requests, **run_kw), engine
 
 
@@ -62,6 +65,34 @@ def test_eos_arrivals_and_buckets_give_the_same_records(tiny_model):
   assert _records(over) == _records(plain)
   # Each EOS made the step launched ahead wrong: it was dropped and the right one run.
   assert 0 < engine.overlap_misses < len(plain.steps) / 2
+
+
+class _ShapeTimedClock(clock_lib.Clock):
+  """The measured clock with a made-up wall time that follows the step's shape, so that a run is
+  reproducible: a step with prefill rows takes 40 ms, a decode-only step 10 ms."""
+
+  def step_duration(self, features, wall_s):
+    return 0.04 if features["prefill_tokens"] else 0.01
+
+
+def test_wrongly_guessed_durations_admit_requests_late_or_early(tiny_model):
+  """Under the measured clock a step launched ahead is planned at the end of the step before as
+  guessed from the last duration (0 for the first step). A (arrives at 0 ms) is prefilled in
+  step 0, 40 ms guessed 0: the step planned ahead at 0 ms lacks B (20 ms), the real plan at 40
+  ms admits it. Step 2 decodes A and B, 10 ms guessed 40: the step planned ahead at 120 ms
+  admits C (105 ms), the real plan at 90 ms does not. No EOS, no preemption, no stop: those two
+  misses are the guesses', and the dropped steps leave the records as they are."""
+  cfg = tiny_serve_cfg(ignore_eos=True)
+  cfg.clock.mode = "measured"
+  prompt = tuple(range(3, 11))  # one chunk
+  requests = [request_lib.Request(i, prompt, 4, arrival=t, domain="add")
+              for i, t in enumerate((0.0, 0.02, 0.105))]
+  plain, over, engine = _both(cfg, tiny_model, requests, _ShapeTimedClock)
+  admitted = [(round(s["t"], 6), s["admitted"]) for s in plain.steps if s["admitted"]]
+  assert admitted == [(0.0, [0]), (0.04, [1]), (0.11, [2])]
+  assert sum(r["preemptions"] for r in plain.requests) == 0
+  assert engine.overlap_misses == 2
+  assert _records(over) == _records(plain)
 
 
 def test_capacity_drops_preemption_and_prompt_logprobs_give_the_same_records(tiny_model):

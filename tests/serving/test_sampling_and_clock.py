@@ -44,6 +44,34 @@ def test_greedy_fast_path_gives_the_general_paths_tokens_and_logprobs():
     np.testing.assert_array_equal(a[greedy], b[greedy])
 
 
+def test_greedy_rows_beside_sampled_rows_take_the_argmax_of_tied_logits():
+  """One sampled row sends every row through the general sampler, where temperature 0 must
+  still be the argmax, not a draw at a tiny temperature: greedy rows whose top two logits are
+  tied take the lower id, rows whose top two are one float32 step apart take the larger (put at
+  the higher id, so the tie rule alone would get it wrong), at any seed and position, with the
+  model's logprob. A draw would pick the other id of the pair about half the time."""
+  rng = np.random.default_rng(3)
+  r = 256
+  logits_RxV = rng.normal(size=(r, V)).astype(np.float32)  # sampled rows: drawn as they are
+  temps = np.where(np.arange(r) % 2 == 1, 1.0, 0.0).astype(np.float32)
+  greedy = np.flatnonzero(temps == 0)
+  want = np.zeros(r, np.int64)
+  for n, i in enumerate(greedy):
+    lo, hi = np.sort(rng.choice(V, 2, replace=False))
+    logits_RxV[i] -= 4.0  # every other logit well below the pair
+    logits_RxV[i, lo] = 3.0
+    logits_RxV[i, hi] = 3.0 if n % 2 == 0 else np.nextafter(np.float32(3.0), np.float32(4.0))
+    want[i] = lo if n % 2 == 0 else hi
+  seeds, positions = rng.integers(0, 2**31, r), rng.integers(0, 4096, r)
+  toks, lps = _sample(logits_RxV, seeds, positions, temps, 0, 1.0)
+  np.testing.assert_array_equal(toks[greedy], want[greedy])
+  x = logits_RxV[greedy].astype(np.float64)
+  ls = x - x.max(-1, keepdims=True)
+  ls -= np.log(np.exp(ls).sum(-1, keepdims=True))
+  np.testing.assert_allclose(lps[greedy], ls[np.arange(len(greedy)), want[greedy]], atol=1e-5)
+  assert len(set(toks[temps > 0])) > V // 2  # the sampled rows did draw
+
+
 def test_a_row_samples_the_same_in_any_batch():
   seeds, pos = np.arange(8) + 11, np.arange(8) * 3
   toks, lps = _sample(LOGITS, seeds, pos, 1.0, 10, 0.9)

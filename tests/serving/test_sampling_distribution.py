@@ -69,7 +69,9 @@ def test_draws_follow_the_filtered_tempered_softmax(top_k, top_p):
 
 
 def test_temperature_zero_is_argmax_with_ties_to_the_lowest_id():
-  """Greedy rows never draw: a tie for the maximum goes to the lowest id whatever the seed."""
+  """Greedy rows never draw: a tie for the maximum goes to the lowest id whatever the seed. Every
+  row here is greedy (the argmax-only fast path); test_sampling_and_clock.py has greedy rows
+  beside sampled ones (the general sampler)."""
   tied_V = np.zeros(V, np.float32)
   tied_V[[2, 7]] = 1.0
   toks = _draw(tied_V, np.arange(200), np.arange(200), 0.0)
