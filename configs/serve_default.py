@@ -54,8 +54,9 @@ def get_config(arg=None):
       overlap=False,
       tensorboard=False,
       plots=True,  # PNGs under <workdir>/plots (latency CDFs, load over time); needs matplotlib
-      # Step shapes: decode rows B, prefill rows P, chunk length C. One value each = fixed
-      # shapes (what the batch-invariance contract needs). Chunks are max(chunk_lens) long.
+      # Step shapes: decode rows B, prefill rows P, chunk length C. With model.batch_invariant
+      # a request's bits do not depend on them; without it only one value each (fixed shapes)
+      # and one kv length keep them (docs/design.md contract 2). Chunks are max(chunk_lens) long.
       buckets=ml_collections.ConfigDict(dict(
           decode_rows=(8,) if tiny else (64,),
           prefill_rows=(0, 2) if tiny else (0, 4),

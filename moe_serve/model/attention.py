@@ -106,10 +106,14 @@ def attend_chunked(q_BxLxNxH, chunk_at, num_chunks, num_kv_heads):
     k_BxMxHxJ, v_BxMxJxH = k_BxMxHxJ.astype(jnp.float32), v_BxMxJxH.astype(jnp.float32)
     logits_BxMxQxLxJ = invariant.sum_terms(
         [q_BxMxQxLxH[..., i, None] * k_BxMxHxJ[:, :, None, None, i] for i in range(h)]) * scale
+    # Barriers keep the scores and weights as arrays: fused into the H-term value sums, XLA
+    # recomputed them per term (the serving mixed step took 1.7x; 1.07x with the barriers).
     logits_BxMxQxLxJ = jnp.where(mask_BxLxJ[:, None, None], logits_BxMxQxLxJ, _MASKED)
+    logits_BxMxQxLxJ = jax.lax.optimization_barrier(logits_BxMxQxLxJ)
     new_max_BxMxQxL = jnp.maximum(max_BxMxQxL, jnp.max(logits_BxMxQxLxJ, axis=-1))
     rescale_BxMxQxL = jnp.exp(max_BxMxQxL - new_max_BxMxQxL)
     probs_BxMxQxLxJ = jnp.exp(logits_BxMxQxLxJ - new_max_BxMxQxL[..., None])
+    probs_BxMxQxLxJ = jax.lax.optimization_barrier(probs_BxMxQxLxJ)
     j = probs_BxMxQxLxJ.shape[-1]
     new_sum = sum_BxMxQxL * rescale_BxMxQxL + invariant.sum_terms(
         [probs_BxMxQxLxJ[..., i] for i in range(j)])
@@ -150,13 +154,20 @@ def attend_cache_chunked(q_BxLxNxH, cache_layer, part: Part, kv_len=None):
   if max_len % size:
     cache_layer = {w: jnp.pad(a, [(0, -max_len % size) if i == _position_axis(w) else (0, 0)
                                   for i in range(a.ndim)]) for w, a in cache_layer.items()}
-  slots_B = part.slots_B
+
+  def rows_chunk(which, start):
+    """Chunk `start` of every row's slot: one gather of [B, ...] windows (not a slice of every
+    slot's chunk, then a gather of the rows)."""
+    cache, axis = cache_layer[which], _position_axis(which)
+    window = tuple(size if i == axis else (1 if i == 0 else n) for i, n in enumerate(cache.shape))
+    at = lambda slot: jax.lax.dynamic_slice(
+        cache, tuple(slot if i == 0 else (start if i == axis else 0) for i in range(cache.ndim)),
+        window)[0]
+    return jax.vmap(at)(part.slots_B)
 
   def chunk_at(c):
     start = c * size
-    k_BxMxHxJ, v_BxMxJxH = (
-        jax.lax.dynamic_slice_in_dim(cache_layer[w], start, size, axis=_position_axis(w))[slots_B]
-        for w in ("k", "v"))
+    k_BxMxHxJ, v_BxMxJxH = rows_chunk("k", start), rows_chunk("v", start)
     key_pos_J = start + jnp.arange(size, dtype=jnp.int32)
     return k_BxMxHxJ, v_BxMxJxH, key_pos_J[None, None, :] <= part.positions_BxL[:, :, None]
 
@@ -167,8 +178,9 @@ def attend_cache(q_BxLxNxH, cache_layer, part: Part, kv_len=None):
   """Attention of a part's queries over their slots' first `kv_len` cache positions (all of
   them by default): query at position p attends keys 0..p. Returns [B, L, N, H].
 
-  Masked keys weigh exactly 0, so fewer of them (a shorter kv_len) changes no output bit on the
-  backends we test (tests/serving/test_engine.py compares kv buckets bitwise). Decode rows that
+  Masked keys weigh exactly 0, but the softmax and the weighted sum reduce over kv_len positions,
+  so another kv_len sums in another order: a row's bits can change with the bucket (they do on
+  AVX-512 hosts). `attend_cache_chunked` (model.batch_invariant) is the invariant read. Decode rows that
   can fill every slot (L = 1, B >= S) attend in slot order, straight from the cache: their
   queries are scattered to their slots and the outputs gathered back, [B, N, H] each way, where
   gathering the rows' keys and values would copy [B, M, kv_len, H] twice per layer. Either way
