@@ -49,6 +49,8 @@ def model_identity(cfg):
   model = cfg.model.to_dict()
   model["router"] = {k: v for k, v in model["router"].items()
                      if k not in _FEATURE_FREE_ROUTER_KEYS}
+  if not model.get("batch_invariant", False):  # off = the kernels profiles were made with before
+    model.pop("batch_invariant", None)         # the option existed; on needs its own profile
   s = cfg.serve
   step = dict(record_routing=bool(s.record_routing), prompt_logprobs=bool(s.prompt_logprobs),
               replay_routing=bool(s.get("replay_routing", False)))
