@@ -65,8 +65,11 @@ class Sizes(NamedTuple):
 
 
 def setting_config(cfg, setting):
-  """A copy of a resolved serve config with `setting`'s mode and router scope, validated."""
+  """A copy of a resolved serve config with `setting`'s mode and router scope, validated. The
+  clock uses the config's round `coef` (no clock profile): every request arrives at t=0, so
+  virtual time changes no batch, and a profile exists only for some step options."""
   cfg = copy.deepcopy(cfg)
+  cfg.clock.profile = ""
   cfg.model.batch_invariant = setting.batch_invariant
   r = cfg.model.router
   r.capacity_scope = setting.capacity_scope
