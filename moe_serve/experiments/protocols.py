@@ -13,9 +13,9 @@ one unique output over all its runs.
 - `prefix` (SGLang): prompts sharing prefixes of different lengths (1/k .. k/k of a long prompt)
   with different tails, in `trials` batches of random compositions.
 Greedy protocols count unique token sequences (the peers compare text); the table also gives the
-unique log-prob sequences. Prompts are eval-set texts (moe_serve/data/eval_prompts.jsonl) encoded
-by the served model's tokenizer (bytes, or an HF directory's tokenizer.json), cut to
-`max_prompt_len` tokens; filler prompts are eval texts too, drawn at random.
+unique log-prob sequences. Prompts are eval-set texts (moe_serve/data/eval_prompts.jsonl) joined
+by newlines and encoded by the served model's tokenizer (bytes, or an HF directory's
+tokenizer.json), of random lengths up to `max_prompt_len` tokens; filler prompts are drawn alike.
 
 Settings (SETTINGS): `invariant` (model.batch_invariant on, capacity_scope none), `off` (the same
 with it off: nothing is claimed) and `invariant_batch` (on, scope batch at capacity factor 1.0:
@@ -55,11 +55,11 @@ SETTINGS = (
 
 
 class Sizes(NamedTuple):
-  trials: int = 3  # needle, mixed and prefix batches
-  batch_sizes: tuple = (1, 2, 4, 8)  # single's batches; needle and mixed draw up to the largest
+  trials: int = 4  # needle, mixed and prefix batches
+  batch_sizes: tuple = (1, 2, 4, 8, 16)  # single's batches; needle and mixed draw up to the largest
   num_prompts: int = 4  # bitwise, mixed and prefix prompts
   max_new_tokens: int = 16
-  max_prompt_len: int = 48
+  max_prompt_len: int = 160  # serve_default's prompt_len high: prompts reach every kv bucket
   temperature: float = 0.8  # bitwise only
   seed: int = 0
 
@@ -80,28 +80,35 @@ def setting_config(cfg, setting):
 
 
 class Prompts:
-  """Eval-set prompts encoded by `tok`, at most `max_len` tokens each."""
+  """Prompts of eval-set texts (joined by newlines until long enough) encoded by `tok`, of
+  random lengths up to `max_len` tokens, so that they span the config's kv buckets."""
 
   def __init__(self, tok, max_len):
     self.tok, self.max_len = tok, max_len
     self.texts = [ex.prompt for ex in eval_prompts.load()]
 
-  def encode(self, text, bos=True):
-    return list(self.tok.encode(text, bos=bos))[:self.max_len]
+  def _ids(self, length, rng, bos=True):
+    text = ""
+    while True:
+      text += ("\n" if text else "") + self.texts[int(rng.integers(len(self.texts)))]
+      ids = list(self.tok.encode(text, bos=bos))
+      if len(ids) >= length:
+        return ids[:length]
 
   def distinct(self, n, rng):
-    """`n` prompts of different texts (and so, mostly, of different lengths)."""
-    return [self.encode(self.texts[i]) for i in rng.choice(len(self.texts), n, replace=False)]
+    """`n` prompts of random texts and lengths (4..max_len tokens)."""
+    return [self._ids(int(rng.integers(min(4, self.max_len), self.max_len + 1)), rng)
+            for _ in range(n)]
 
   def with_prefixes(self, n, rng):
-    """`n` prompts: the first i/n of one long prompt (i = 1..n), each with a different tail."""
-    texts = [self.texts[i] for i in rng.choice(len(self.texts), n + 1, replace=False)]
-    long = " ".join(texts[1:])  # at least as long as the longest tail
-    head = self.encode(long)[:self.max_len // 2]
+    """`n` prompts: the first i/n of one prompt of max_len/2 tokens (i = 1..n), each with a
+    different tail of random length."""
+    head = self._ids(self.max_len // 2, rng)
     out = []
-    for i, tail in enumerate(texts[1:], 1):
-      tail_ids = self.encode(tail, bos=False)[:self.max_len - len(head)]
-      out.append(head[:max(1, len(head) * i // n)] + tail_ids)
+    for i in range(1, n + 1):
+      shared = head[:max(1, len(head) * i // n)]
+      room = self.max_len - len(shared)
+      out.append(shared + self._ids(int(rng.integers(1, max(room, 1) + 1)), rng, bos=False))
     return out
 
 
@@ -229,8 +236,8 @@ def run_protocols(cfg, params, tok, protocols=PROTOCOLS, settings=SETTINGS, size
 _COLUMNS = (("protocol", "protocol"), ("setting", "setting"), ("expected", "expected"),
             (None, "result"), ("unique_max", "unique outputs max"),
             ("unique_logprobs_max", "unique log-probs max"), ("compared", "compared"),
-            ("prompts", "prompts"), ("appearances_min", "runs per prompt min"), ("runs", "runs (batches)"), ("requests", "requests"),
-            ("step_shapes", "step shapes"))
+            ("prompts", "prompts"), ("appearances_min", "runs per prompt min"),
+            ("runs", "runs (batches)"), ("requests", "requests"), ("step_shapes", "step shapes"))
 
 
 def markdown(rows):
