@@ -38,3 +38,18 @@ def test_settings_set_the_mode_and_scope():
   assert (batch.model.batch_invariant, batch.model.router.capacity_scope) == (True, "batch")
   assert batch.model.router.capacity_factor_decode == 1.0
   assert not cfg.model.batch_invariant  # a copy
+
+
+def test_hf_fixture_with_the_mode_on_and_resolve_keeps_the_mode():
+  cfg = serve_default.get_config("size=tiny")
+  cfg.serve.update(plots=False, max_num_seqs=4)
+  cfg.serve.buckets.update(decode_rows=(4,), prefill_rows=(0, 2), chunk_lens=(8,), kv_lens=(32,))
+  cfg.params_dir = "tests/fixtures/hf/qwen3_moe"
+  cfg.model.batch_invariant = True
+  cfg = config_lib.validate_serve(loading.resolve(cfg, log=lambda *_: None))
+  assert cfg.model.batch_invariant  # a serving choice: params_dir's model does not reset it
+  params, _ = loading.load(cfg, log=lambda *_: None)
+  sizes = SIZES._replace(trials=2, batch_sizes=(4,), max_prompt_len=cfg.model.max_len - 8)
+  rows = protocols.run_protocols(cfg, params, loading.tokenizer(cfg), ("needle",),
+                                 protocols.SETTINGS[:1], sizes, log=lambda *_: None)
+  assert all(r["passed"] and r["unique_logprobs_max"] == 1 for r in rows), rows
