@@ -6,6 +6,7 @@ r"""moe_serve against Hugging Face transformers on the same weights and workload
   python benchmarks/peer.py --peer_python=/tmp/hf/bin/python   # torch in another venv
   python benchmarks/peer.py --configs=none:sorted:8,none:sorted:16   # prefill rows per step
   python benchmarks/peer.py --configs=none:sorted:16,none:sorted:16:overlap   # serve.overlap
+  python benchmarks/peer.py --configs=none:sorted:16,none:sorted:16:inv   # model.batch_invariant
 
 The model is a tiny Mixtral (hidden 256, 4 layers, 8 heads / 4 KV heads, 8 experts top-2, expert
 hidden 512, vocabulary 512) built with `transformers` from a seed and saved as float32
@@ -49,8 +50,9 @@ _PREFILL_ROWS = flags.DEFINE_integer(
     "not name theirs; on the 2-core CPU 16 was 1-4% faster than 8 in two interleaved runs and 32 "
     "within noise of both (benchmarks/RESULTS.md, 'Peer: prefill rows per step').")
 _CONFIGS = flags.DEFINE_list("configs", ["none:sorted", "none:sorted:16:overlap", "none:gather"],
-                             "moe_serve configs to time, scope:dispatch[:prefill_rows[:overlap]] "
-                             "each (overlap: serve.overlap, docs/serving.md).")
+                             "moe_serve configs to time, scope:dispatch[:prefill_rows[:overlap]"
+                             "[:inv]] each (overlap: serve.overlap, docs/serving.md; inv: "
+                             "model.batch_invariant).")
 
 # Idle time before each timed case, so that the other side's worker threads (torch's OpenMP
 # pool, XLA's Eigen pool) have stopped spinning and do not steal the cores.
@@ -84,14 +86,16 @@ class HFWorker:
     self.proc.wait(timeout=60)
 
 
-def moe_engine(hf_dir, scope, dispatch_name, slots, prefill_rows=8, overlap=False):
+def moe_engine(hf_dir, scope, dispatch_name, slots, prefill_rows=8, overlap=False,
+               invariant=False):
   """A warmed-up engine for the HF directory: `slots` decode rows, `prefill_rows` rows of 64,
-  the overlapped loop if `overlap`."""
+  the overlapped loop if `overlap`, model.batch_invariant if `invariant`."""
   cfg = serve_default.get_config("size=base")
   cfg.params_dir = hf_dir
   cfg.model.max_len = 2 * (_PROMPT.value + _NEW.value)
   cfg.model = loading.resolve(cfg, log=lambda *_: None).model
   cfg.model.router.update(capacity_scope=scope, dispatch=dispatch_name)
+  cfg.model.batch_invariant = invariant
   cfg.clock.mode = "measured"
   chunk = 64
   blocks_per_row = -(-cfg.model.max_len // cfg.serve.kv_block_size)
@@ -105,12 +109,16 @@ def moe_engine(hf_dir, scope, dispatch_name, slots, prefill_rows=8, overlap=Fals
 
 
 def parse_config(spec):
-  """'scope:dispatch[:rows[:overlap]]' -> moe_engine's (scope, dispatch, slots, rows, overlap)."""
+  """'scope:dispatch[:rows[:overlap][:inv]]' -> moe_engine's (scope, dispatch, slots, rows,
+  overlap, invariant)."""
   scope, dispatch_name, *rest = spec.split(":")
-  if len(rest) > 2 or (rest and not rest[0].isdigit()) or rest[1:] not in ([], ["overlap"]):
-    raise app.UsageError(f"--configs entry {spec!r} is not scope:dispatch[:rows[:overlap]] "
-                         "(e.g. none:sorted:16:overlap)")
-  return scope, dispatch_name, 64, int(rest[0]) if rest else _PREFILL_ROWS.value, len(rest) == 2
+  opts = rest[1:]
+  if ((rest and not rest[0].isdigit()) or len(set(opts)) != len(opts)
+      or not set(opts) <= {"overlap", "inv"}):
+    raise app.UsageError(f"--configs entry {spec!r} is not scope:dispatch[:rows[:overlap][:inv]] "
+                         "(e.g. none:sorted:16:overlap, none:sorted:16:inv)")
+  return (scope, dispatch_name, 64, int(rest[0]) if rest else _PREFILL_ROWS.value,
+          "overlap" in opts, "inv" in opts)
 
 
 def matmul_peak_gflops(n=1024, repeats=20):
@@ -176,8 +184,8 @@ def main(argv):
           f"transformers {info['transformers']}, {info['threads']} threads, attention "
           f"{info['attn']}, experts {info['experts']}. moe_serve: 64 slots, prefill R x 64 "
           f"per step (R: a config's third field, else {_PREFILL_ROWS.value}), measured clock; "
-          "`overlap`: serve.overlap. Host share: the engine's host_s over step_s + host_s "
-          "(wall.jsonl; docs/serving.md, Overlapped loop). "
+          "`overlap`: serve.overlap; `inv`: model.batch_invariant. Host share: the engine's "
+          "host_s over step_s + host_s (wall.jsonl; docs/serving.md, Overlapped loop). "
           f"Matmul peak {peak:.0f} GFLOP/s (float32 1024^3); {per_tok_flops / 1e6:.1f} MFLOP per "
           f"token.")
   common.report("Peer: moe_serve vs HF transformers generate", desc,
