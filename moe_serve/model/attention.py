@@ -155,10 +155,23 @@ def attend_cache_chunked(q_BxLxNxH, cache_layer, part: Part, kv_len=None):
     cache_layer = {w: jnp.pad(a, [(0, -max_len % size) if i == _position_axis(w) else (0, 0)
                                   for i in range(a.ndim)]) for w, a in cache_layer.items()}
 
+  b, length = q_BxLxNxH.shape[:2]
+  s = cache_layer["k"].shape[0]
+  slot_order = length == 1 and b >= s
+  if slot_order:  # decode rows that can fill every slot: in slot order, as attend_cache does
+    at_B = jnp.where(part.segment_ids_BxL[:, 0] >= 0, part.slots_B, s)  # padding: dropped
+    q_BxLxNxH = jnp.zeros((s,) + q_BxLxNxH.shape[1:], q_BxLxNxH.dtype).at[at_B].set(
+        q_BxLxNxH, mode="drop")
+    positions_BxL = jnp.full((s, 1), -1, jnp.int32).at[at_B].set(part.positions_BxL, mode="drop")
+  else:
+    positions_BxL = part.positions_BxL
+
   def rows_chunk(which, start):
-    """Chunk `start` of every row's slot: one gather of [B, ...] windows (not a slice of every
-    slot's chunk, then a gather of the rows)."""
+    """Chunk `start` of every row's slot: in slot order a slice of the cache, read in place;
+    otherwise one gather of [B, ...] windows. The same values either way."""
     cache, axis = cache_layer[which], _position_axis(which)
+    if slot_order:
+      return jax.lax.dynamic_slice_in_dim(cache, start, size, axis=axis)
     window = tuple(size if i == axis else (1 if i == 0 else n) for i, n in enumerate(cache.shape))
     at = lambda slot: jax.lax.dynamic_slice(
         cache, tuple(slot if i == 0 else (start if i == axis else 0) for i in range(cache.ndim)),
@@ -169,9 +182,10 @@ def attend_cache_chunked(q_BxLxNxH, cache_layer, part: Part, kv_len=None):
     start = c * size
     k_BxMxHxJ, v_BxMxJxH = rows_chunk("k", start), rows_chunk("v", start)
     key_pos_J = start + jnp.arange(size, dtype=jnp.int32)
-    return k_BxMxHxJ, v_BxMxJxH, key_pos_J[None, None, :] <= part.positions_BxL[:, :, None]
+    return k_BxMxHxJ, v_BxMxJxH, key_pos_J[None, None, :] <= positions_BxL[:, :, None]
 
-  return attend_chunked(q_BxLxNxH, chunk_at, num_chunks, cache_layer["k"].shape[1])
+  out_BxLxNxH = attend_chunked(q_BxLxNxH, chunk_at, num_chunks, cache_layer["k"].shape[1])
+  return out_BxLxNxH[part.slots_B] if slot_order else out_BxLxNxH
 
 
 def attend_cache(q_BxLxNxH, cache_layer, part: Part, kv_len=None):
