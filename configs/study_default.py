@@ -35,8 +35,8 @@ def get_config(arg=None):
   b, p, c = (8, 2, 8) if tiny else (24, 2, 32)
   cfg.serve.update(max_num_seqs=b, max_num_batched_tokens=b + p * c, record_routing=True,
                    prompt_logprobs=True)
-  # Attention reads all of max_len (kv_lens=()): one compile per step shape in both arms (a
-  # shorter read changes no bit, docs/serving.md, but each kv bucket is one more compile).
+  # Attention reads all of max_len (kv_lens=()): one compile per step shape in both arms, and
+  # with model.batch_invariant off a kv bucket could change bits on its own (docs/serving.md).
   cfg.serve.buckets.update(decode_rows=(b,), prefill_rows=(p,), chunk_lens=(c,), kv_lens=())
   cfg.serve.kv_num_blocks = b * -(-cfg.model.max_len // cfg.serve.kv_block_size)
 
@@ -70,12 +70,16 @@ def get_config(arg=None):
       quality_max_new_tokens=8 if tiny else 16,
   ))
   # One joint axis: the routing arm at scope x capacity factor (dropless `none` once: the factor
-  # does not apply), then the numerical arm.
+  # does not apply), then the numerical arm with model.batch_invariant off and on (shapes follow
+  # the load; on, every repeat is bitwise its solo run: contract 2).
   cfg.sweep = ml_collections.ConfigDict(dict(axes=(
-      (("model.router.capacity_scope", "study.capacity_factor", "study.arm"), (
-          ("batch", 1.0, "routing"), ("batch", 1.25, "routing"), ("batch", 2.0, "routing"),
-          ("sequence", 1.0, "routing"), ("sequence", 1.25, "routing"),
-          ("sequence", 2.0, "routing"), ("none", 1.0, "routing"), ("none", 1.0, "numerical"))),
+      (("model.router.capacity_scope", "study.capacity_factor", "study.arm", "study.replay",
+        "model.batch_invariant"), (
+            ("batch", 1.0, "routing", "none", False), ("batch", 1.25, "routing", "none", False),
+            ("batch", 2.0, "routing", "none", False), ("sequence", 1.0, "routing", "none", False),
+            ("sequence", 1.25, "routing", "none", False),
+            ("sequence", 2.0, "routing", "none", False), ("none", 1.0, "routing", "none", False),
+            ("none", 1.0, "numerical", "none", False), ("none", 1.0, "numerical", "none", True))),
   )))
   if tiny:
     cfg.sweep.axes = (("model.router.capacity_scope", ("batch", "none")),

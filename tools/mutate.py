@@ -1,6 +1,7 @@
 r"""Mutation testing for the core: one-line mutations, each run against the tests that should see it.
 
-Mutated: model/routing.py, serving/sampling.py, serving/scheduler.py, the engine's bookkeeping
+Mutated: model/routing.py, model.batch_invariant (model/invariant.py, model/attention.py),
+serving/sampling.py, serving/scheduler.py, the engine's bookkeeping
 (serving/engine.py, serving/sequence.py), the overlapped loop (serving/overlap.py),
 metrics/latency.py and quality aggregation.
 
@@ -36,6 +37,11 @@ FAKE_ENGINE_TESTS = ("tests/serving/test_scheduler_by_hand.py",
 PREEMPT_TEST = ("tests/serving/test_engine.py::"
                 "test_recompute_preemption_resamples_the_same_tokens_at_temperature",)
 OVERLAP_TESTS = ("tests/serving/test_overlap.py",)
+_INV = "tests/model/test_invariant.py::"
+INVARIANT_TESTS = (  # not the --xla_cpu_max_isa reruns: the same tests, three times the time
+    _INV + "test_tiled_matmul_row_bits_do_not_depend_on_rows_or_place",
+    _INV + "test_chunked_attention_matches_softmax_attention_and_ignores_kv_len_and_company",
+    _INV + "test_a_request_gets_its_solo_bits_at_any_step_shape_slot_and_company")
 LATENCY_TESTS = ("tests/metrics/test_latency.py", "tests/metrics/test_latency_edges.py",
                  "tests/serving/test_virtual_time.py")
 
@@ -58,6 +64,7 @@ R, S = "moe_serve/model/routing.py", "moe_serve/serving/sampling.py"
 C, E = "moe_serve/serving/scheduler.py", "moe_serve/serving/engine.py"
 Q, L = "moe_serve/serving/sequence.py", "moe_serve/metrics/latency.py"
 N = "moe_serve/metrics/quality.py"
+I, A = "moe_serve/model/invariant.py", "moe_serve/model/attention.py"
 
 MUTATIONS = [
     # ------------------------------------------------------------------ routing
@@ -222,6 +229,17 @@ MUTATIONS = [
     _m("L7", L, "itls = np.diff(np.asarray(rec[\"token_times\"], np.float64)).tolist()",
        "itls = np.diff(np.asarray(rec[\"token_times\"], np.float64))[1:].tolist()",
        LATENCY_TESTS, "first ITL dropped"),
+    # ------------------------------------------------------------------ model.batch_invariant
+    _m("I1", I, "g = max(-(-t // tile), 2)", "g = max(-(-t // tile), 1)", INVARIANT_TESTS,
+       "a one-tile loop is inlined and may fuse with its neighbours"),
+    _m("I2", A, "read = attend_cache_chunked if self.invariant else attend_cache",
+       "read = attend_cache", INVARIANT_TESTS, "the cache read over kv_len in one reduction"),
+    _m("I3", A, "jnp.full(q_BxMxQxLxH.shape[:-1], -jnp.inf, jnp.float32)",
+       "jnp.zeros(q_BxMxQxLxH.shape[:-1], jnp.float32)", INVARIANT_TESTS,
+       "online softmax starts from max 0 (overflow-prone, not exact)"),
+    _m("I4", I, "  if not invariant:\n    return jnp.tensordot(x, w, axes)",
+       "  if True:\n    return jnp.tensordot(x, w, axes)", INVARIANT_TESTS,
+       "projections and LM head as one matmul over the step's rows"),
     _m("L8", L, 'classes = sorted({r.get("priority", 0) for r in done})',
        'classes = sorted({r.get("priority", 1) for r in done})', LATENCY_TESTS,
        "missing priority defaults to 1"),

@@ -229,6 +229,7 @@ def run(cfg, params, log=print, mesh=None, out_dir=None):
   setting = dict(scope=r.capacity_scope, capacity_factor=r.capacity_factor_decode,
                  priority=r.priority, router=r.kind, k=r.k, load=cfg.workload.arrival.rate,
                  mode=st.mode, arm=st.get("arm", "routing"), replay=st.get("replay", "none"),
+                 invariant=bool(m.get("batch_invariant", False)),
                  co_domains=st.co_domains if st.mode == "composition" else None)
   serving = dict(_serving_fields(serving), clock=engine.clock.source)
   result = dict(setting=setting, determinism=agg, per_target=per_target, serving=serving,

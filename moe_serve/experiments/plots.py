@@ -9,7 +9,7 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=wrong-import-position
 
 
-_LINE_KEYS = ("scope", "priority", "router", "mode", "co_domains", "arm", "replay")  # a line each
+_LINE_KEYS = ("scope", "priority", "router", "mode", "co_domains", "arm", "replay", "invariant")  # a line each
 
 
 # Marker, line style and marker size per line, so lines that coincide stay visible: later lines
@@ -88,6 +88,8 @@ def _setting_label(r):
     text += f"\n{r['arm']}"
   if r.get("replay") not in (None, "none"):
     text += f"\nreplay {r['replay']}"
+  if r.get("invariant"):
+    text += "\ninvariant"
   return text
 
 

@@ -12,7 +12,7 @@ import os
 from moe_serve.experiments import sweep
 
 SETTING = ("scope", "capacity_factor", "priority", "router", "load", "mode", "co_domains", "arm",
-           "replay")
+           "replay", "invariant")
 TABLE = (("scope", "scope"), ("capacity_factor", "cf"), ("load", "load req/s"),
          ("targets_diverging_ci", "targets diverging (95% CI)"),
          ("unique_completions_ci", "unique/N mean (95% CI)"), ("unique_completions_max", "unique (max)"),
