@@ -54,7 +54,7 @@ def engine_step(model_cfg, batch, kv_len):
   def call(params, cache, batch):
     logits, cache, _ = fn(params, cache, batch, kv_len=kv_len)
     return logits, cache, jax.device_get(sampling.sample(logits["decode"], logits["prefill"],
-                                                         samp))
+                                                         samp, model_cfg.batch_invariant))
   return call
 
 

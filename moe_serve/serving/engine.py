@@ -126,6 +126,7 @@ class Engine:
     self._codes_shape = (transformer.num_moe_layers(m), m.router.k)
     self._warned_routing = False
     self.step_cost = step_cost.StepCost(cfg)
+    self.invariant = bool(m.get("batch_invariant", False))  # the sampler's rows tiled too
     self.overlap = bool(s.get("overlap", False))
     if self.overlap and jax.process_count() > 1:
       raise ValueError("serve.overlap is single-process only: every process would have to "
@@ -154,7 +155,7 @@ class Engine:
             tokens_BxL=overlap_lib.feed(self._no_prev, batch.decode.tokens_BxL)))
       logits, self.cache, _ = self._step(batch, kv)
       out = sampling.sample(logits["decode"], logits["prefill"],
-                            sampling.SamplingBatch.padding(b, p))
+                            sampling.SamplingBatch.padding(b, p), self.invariant)
       jax.block_until_ready(out)
       sampled[b + p] = out[0]
       if self.want_prompt_logprobs and p:
@@ -353,7 +354,8 @@ class Engine:
     elif self.overlap:  # launched after the step before was read (or first)
       idle_from = self._run["last"]["ready"] or t_launch
     logits, self.cache, aux = self._step(batch, step.kv_len)
-    tokens, logprobs = sampling.sample(logits["decode"], logits["prefill"], step.samp)
+    tokens, logprobs = sampling.sample(logits["decode"], logits["prefill"], step.samp,
+                                       self.invariant)
     return _Launched(step, logits, aux, tokens, logprobs, t_launch, idle_from)
 
   def _launch_ahead(self, inflight):

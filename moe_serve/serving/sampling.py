@@ -8,11 +8,14 @@ The logprob kept is the model's: log_softmax of the raw logits (before temperatu
 Axis letters: B decode rows, P prefill rows, C chunk length, R = B + P sampled rows (decode rows
 first), V vocabulary.
 """
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from moe_serve.model import invariant as invariant_lib
 
 
 class SamplingBatch(NamedTuple):
@@ -57,14 +60,26 @@ def _sample_row(logits_V, seed, position, temperature, top_k, top_p):
   return token, logprobs_V[token]
 
 
-@jax.jit
-def sample(decode_BxV, prefill_PxCxV, batch: SamplingBatch):
+@functools.partial(jax.jit, static_argnames="invariant")
+def sample(decode_BxV, prefill_PxCxV, batch: SamplingBatch, invariant=False):
   """Samples one token per row, R = B + P: decode rows, then each chunk's token `last_P[p]`.
 
   Returns (tokens [R] int32, logprobs [R] float32). Callers ignore rows they do not need.
+  `invariant` (model.batch_invariant): every row is sampled and scored on fixed row tiles
+  (model/invariant.py), so a row's log-prob does not depend on R (measured: a greedy row's
+  log_softmax over [R, V] changed its last bit between R = 10 and 18).
   """
   pre_PxV = jnp.take_along_axis(prefill_PxCxV, batch.last_P[:, None, None], axis=1)[:, 0]
   logits_RxV = jnp.concatenate([decode_BxV, pre_PxV], axis=0).astype(jnp.float32)
+  if invariant:
+    def tile(xs):  # [ROW_TILE] rows: tokens as _sample_row draws them, the model's logprob
+      logits_RxV, *params = xs
+      token_R, _ = jax.vmap(_sample_row)(logits_RxV, *params)
+      logprobs_RxV = jax.nn.log_softmax(logits_RxV, axis=-1)
+      return token_R, jnp.take_along_axis(logprobs_RxV, token_R[:, None], axis=1)[:, 0]
+    return invariant_lib.row_tiled(tile, (
+        logits_RxV, batch.seeds_R.astype(jnp.uint32), batch.positions_R, batch.temperature_R,
+        batch.top_k_R, batch.top_p_R))
 
   def sample_rows(logits_RxV):
     return jax.vmap(_sample_row)(logits_RxV, batch.seeds_R.astype(jnp.uint32), batch.positions_R,

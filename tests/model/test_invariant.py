@@ -162,3 +162,25 @@ def test_the_same_holds_with_other_vector_instructions(isa):
                        capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
   assert " passed" in out.stdout and "failed" not in out.stdout
+
+
+def test_the_sampler_scores_a_row_the_same_at_any_row_count():
+  """serving.sampling.sample(invariant=True): a row's token and log-prob, greedy or seeded, do not
+  depend on how many decode and prefill rows the step has (R = B + P) or where the row sits."""
+  from moe_serve.serving import sampling  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(3)
+  row_V = (rng.standard_normal(260) * 3).astype(np.float32)
+  seen = {}
+  for b, p in ((1, 0), (8, 2), (16, 2), (24, 0), (6, 3), (40, 4)):
+    dec_BxV = rng.standard_normal((b, 260)).astype(np.float32)
+    at = int(rng.integers(b))
+    dec_BxV[at] = row_V
+    batch = sampling.SamplingBatch.padding(b, p)
+    for temperature in (0.0, 0.9):
+      batch.seeds_R[at], batch.positions_R[at], batch.temperature_R[at] = 7, 11, temperature
+      if b + p > 1:  # a neighbour of the other kind: a mixed tile
+        batch.temperature_R[(at + 1) % (b + p)] = 0.5 if temperature == 0 else 0.0
+      tok, lp = sampling.sample(dec_BxV, rng.standard_normal((p, 4, 260)).astype(np.float32),
+                                batch, True)
+      seen.setdefault(temperature, set()).add((int(tok[at]), float(lp[at])))
+  assert all(len(v) == 1 for v in seen.values()), seen
