@@ -9,7 +9,8 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=wrong-import-position
 
 
-_LINE_KEYS = ("scope", "priority", "router", "mode", "co_domains", "arm", "replay", "invariant")  # a line each
+# A line each:
+_LINE_KEYS = ("scope", "priority", "router", "mode", "co_domains", "arm", "replay", "invariant")
 
 
 # Marker, line style and marker size per line, so lines that coincide stay visible: later lines

@@ -81,6 +81,16 @@ def attend(q_BxLxNxH, k_BxMxHxJ, v_BxMxJxH, mask_BxLxJ):
   return out_BxLxMxQxH.reshape(b, length, n, h)
 
 
+def _in_slot_order(q_BxLxNxH, part: Part, num_slots):
+  """Decode queries [B, 1, N, H] scattered to their slots, [S, 1, N, H], with each slot's query
+  position [S, 1] (-1: no query there, so every key is masked); padding rows are dropped."""
+  at_B = jnp.where(part.segment_ids_BxL[:, 0] >= 0, part.slots_B, num_slots)
+  q_SxLxNxH = jnp.zeros((num_slots,) + q_BxLxNxH.shape[1:], q_BxLxNxH.dtype).at[at_B].set(
+      q_BxLxNxH, mode="drop")
+  pos_SxL = jnp.full((num_slots, 1), -1, jnp.int32).at[at_B].set(part.positions_BxL, mode="drop")
+  return q_SxLxNxH, pos_SxL
+
+
 def attend_chunked(q_BxLxNxH, chunk_at, num_chunks, num_kv_heads):
   """The batch-invariant `attend` (model.batch_invariant): keys in chunks of KV_CHUNK positions,
   `chunk_at(c)` -> (keys [B, M, H, KV_CHUNK], values [B, M, KV_CHUNK, H], mask [B, L, KV_CHUNK])
@@ -159,10 +169,7 @@ def attend_cache_chunked(q_BxLxNxH, cache_layer, part: Part, kv_len=None):
   s = cache_layer["k"].shape[0]
   slot_order = length == 1 and b >= s
   if slot_order:  # decode rows that can fill every slot: in slot order, as attend_cache does
-    at_B = jnp.where(part.segment_ids_BxL[:, 0] >= 0, part.slots_B, s)  # padding: dropped
-    q_BxLxNxH = jnp.zeros((s,) + q_BxLxNxH.shape[1:], q_BxLxNxH.dtype).at[at_B].set(
-        q_BxLxNxH, mode="drop")
-    positions_BxL = jnp.full((s, 1), -1, jnp.int32).at[at_B].set(part.positions_BxL, mode="drop")
+    q_BxLxNxH, positions_BxL = _in_slot_order(q_BxLxNxH, part, s)
   else:
     positions_BxL = part.positions_BxL
 
@@ -204,10 +211,7 @@ def attend_cache(q_BxLxNxH, cache_layer, part: Part, kv_len=None):
   s = cache_layer["k"].shape[0]
   held = lambda c: jax.lax.slice_in_dim(cache_layer[c], 0, kv_len, axis=_position_axis(c))
   if length == 1 and b >= s:
-    at_B = jnp.where(part.segment_ids_BxL[:, 0] >= 0, part.slots_B, s)  # padding: dropped
-    q_SxLxNxH = jnp.zeros((s,) + q_BxLxNxH.shape[1:], q_BxLxNxH.dtype).at[at_B].set(
-        q_BxLxNxH, mode="drop")
-    pos_SxL = jnp.full((s, 1), -1, jnp.int32).at[at_B].set(part.positions_BxL, mode="drop")
+    q_SxLxNxH, pos_SxL = _in_slot_order(q_BxLxNxH, part, s)
     keys_SxMxHxJ, vals_SxMxJxH = (layers.constrain(held(c), CACHE_AXES[c]) for c in ("k", "v"))
     key_pos_J = jnp.arange(vals_SxMxJxH.shape[2], dtype=jnp.int32)
     out_SxLxNxH = attend(q_SxLxNxH, keys_SxMxHxJ, vals_SxMxJxH,

@@ -172,15 +172,13 @@ def run(backend, x_TxD, routing, w, capacity, router_cfg=None, num_decode=0, row
   `invariant` (model.batch_invariant): every backend runs its kept pairs in `sorted`'s fixed
   blocks of BLOCK_ROWS rows, the one layout whose row results do not depend on the step (the
   backends compute the same function: the kept pairs' experts, mixed with the kept weights);
-  experts split over the mesh are refused by config.py.
+  config.validate_mesh refuses it with experts split over the mesh.
   """
   if backend not in ("einsum", "gather", "ragged", "sorted"):
     raise ValueError(f"model.router.dispatch={backend!r} is not one of einsum, gather, ragged, "
                      "sorted")
   x_TxD = layers.constrain(x_TxD, TOKEN_AXES)
   if invariant:
-    if experts_sharded():
-      raise ValueError("model.batch_invariant needs the experts on every device (mesh.expert=1)")
     y_TxD = dispatch_sorted.sorted_dispatch(x_TxD, routing, w, buffer_slots(
         routing, w.w_gate_ExDxF.shape[0]), invariant=True)
     return layers.constrain(y_TxD, TOKEN_AXES)

@@ -97,15 +97,15 @@ class Decoder(nn.Module):
           xs, parts, cache_layer, num_decode_parts, record_routing, rows_are_requests, kv_len,
           forced_TxK)
       new_layers.append(cache_layer)
-    final_norm = layers.RMSNorm(m.norm_eps, m.get("batch_invariant", False),
-                                name="final_norm")
+    invariant = m.get("batch_invariant", False)
+    final_norm = layers.RMSNorm(m.norm_eps, invariant, name="final_norm")
     if m.tie_embeddings:
       unembed_DxV = embedding_VxD.T * (m.d_model**-0.5 if m.tied_logit_scale else 1.0)
     else:
       unembed_DxV = layers.param_with_axes(self, "unembed", (m.d_model, m.vocab_size),
                                            ("embed", "vocab"))
-    logits = [invariant_lib.matmul(final_norm(x).astype(jnp.float32), unembed_DxV,
-                                   m.get("batch_invariant", False)) for x in xs]
+    logits = [invariant_lib.matmul(final_norm(x).astype(jnp.float32), unembed_DxV, invariant)
+              for x in xs]
     if cache is not None:
       cache = dict(cache, layers=new_layers)
     return logits, cache

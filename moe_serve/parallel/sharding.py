@@ -136,8 +136,6 @@ def put(tree, shardings):
   the sharding attached.
   """
   def one(x, s):
-    if s is None:  # a field the plan does not place (a StepBatch's replay codes): jit places it
-      return x
     if isinstance(x, jax.ShapeDtypeStruct):
       return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
     if isinstance(x, jax.Array):
