@@ -37,7 +37,9 @@ def get_config(arg=None):
   cfg.mesh.update(data=1, expert=1, tensor=1)
 
   cfg.serve = ml_collections.ConfigDict(dict(
-      policy="fcfs",  # fcfs | priority (smaller first) | sjf (prompt + max_new_tokens)
+      # fcfs | priority (smaller first) | sjf (prompt + max_new_tokens) | lpm (longest cached
+      # prefix first; needs prefix_cache)
+      policy="fcfs",
       batching="continuous",  # continuous | static (fill a batch, run it to completion)
       max_num_seqs=8 if tiny else 64,  # slots
       max_num_batched_tokens=24 if tiny else 192,  # decode + prefill tokens per step
@@ -52,6 +54,9 @@ def get_config(arg=None):
       # Plan and launch each step while the one before runs (serving/overlap.py): the same
       # records, host work hidden behind device time. Single-process runs only.
       overlap=False,
+      # Reuse the KV of cached full blocks of earlier prompts (serving/prefix_cache.py; vLLM's
+      # automatic prefix caching). Off: every prompt is computed from scratch.
+      prefix_cache=False,
       tensorboard=False,
       plots=True,  # PNGs under <workdir>/plots (latency CDFs, load over time); needs matplotlib
       # Step shapes: decode rows B, prefill rows P, chunk length C. With model.batch_invariant

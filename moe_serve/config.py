@@ -297,7 +297,7 @@ def validate_train(cfg):
   return cfg
 
 
-SERVE_POLICIES = ("fcfs", "priority", "sjf")
+SERVE_POLICIES = ("fcfs", "priority", "sjf", "lpm")
 SERVE_BATCHING = ("continuous", "static")
 CLOCK_MODES = ("measured", "cost_model")
 ARRIVAL_KINDS = ("poisson", "gamma", "constant", "ramp")
@@ -328,6 +328,20 @@ def _length_dist(d, field):
     if d.kind == "lognormal":
       _finite(d.median, f"{field}.median", strict=True)
       _finite(d.sigma, f"{field}.sigma")
+
+
+def _check_prefix_cache(s):
+  """serve.prefix_cache and what it does not combine with (yet)."""
+  on = s.get("prefix_cache", False)
+  if s.policy == "lpm" and not on:
+    raise ConfigError("serve.policy=lpm orders requests by their cached prefix: set "
+                      "serve.prefix_cache=true")
+  if on and s.get("overlap", False):
+    raise ConfigError("serve.prefix_cache with serve.overlap is not supported yet (a step "
+                      "launched ahead would have to snapshot the cache table); drop one")
+  if on and s.get("prompt_logprobs", False):
+    raise ConfigError("serve.prompt_logprobs needs every prompt position computed; a cached "
+                      "prefix is not (vLLM recomputes such requests too): drop one")
 
 
 def validate_serve(cfg):
@@ -366,9 +380,10 @@ def validate_serve(cfg):
         f"of decodes never starves prefill; use >= {s.max_num_seqs + max(b['chunk_lens'])}")
   if not 0 <= s.eos_id < m.vocab_size:
     raise ConfigError(f"serve.eos_id={s.eos_id} is outside the vocabulary [0, {m.vocab_size})")
-  for name in ("tensorboard", "plots", "overlap"):
+  for name in ("tensorboard", "plots", "overlap", "prefix_cache"):
     if not isinstance(s.get(name, False), bool):
       raise ConfigError(f"serve.{name}={s[name]!r} must be true or false")
+  _check_prefix_cache(s)
   if not s.domains or len(set(s.domains)) != len(s.domains):
     raise ConfigError(f"serve.domains={tuple(s.domains)} must be a non-empty list of unique names")
 

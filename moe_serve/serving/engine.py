@@ -28,6 +28,7 @@ from moe_serve.metrics import routing as routing_metrics
 from moe_serve.model import parts
 from moe_serve.model import transformer
 from moe_serve.serving import overlap as overlap_lib
+from moe_serve.serving import prefix_pool
 from moe_serve.serving import replay as replay_lib
 from moe_serve.serving import request as request_lib
 from moe_serve.serving import sampling
@@ -78,6 +79,7 @@ class _Step(NamedTuple):
   start: float  # virtual time
   blocks_in_step: int
   t_host: float  # perf_counter when planning began
+  blocks_cached: int = 0  # of blocks_in_step, held by the prefix cache
 
 
 class _Launched(NamedTuple):
@@ -109,7 +111,9 @@ def _routing_records(aux):
 class Engine:
   """Serves a list of requests through `step_fn` on virtual time (see module docstring)."""
 
-  def __init__(self, cfg, step_fn, params, cache, clock):
+  def __init__(self, cfg, step_fn, params, cache, clock, pool=None):
+    """`pool`: the prefix cache's block copier (serving/prefix_pool.Pool, built from `cache`
+    when serve.prefix_cache is set and none is given)."""
     s = cfg.serve
     self.cfg, self.step_fn, self.params, self.cache, self.clock = cfg, step_fn, params, cache, clock
     self.buckets = Buckets.from_config(s.buckets, cfg.model.max_len)
@@ -135,6 +139,10 @@ class Engine:
     self._no_prev = (jax.device_put(np.zeros(1, np.int32), jax.devices()[0]) if self.overlap
                      else None)
     self._run = None  # the state of the run in progress (`run`)
+    self.prefix_cache = bool(s.get("prefix_cache", False))
+    if self.prefix_cache and pool is None:
+      pool = prefix_pool.Pool(cache, s.kv_num_blocks, s.kv_block_size)
+    self.pool = pool if self.prefix_cache else None
 
   # ------------------------------------------------------------------ warm-up
   def warmup(self, progress=None):
@@ -167,6 +175,10 @@ class Engine:
       for prev in sampled.values():
         for b in self.buckets.decode_rows:
           jax.block_until_ready(overlap_lib.feed(prev, np.zeros((b, 1), np.int32)))
+    if self.pool is not None:  # every block of every slot at most, in one step
+      s = self.cfg.serve
+      self.cache = self.pool.warm(self.cache, s.max_num_seqs * -(-self.cfg.model.max_len //
+                                                                  s.kv_block_size))
 
   # ------------------------------------------------------------------ batch building
   def _build(self, plan):
@@ -301,7 +313,13 @@ class Engine:
         self._run["misses"] += ahead is not None
         inflight = self._launch(step, None)
     r = self._run
-    return RunLog(self._request_records(r["seqs"], rejected), r["steps"], r["wall"])
+    records = self._request_records(r["seqs"], rejected)
+    if self.prefix_cache:  # vLLM's num_cached_tokens: the first admission's cached prefix
+      cached = {s.req.id: s.cached_tokens for s in r["seqs"]}
+      for rec in records:
+        if rec["status"] != "rejected":
+          rec["cached_tokens"] = cached[rec["id"]]
+    return RunLog(records, r["steps"], r["wall"])
 
   @property
   def done(self):
@@ -335,7 +353,7 @@ class Engine:
     if not plan.decode and not plan.prefill:
       raise RuntimeError(f"scheduler made no progress at t={start} (waiting "
                          f"{len(sched.waiting)}, running {len(sched.running)}): a bug")
-    return _Step(plan, *self._build(plan), start, blocks_in_step, t_host)
+    return _Step(plan, *self._build(plan), start, blocks_in_step, t_host, sched.blocks_cached)
 
   def _launch(self, step, prev):
     """Runs `step` on the device without waiting for it; `prev`: the launched step whose sampled
@@ -353,6 +371,8 @@ class Engine:
       idle_from = prev.t_launch if prev.tokens.is_ready() else None
     elif self.overlap:  # launched after the step before was read (or first)
       idle_from = self._run["last"]["ready"] or t_launch
+    if step.plan.loads:  # cached prefix blocks into the admitted requests' slots
+      self.cache = self.pool.load(self.cache, step.plan.loads)
     logits, self.cache, aux = self._step(batch, step.kv_len)
     tokens, logprobs = sampling.sample(logits["decode"], logits["prefill"], step.samp,
                                        self.invariant)
@@ -400,9 +420,12 @@ class Engine:
     lp = (lambda r: lps[r]) if lps is not None else (lambda r: 0.0)
     for i, seq in enumerate(plan.decode):
       seq.advance_decode()
+      self.sched.computed(seq)  # prefix cache: register completed blocks before a finish
       self._emit(seq, tok(i), lp(i), now)
     for j, (seq, n) in enumerate(plan.prefill):
-      if seq.advance_prefill(n):
+      prefilled = seq.advance_prefill(n)
+      self.sched.computed(seq)
+      if prefilled:
         self._emit(seq, tok(b + j), lp(b + j), now)
     return now
 
@@ -432,6 +455,8 @@ class Engine:
     dt = self.clock.step_duration(cost, wall_step)
     r["last"].update(dt=dt, kept=kept_pairs, tokens=toks)
     now = self._apply(step, toks.tolist(), lps.tolist(), dt)
+    if self.pool is not None:
+      self.pool.save(self.cache, self.sched.take_saves())
     in_step = plan.decode + [s for s, _ in plan.prefill]
     rec = dict(step=len(r["steps"]), t=step.start, dt=now - step.start, bucket=list(shape),
                kv_len=step.kv_len, decode=len(plan.decode), prefill_rows=len(plan.prefill),
@@ -443,6 +468,9 @@ class Engine:
                preempted=[s.req.id for s in plan.preempted],
                finished=[s.req.id for s in in_step if s.finish_reason], drops=drops,
                cost=cost)
+    if self.prefix_cache:  # prefix tokens admitted from the cache, and blocks it held
+      rec.update(prefix_hit_tokens=len(plan.loads) * self.sched.block_size,
+                 kv_blocks_cached=step.blocks_cached)
     r["steps"].append(rec)
     if not self.overlap:
       host_s = time.perf_counter() - step.t_host - wall_step

@@ -13,12 +13,22 @@ Each step, in this order:
    min(chunk_size, remaining) tokens each, while rows and `max_num_batched_tokens` allow.
 Chunk boundaries depend only on the request (never on load), so a request's prefill is the
 same computation whatever else is running.
+
+With serve.prefix_cache (serving/prefix_cache.py) an admitted request first takes the longest run
+of its leading full blocks that is cached (never its last token: that one must run to give
+logits) and prefills from there: the plan lists the blocks to copy into its slot (`loads`);
+after a step the engine calls `computed` for each request in it, which registers its newly
+complete blocks (`saves`: copies into the pool). Cached blocks no request holds are evicted
+(least recently released first) before anything is preempted or an admission waits. Policy
+`lpm` admits the request with the most cached blocks first (SGLang's longest prefix match;
+ties in arrival order).
 """
 import bisect
 import heapq
 from typing import NamedTuple
 
 from moe_serve import config as config_lib
+from moe_serve.serving import prefix_cache as prefix_lib
 from moe_serve.serving.request import Request
 from moe_serve.serving.sequence import Seq
 
@@ -27,7 +37,7 @@ POLICIES = config_lib.SERVE_POLICIES
 
 def policy_key(req: Request, policy):
   """Sort key (smaller runs first); ends with the id so it is unique and deterministic."""
-  if policy == "fcfs":
+  if policy in ("fcfs", "lpm"):  # lpm: fcfs among equal cached prefixes (Scheduler._admit)
     return (req.arrival, req.id)
   if policy == "priority":
     return (req.priority, req.arrival, req.id)
@@ -42,6 +52,7 @@ class Plan(NamedTuple):
   prefill: list  # (Seq, n): tokens[num_computed : num_computed + n]
   admitted: list
   preempted: list
+  loads: list = []  # prefix cache: (slot, block index, pool index) to copy in before the step
 
 
 class Scheduler:
@@ -57,6 +68,8 @@ class Scheduler:
     self.free_blocks = s.kv_num_blocks
     self.waiting = []  # heap of Seqs by key
     self.running = []  # Seqs sorted by key
+    self.cache = prefix_lib.PrefixCache(s.kv_num_blocks) if s.get("prefix_cache") else None
+    self.saves = []  # prefix cache: (slot, block index, pool index) to copy out after a step
 
   # ------------------------------------------------------------------ queue
   def add(self, req: Request):
@@ -77,9 +90,21 @@ class Scheduler:
   def _blocks_for(self, num_tokens):
     return -(-num_tokens // self.block_size)
 
-  def _free(self, slot, blocks):
+  def _free(self, slot, blocks, shared):
     heapq.heappush(self.free_slots, slot)
     self.free_blocks += blocks
+    for key in shared:
+      self.cache.unpin(key)
+
+  def _make_room(self, need):
+    """Evicts unreferenced cached blocks until `need` blocks are free or none is left."""
+    while need > self.free_blocks and self.cache is not None and self.cache.evict_one():
+      self.free_blocks += 1
+
+  @property
+  def blocks_cached(self):
+    """KV blocks held by the prefix cache (referenced or not); part of blocks_used."""
+    return len(self.cache) if self.cache is not None else 0
 
   def _preempt(self, seq):
     self._free(*seq.preempt())
@@ -102,7 +127,8 @@ class Scheduler:
       if not seq.prefilled:
         kept.append(seq)
         continue
-      need = self._blocks_for(seq.num_computed + 1) - seq.blocks
+      need = self._blocks_for(seq.num_computed + 1) - seq.blocks - len(seq.shared)
+      self._make_room(need)
       while need > self.free_blocks and queue:
         victim = queue.pop()  # lowest-ranked of those not yet served this step
         self._preempt(victim)
@@ -117,18 +143,9 @@ class Scheduler:
       kept.append(seq)
     self.running = kept
 
-    admitted = []
+    admitted, loads = [], []
     if not preempted and (self.batching == "continuous" or static_idle):
-      while self.waiting and self.free_slots:
-        seq = self.waiting[0]
-        need = self._blocks_for(len(seq.tokens))
-        if need > self.free_blocks:
-          break
-        heapq.heappop(self.waiting)
-        seq.admit(heapq.heappop(self.free_slots), need, now)
-        self.free_blocks -= need
-        bisect.insort(self.running, seq, key=lambda s: s.key)
-        admitted.append(seq)
+      self._admit(now, admitted, loads)
 
     budget = self.max_tokens - len(decode)
     prefill = []
@@ -140,14 +157,74 @@ class Scheduler:
         break  # strict policy order: a later request never takes the place of an earlier one
       prefill.append((seq, n))
       budget -= n
-    return Plan(decode, prefill, admitted, preempted)
+    return Plan(decode, prefill, admitted, preempted, loads)
+
+  def _admit(self, now, admitted, loads):
+    """Admits waiting requests in policy order (lpm: most cached blocks first) while a slot and
+    blocks are free; a request's cached blocks are pinned and listed in `loads`."""
+    order = None
+    if self.policy == "lpm":
+      hits = {id(q): self._hit(q)[0] for q in self.waiting}
+      order = sorted(self.waiting, key=lambda q: (-hits[id(q)], q.key))
+    while self.waiting and self.free_slots:
+      seq = order[0] if order is not None else self.waiting[0]
+      hit, keys = self._hit(seq)
+      for key in keys[:hit]:
+        self.cache.pin(key)
+      need = self._blocks_for(len(seq.tokens)) - hit
+      self._make_room(need)
+      if need > self.free_blocks:
+        for key in keys[:hit]:
+          self.cache.unpin(key)
+        break
+      if order is not None:
+        order.pop(0)
+        self.waiting.remove(seq)
+        heapq.heapify(self.waiting)
+      else:
+        heapq.heappop(self.waiting)
+      slot = heapq.heappop(self.free_slots)
+      seq.admit(slot, need, now, keys[:hit], self.block_size)
+      loads += [(slot, i, self.cache.entries[k].pool_index) for i, k in enumerate(keys[:hit])]
+      self.free_blocks -= need
+      bisect.insort(self.running, seq, key=lambda s: s.key)
+      admitted.append(seq)
+
+  def _hit(self, seq):
+    """(cached leading blocks a new admission of `seq` may take, its block keys)."""
+    if self.cache is None:
+      return 0, []
+    keys = prefix_lib.chain(seq.tokens, self.block_size, seq.block_keys)
+    return self.cache.match(keys, (len(seq.tokens) - 1) // self.block_size), keys
+
+  def computed(self, seq):
+    """After a step: registers `seq`'s blocks completed by it (prefix cache only), queueing a
+    copy into the pool (`saves`) for each new one. Call before `finish`."""
+    if self.cache is None:
+      return
+    keys = prefix_lib.chain(seq.tokens, self.block_size, seq.block_keys)
+    for i in range(len(seq.shared), seq.num_computed // self.block_size):
+      entry = self.cache.add(keys[i], seq.req.id)
+      seq.share(keys[i])
+      if entry is None:  # already cached: its own copy is freed
+        self.free_blocks += 1
+      else:
+        self.saves.append((seq.slot, i, entry.pool_index))
+
+  def take_saves(self):
+    """The copies `computed` queued since the last call."""
+    saves, self.saves = self.saves, []
+    return saves
 
   def check_invariants(self):
     """Raises AssertionError if slots or blocks are double-booked or over budget (for tests)."""
     slots = [s.slot for s in self.running]
     assert len(set(slots)) == len(slots) and -1 not in slots, f"slots double-booked: {slots}"
     assert not set(slots) & set(self.free_slots), "a running request's slot is also free"
-    held = sum(s.blocks for s in self.running)
+    held = sum(s.blocks for s in self.running) + self.blocks_cached
     assert held == self.blocks_used <= self.num_blocks, (held, self.blocks_used, self.num_blocks)
     for s in self.running:
-      assert s.blocks * self.block_size >= s.num_computed, "request holds too few blocks"
+      assert s.blocks >= 0, "request holds a negative block count"
+      assert (s.blocks + len(s.shared)) * self.block_size >= s.num_computed, "too few blocks"
+    if self.cache is not None:
+      self.cache.check([s.shared for s in self.running])

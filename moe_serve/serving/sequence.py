@@ -35,6 +35,12 @@ class Seq:
   finish_reason: str | None = None
   drops: list | None = None  # per MoE layer, when routing is recorded
   prompt_logprobs: list = dataclasses.field(default_factory=list)  # when serve.prompt_logprobs
+  # serve.prefix_cache (serving/prefix_cache.py): keys of the full blocks of `tokens` (a chain,
+  # extended as tokens grow), the cached blocks this request holds (its first len(shared)
+  # blocks; the rest of `blocks` is its own), and the tokens its first admission found cached.
+  block_keys: list = dataclasses.field(default_factory=list)
+  shared: list = dataclasses.field(default_factory=list)
+  cached_tokens: int | None = None
 
   @classmethod
   def waiting(cls, req: Request, key):
@@ -45,21 +51,31 @@ class Seq:
     return self.key < other.key
 
   # ------------------------------------------------------------------ scheduler side
-  def admit(self, slot, blocks, now):
-    """Takes `slot` and `blocks` KV blocks; the first admission's time is kept."""
+  def admit(self, slot, blocks, now, shared=(), block_size=0):
+    """Takes `slot` and `blocks` KV blocks of its own; with `shared` (keys of cached blocks it
+    now holds, its first ones) those blocks' tokens count as computed. The first admission's
+    time and cached tokens are kept."""
     self.slot, self.blocks = slot, blocks
+    self.shared = list(shared)
+    self.num_computed = len(shared) * block_size
     if self.admitted_at is None:
-      self.admitted_at = now
+      self.admitted_at, self.cached_tokens = now, self.num_computed
 
   def reserve(self, blocks):
     """Holds `blocks` more KV blocks (for the next decode token)."""
     self.blocks += blocks
 
   def release(self):
-    """Gives up the slot and blocks; returns (slot, blocks) for the scheduler's free lists."""
-    held = self.slot, self.blocks
-    self.slot, self.blocks = -1, 0
+    """Gives up the slot and blocks; returns (slot, own blocks, keys of the shared ones) for the
+    scheduler's free lists."""
+    held = self.slot, self.blocks, self.shared
+    self.slot, self.blocks, self.shared = -1, 0, []
     return held
+
+  def share(self, key):
+    """One of its own blocks, now complete, is held as the cached block `key` instead."""
+    self.shared.append(key)
+    self.blocks -= 1
 
   def preempt(self):
     """Recompute preemption: releases (returned as in `release`) and forgets every computed

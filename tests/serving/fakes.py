@@ -66,3 +66,30 @@ class FakeModel:
     dec = self._part(batch.decode)
     pre = self._part(batch.prefill)
     return {"decode": dec[:, 0], "prefill": pre}, cache, {}
+
+
+class FakePool:
+  """serving/prefix_pool.Pool for FakeModel: copies a block's written tokens (the fake's keys
+  and values) between its slot store and a dict of pool places."""
+
+  def __init__(self, model, block_size):
+    self.model, self.block_size, self.places = model, block_size, {}
+    self.saved = self.loaded = 0
+
+  def _span(self, block):
+    return slice(block * self.block_size, (block + 1) * self.block_size)
+
+  def save(self, cache, copies):
+    for slot, block, place in copies:
+      self.places[place] = self.model.store_SxL[slot, self._span(block)].copy()
+      self.saved += 1
+
+  def load(self, cache, copies):
+    for slot, block, place in copies:
+      self.model.store_SxL[slot, self._span(block)] = self.places[place]
+      self.loaded += 1
+    return cache
+
+  def warm(self, cache, max_copies):
+    del max_copies
+    return cache
