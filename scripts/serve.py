@@ -47,7 +47,8 @@ def main(argv):
   cfg = config_lib.validate_serve(loading.resolve(cfg, log=log))  # params_dir's model
   percentiles = benchmark.parse_percentiles(_PERCENTILES.value)
   skipped, counts = [], {}
-  requests = run.make_requests(cfg, skipped=skipped, counts=counts)  # a bad trace stops here, before loading
+  # A bad trace stops here, before loading.
+  requests = run.make_requests(cfg, skipped=skipped, counts=counts)
   mesh = run.make_mesh(cfg)  # ConfigError if it does not fit the devices
   params, source = loading.load(cfg, mesh, log=log)
   engine = run.build_engine(cfg, params=params, mesh=mesh)

@@ -127,20 +127,24 @@ def test_malformed_entries_name_file_and_line(tmp_path, name, fmt, text, line, w
     _load(path, fmt)
 
 
-_HUMAN = '{{"conversations": [{{"from": "human", "value": "{}"}}, {{"from": "gpt", "value": "{}"}}]}}'
+_HUMAN = ('{{"conversations": [{{"from": "human", "value": "{}"}}, '
+          '{{"from": "gpt", "value": "{}"}}]}}')
 
 
 @pytest.mark.parametrize("name, fmt, data, line, words", [
     # The JSON escape of a lone surrogate: valid JSON, not UTF-8 text (no tokenizer encodes it).
     ("s.json", "sharegpt", "[\n" + _HUMAN.format("a", "b") + ",\n" + _HUMAN.format("x\\ud800", "b")
-     + "\n]", 3, r"conversations\[0\]\.value is not UTF-8 text: lone surrogate U\+D800 at character 1"),
-    ("s.jsonl", "sharegpt", _HUMAN.format("a", "b") + "\n" + _HUMAN.format("a", "\\udfff") + "\n", 2,
+     + "\n]", 3,
+     r"conversations\[0\]\.value is not UTF-8 text: lone surrogate U\+D800 at character 1"),
+    ("s.jsonl", "sharegpt", _HUMAN.format("a", "b") + "\n" + _HUMAN.format("a", "\\udfff") + "\n",
+     2,
      r"conversations\[1\]\.value is not UTF-8 text: lone surrogate U\+DFFF at character 0"),
     ("t.jsonl", "jsonl", '{"arrival": 0, "max_new_tokens": 2, "domain": "add", "prompt": "1+1="}\n'
      '{"arrival": 0, "max_new_tokens": 2, "domain": "add", "prompt": "ab\\ud800"}\n', 2,
      r"prompt is not UTF-8 text: lone surrogate U\+D800 at character 2"),
 ])
-def test_lone_surrogate_is_refused_at_its_line_and_skippable(tmp_path, name, fmt, data, line, words):
+def test_lone_surrogate_is_refused_at_its_line_and_skippable(tmp_path, name, fmt, data, line,
+                                                             words):
   path = _write(tmp_path, name, data)
   cfg = _cfg(trace=path, trace_format=fmt)
   with pytest.raises(workload.TraceError, match=rf"^{path}:{line}: {words}"):

@@ -60,8 +60,8 @@ def test_length_scale_shrinks_every_block_to_the_same_whole_size():
 
 def test_an_id_is_one_run_of_tokens_wherever_it_stands(tmp_path):
   path = tmp_path / "m.jsonl"
-  path.write_text('{"timestamp": 0, "input_length": 1024, "output_length": 1, "hash_ids": [0, 1]}\n'
-                  '{"timestamp": 0, "input_length": 1024, "output_length": 1, "hash_ids": [1, 0]}\n')
+  line = '{{"timestamp": 0, "input_length": 1024, "output_length": 1, "hash_ids": {}}}\n'
+  path.write_text(line.format("[0, 1]") + line.format("[1, 0]"))
   (a, b), _ = _load(path)
   # BOS takes the place of the first token of the first block (Mooncake's ids are prefix
   # hashes: in its traces an id never stands at two positions).
