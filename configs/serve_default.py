@@ -98,9 +98,9 @@ def get_config(arg=None):
       # per-domain alphabet) | eval (the eval set) | corpus (held-out corpus examples).
       prompt_source="synthetic" if tiny else "eval",
       trace="",  # a trace to replay instead (docs/traces.md)
-      trace_format="jsonl",  # jsonl (ours) | sharegpt | burstgpt | azure
+      trace_format="jsonl",  # jsonl (ours) | sharegpt | burstgpt | azure | mooncake
       time_scale=1.0,  # trace arrival times multiplied by this (0.5: twice the rate)
-      length_scale=1.0,  # sharegpt/burstgpt/azure token counts multiplied by this (>= 1 each)
+      length_scale=1.0,  # trace token counts multiplied by this (>= 1 each; mooncake: blocks)
       max_requests=0,  # serve the first N requests of the trace (0: all)
       skip_bad_lines=False,  # True: bad trace lines are skipped and listed, not an error
   ))

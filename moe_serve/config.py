@@ -303,7 +303,7 @@ CLOCK_MODES = ("measured", "cost_model")
 ARRIVAL_KINDS = ("poisson", "gamma", "constant", "ramp")
 LENGTH_KINDS = ("fixed", "uniform", "lognormal", "list")
 PROMPT_SOURCES = ("synthetic", "eval", "corpus")  # serving/prompt_sources.py
-TRACE_FORMATS = ("jsonl", "sharegpt", "burstgpt", "azure")  # docs/traces.md
+TRACE_FORMATS = ("jsonl", "sharegpt", "burstgpt", "azure", "mooncake")  # docs/traces.md
 MAX_SHAPE_BUCKETS = 32  # each bucket is one compilation of the step
 
 

@@ -46,8 +46,9 @@ def main(argv):
   cfg = config_lib.validate_serve(config_lib.validate(_CONFIG.value))
   cfg = config_lib.validate_serve(loading.resolve(cfg, log=log))  # params_dir's model
   percentiles = benchmark.parse_percentiles(_PERCENTILES.value)
-  skipped = []
-  requests = run.make_requests(cfg, skipped=skipped)  # a bad trace stops here, before loading
+  skipped, counts = [], {}
+  # A bad trace stops here, before loading.
+  requests = run.make_requests(cfg, skipped=skipped, counts=counts)
   mesh = run.make_mesh(cfg)  # ConfigError if it does not fit the devices
   params, source = loading.load(cfg, mesh, log=log)
   engine = run.build_engine(cfg, params=params, mesh=mesh)
@@ -63,7 +64,7 @@ def main(argv):
             slo_tpot_ms=_SLO_TPOT.value, on_step=on_step, log=log,
             params_source=source, skipped_lines=skipped, slo_e2el_ms=_SLO_E2EL.value,
             percentiles=percentiles, profile_dir=_PROFILE_DIR.value,
-            profile_steps=_PROFILE_STEPS.value, progress=progress)
+            profile_steps=_PROFILE_STEPS.value, progress=progress, trace_counts=counts)
   progress.close()
 
 

@@ -3,7 +3,10 @@
 - `latency_cdf.png`: empirical CDFs of TTFT, TPOT and E2EL (ms), one panel each, p50 and p99
   marked;
 - `over_time.png`: against virtual time, output tokens per second (binned), running and waiting
-  requests, and KV blocks used against the budget.
+  requests, and KV blocks used (and held by the prefix cache, when step records carry
+  `kv_blocks_cached`). The y axes fit the data: a budget (slots, KV blocks) is a dotted line only
+  when it is within `BUDGET_IN_VIEW` times the data's peak; further off it is named in the legend
+  instead, so a light trace's lines are not pressed flat under a budget hundreds of times higher.
 
 Inputs are the engine's records (the `steps` and `requests` logs). matplotlib is the `plots`
 extra; without it `write_all` returns no paths.
@@ -57,9 +60,36 @@ def _timeline(steps, key):
       ts += [end, s["t"]]
       vs += [0, 0]
     ts += [s["t"], s["t"] + s["dt"]]
-    vs += [s[key], s[key]]
+    vs += [s.get(key, 0), s.get(key, 0)]
     end = s["t"] + s["dt"]
   return np.asarray(ts), np.asarray(vs)
+
+
+BUDGET_IN_VIEW = 4.0  # a budget line shares the axis only within this factor of the data's peak
+
+
+def _fit_to_data(ax, peak, budget, what):
+  """y from 0 to a tenth above the data's `peak` (or `budget` when it is within BUDGET_IN_VIEW of
+  it); a budget further off is a legend entry, not a line."""
+  top = max(peak, 1)
+  if budget and budget <= BUDGET_IN_VIEW * top:
+    ax.axhline(budget, color="gray", linestyle=":", label=f"{what} ({budget})")
+    top = max(top, budget)
+  elif budget:
+    ax.plot([], [], " ", label=f"{what}: {budget} ({budget / top:.0f}x the peak, off the scale)")
+  ax.set_ylim(0, top * 1.1)
+
+
+def _lines(ax, steps, series):
+  """One held line per (key, label, style, color, width) of `series`; returns the peak value."""
+  peak = 0
+  for key, label, style, color, width in series:
+    t, v = _timeline(steps, key)
+    if v.size and not v.any():
+      label += " (0 throughout, on the axis)"  # a line the axis would otherwise hide
+    ax.plot(t, v, linestyle=style, color=color, lw=width, label=label)
+    peak = max(peak, float(v.max()) if v.size else 0)
+  return peak
 
 
 def _throughput(ax, records):
@@ -77,7 +107,12 @@ def _throughput(ax, records):
   width = edges[1] - edges[0]
   ax.bar(edges[:-1], counts / width, width=width, align="edge", color="C0", alpha=0.7,
          label=f"bins of {width * 1e3:.0f} ms")
-  ax.legend(fontsize=8, loc="upper right")
+  _legend_beside(ax)
+
+
+def _legend_beside(ax):
+  """The legend right of the axes, where it cannot hide a line."""
+  ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
 
 
 def write_all(steps, records, out_dir, kv_num_blocks=None, max_num_seqs=None):
@@ -101,34 +136,32 @@ def write_all(steps, records, out_dir, kv_num_blocks=None, max_num_seqs=None):
     _cdf(ax, values, f"{title} CDF", "requests")
   paths.append(_save(plt, fig, out_dir, "latency_cdf.png"))
 
-  fig, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
+  paths.append(_save(plt, over_time(plt, steps, records, kv_num_blocks, max_num_seqs),
+                     out_dir, "over_time.png"))
+  return paths
+
+
+def over_time(plt, steps, records, kv_num_blocks=None, max_num_seqs=None):
+  """The over_time.png figure (axes: throughput, requests, KV blocks), not yet saved."""
+  fig, axes = plt.subplots(3, 1, figsize=(12, 8), sharex=True)
   _throughput(axes[0], records)
-  for key, style, color in (("slots_used", "-", "C0"), ("waiting", "--", "C1")):
-    t, v = _timeline(steps, key)
-    label = "running (slots used)" if key == "slots_used" else "waiting"
-    if v.size and not v.any():
-      label += " (0 throughout, on the axis)"  # a line the axis would otherwise hide
-    axes[1].plot(t, v, linestyle=style, color=color, lw=2 if key == "waiting" else 1.5,
-                 label=label)
-  if max_num_seqs:
-    axes[1].axhline(max_num_seqs, color="gray", linestyle=":", label=f"slots ({max_num_seqs})")
-    axes[1].set_ylim(0, max_num_seqs * 1.35)  # room for the legend above the lines
+  peak = _lines(axes[1], steps, (("slots_used", "running (slots used)", "-", "C0", 1.5),
+                                 ("waiting", "waiting", "--", "C1", 2)))
+  _fit_to_data(axes[1], peak, max_num_seqs, "slots")
   axes[1].set_ylabel("requests")
   axes[1].set_title("Running and waiting requests")
-  axes[1].legend(fontsize=8, loc="upper right")
-  axes[1].grid(alpha=0.3)
-  t, v = _timeline(steps, "kv_blocks_used")
-  axes[2].plot(t, v, color="C2", label="KV blocks used")
-  if kv_num_blocks:
-    axes[2].axhline(kv_num_blocks, color="gray", linestyle=":", label=f"budget ({kv_num_blocks})")
-    axes[2].set_ylim(0, kv_num_blocks * 1.35)
+  kv = [("kv_blocks_used", "KV blocks used", "-", "C2", 1.5)]
+  if any("kv_blocks_cached" in s for s in steps):  # the prefix cache's blocks, drawn over
+    kv.append(("kv_blocks_cached", "KV blocks held by the prefix cache", "--", "C4", 2))
+  _fit_to_data(axes[2], _lines(axes[2], steps, kv), kv_num_blocks, "KV budget")
   axes[2].set_ylabel("KV blocks")
-  axes[2].set_title("KV cache blocks used")
+  axes[2].set_title("KV cache blocks" + (" used and cached" if len(kv) == 2 else " used"))
   axes[2].set_xlabel("virtual time (s)")
-  axes[2].legend(fontsize=8, loc="upper right")
-  axes[2].grid(alpha=0.3)
-  paths.append(_save(plt, fig, out_dir, "over_time.png"))
-  return paths
+  for ax in axes[1:]:
+    ax.yaxis.get_major_locator().set_params(integer=True)  # counts
+    _legend_beside(ax)
+    ax.grid(alpha=0.3)
+  return fig
 
 
 def _save(plt, fig, out_dir, name):

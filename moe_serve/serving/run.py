@@ -93,9 +93,11 @@ def make_clock(cfg):
   return clock_lib.Clock(cfg.clock, res.coef, res.describe())
 
 
-def make_requests(cfg, prompt_source=None, skipped=None):
+def make_requests(cfg, prompt_source=None, skipped=None, counts=None):
   """The trace in workload.trace if set (format workload.trace_format, docs/traces.md), else the
   generated workload; prompts from `prompt_source` or the one workload.prompt_source names.
+  An imported trace (not jsonl) puts its counts in the dict `counts` if given: `left_out` (by the
+  format's filter) and `prompt_only` (ShareGPT requests served with a drawn output length).
 
   With `workload.skip_bad_lines`, bad trace lines are appended to `skipped` (a list) as
   {"line", "reason"} and the rest are served; otherwise the first bad line is a TraceError.
@@ -114,8 +116,10 @@ def make_requests(cfg, prompt_source=None, skipped=None):
     skipped = None
   fmt = wl.get("trace_format", "jsonl")
   if fmt != "jsonl":
-    requests, _ = trace_formats.load(wl, wl.trace, fmt, tok,
-                                     prompt_sources.exact_length(prompt_source), skipped)
+    requests, found = trace_formats.load(wl, wl.trace, fmt, tok,
+                                         prompt_sources.exact_length(prompt_source), skipped)
+    if counts is not None:
+      counts.update(found)
     return requests
   requests = workload.load_trace(wl.trace, skipped=skipped, tok=tok)
   requests = requests[:wl.get("max_requests", 0) or None]
@@ -127,12 +131,13 @@ def make_requests(cfg, prompt_source=None, skipped=None):
 def serve(cfg, workdir, engine=None, requests=None, slo_ttft_ms=None, slo_tpot_ms=None,
           on_step=None, log=print, params_source=None, skipped_lines=(), slo_e2el_ms=None,
           percentiles=benchmark.DEFAULT_PERCENTILES, profile_dir=None, profile_steps=20,
-          progress=None):
+          progress=None, trace_counts=None):
   """Runs the whole thing; returns (summary dict, RunLog). Writes the files listed above.
 
   `params_source` says where the engine's parameters came from (loading.load's second value;
   default: the config's `params_dir` or seed when this builds the engine); `skipped_lines` are
-  the bad trace lines that make_requests skipped, kept in skipped_lines.jsonl. `percentiles` are
+  the bad trace lines that make_requests skipped, kept in skipped_lines.jsonl, and
+  `trace_counts` its counts (summary `trace_left_out`, `trace_prompt_only`). `percentiles` are
   benchmark.json's (vLLM's --metric-percentiles). With `profile_dir`, the first `profile_steps`
   steps after warm-up are traced by jax.profiler into it (serving/profiling.py). `progress(what,
   done, total)` hears of each step shape compiled in warm-up.
@@ -145,11 +150,15 @@ def serve(cfg, workdir, engine=None, requests=None, slo_ttft_ms=None, slo_tpot_m
   if write:
     os.makedirs(workdir, exist_ok=True)
   skipped_lines = list(skipped_lines)
+  trace_counts = dict(trace_counts or {})
   if engine is None:
     engine = build_engine(cfg)
     params_source = loading.source(cfg)
   if requests is None:
-    requests = make_requests(cfg, skipped=skipped_lines)
+    requests = make_requests(cfg, skipped=skipped_lines, counts=trace_counts)
+  if trace_counts.get("prompt_only"):
+    log(f"workload: {trace_counts['prompt_only']} trace requests have no reply; their output "
+        "lengths are drawn from workload.output_len")
   if skipped_lines:
     log(f"workload: skipped {len(skipped_lines)} bad trace lines (skipped_lines.jsonl); "
         f"first: line {skipped_lines[0]['line']}: {skipped_lines[0]['reason']}")
@@ -199,6 +208,7 @@ def serve(cfg, workdir, engine=None, requests=None, slo_ttft_ms=None, slo_tpot_m
                 host_fraction=host_s / step_s if step_s else None,
                 overlap_misses=engine.overlap_misses,
                 output_tok_per_wall_s=summary["output_tokens"] / run_s if run_s else None))
+  summary.update({f"trace_{k}": v for k, v in sorted(trace_counts.items())})
   summary["memory"] = memory.measured(engine.params, engine.cache)
   spmd.check_same(spmd.Digest().add(runlog.requests).hexdigest(), "request records")
   if not write:

@@ -6,14 +6,20 @@
   times);
 - `burstgpt`: BurstGPT CSV (`Timestamp`, `Request tokens`, `Response tokens`, ...): arrival and
   token counts; rows with 0 response tokens (failed requests) are left out;
-- `azure`: Azure LLM inference trace CSV (`TIMESTAMP`, `ContextTokens`, `GeneratedTokens`).
+- `azure`: Azure LLM inference trace CSV (`TIMESTAMP`, `ContextTokens`, `GeneratedTokens`);
+- `mooncake`: Mooncake's FAST'25 JSON lines (`timestamp` ms, `input_length`, `output_length`,
+  `hash_ids`: one id per 512-token block, equal ids meaning equal blocks): each id's block is
+  drawn once from the prompt source, so requests with equal ids share those tokens
+  (`_block_prompt`).
 
-Token-count formats get prompts of exactly the given length from a prompt source
-(serving/prompt_sources.py). Every format: token counts times `length_scale` (rounded, >= 1),
-arrivals from 0 times `time_scale`, at most `max_requests` requests (0: all) in file order, a
-domain per request from `workload.mix` (seeded by (seed, i), as generated workloads), sampling
-from `workload.temperature/top_k/top_p`. A malformed entry raises TraceError naming file:line, or
-is listed in `skipped` ({"line", "reason"}) when a list is given.
+A ShareGPT entry whose human turn has no turn after it (prompt-only subsets) is served with an
+output length drawn from `workload.output_len`; `load` counts them. Token-count formats get
+prompts of exactly the given length from a prompt source (serving/prompt_sources.py). Every
+format: token counts times `length_scale` (rounded, >= 1; Mooncake by whole blocks), arrivals
+from 0 times `time_scale`, at most `max_requests` requests (0: all) in file order, a domain per
+request from `workload.mix` (seeded by (seed, i), as generated workloads), sampling from
+`workload.temperature/top_k/top_p`. A malformed entry (text that is not UTF-8 included) raises
+TraceError naming file:line, or is listed in `skipped` ({"line", "reason"}) when a list is given.
 """
 import csv
 import datetime
@@ -29,13 +35,17 @@ FORMATS = config_lib.TRACE_FORMATS
 HUMAN_ROLES = ("human", "user")
 
 
+MOONCAKE_BLOCK = 512  # tokens per hash id in Mooncake's traces
+_BLOCK_STREAM = 0x6d6f6f6e  # separates the generators of Mooncake blocks from those of requests
+
+
 class _Entry:
   """One imported request before prompts and domains: source line, arrival or None, prompt ids
-  or a prompt length, output length."""
+  or a prompt length (with Mooncake's `hash_ids`), output length or None (drawn)."""
 
-  def __init__(self, line, arrival, output_len, prompt=None, prompt_len=None):
+  def __init__(self, line, arrival, output_len, prompt=None, prompt_len=None, hash_ids=None):
     self.line, self.arrival, self.output_len = line, arrival, output_len
-    self.prompt, self.prompt_len = prompt, prompt_len
+    self.prompt, self.prompt_len, self.hash_ids = prompt, prompt_len, hash_ids
 
 
 def _fail(path, line, message, skipped):
@@ -45,13 +55,14 @@ def _fail(path, line, message, skipped):
 
 
 def _json_entries(path):
-  """(line, object) for each element of a top-level JSON array, or each JSON line."""
-  with open(path, encoding="utf-8") as f:
+  """(line, object) for each element of a top-level JSON array, or each JSON line. Bytes that
+  are not UTF-8 come through as lone surrogates (surrogateescape), refused where text is read."""
+  with open(path, encoding="utf-8", errors="surrogateescape") as f:
     text = f.read()
   decoder = json.JSONDecoder()
   pos = len(text) - len(text.lstrip())
-  if not text.startswith("[", pos):  # JSON lines
-    for line, raw in enumerate(text.splitlines(), 1):
+  if not text.startswith("[", pos):  # JSON lines (split at \n only: not at U+2028 in a string)
+    for line, raw in enumerate(text.split("\n"), 1):
       if raw.strip():
         try:
           yield line, json.loads(raw)
@@ -75,7 +86,8 @@ def _json_entries(path):
 
 
 def _sharegpt(path, tok, skipped, cap):
-  """ShareGPT entries; conversations without a human turn followed by a reply are left out."""
+  """ShareGPT entries and the number left out (no human turn, or an empty prompt or reply); a
+  human turn with no turn after it is kept with output length None (drawn in `load`)."""
   out, left_out = [], 0
   for line, conv in _json_entries(path):
     if len(out) == cap:
@@ -90,14 +102,21 @@ def _sharegpt(path, tok, skipped, cap):
       _fail(path, line, 'expected {"conversations": [{"from": str, "value": str}, ...]}', skipped)
       continue
     first = next((i for i, t in enumerate(turns) if t["from"] in HUMAN_ROLES), None)
-    if first is None or first + 1 >= len(turns) or not turns[first]["value"]:
+    if first is None or not turns[first]["value"]:
       left_out += 1
       continue
-    reply = len(tok.encode(turns[first + 1]["value"], bos=False))
+    used = turns[first:first + 2]  # the prompt and its reply, if there is one
+    why = next((w for k, t in enumerate(used)
+                if (w := workload.not_utf8(t["value"], f"conversations[{first + k}].value"))),
+               None)
+    if why:
+      _fail(path, line, why, skipped)
+      continue
+    reply = len(tok.encode(used[1]["value"], bos=False)) if len(used) == 2 else None
     if reply == 0:
       left_out += 1
       continue
-    out.append(_Entry(line, None, reply, prompt=tok.encode(turns[first]["value"])))
+    out.append(_Entry(line, None, reply, prompt=tok.encode(used[0]["value"])))
   return out, left_out
 
 
@@ -136,7 +155,9 @@ _CSV = {
 def _csv(path, fmt, skipped, cap):
   time_key, parse_time, prompt_key, output_key = _CSV[fmt]
   out, left_out = [], 0
-  with open(path, encoding="utf-8", newline="") as f:
+  # A byte that is not UTF-8 reads as a lone surrogate: a bad number in a used column, named by
+  # its line, instead of a UnicodeDecodeError out of the reader.
+  with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
     reader = csv.DictReader(f)
     missing = [k for k in (time_key, prompt_key, output_key) if k not in (reader.fieldnames or ())]
     if missing:
@@ -167,16 +188,98 @@ def _csv(path, fmt, skipped, cap):
   return out, left_out
 
 
+def _whole(rec, key, low):
+  value = rec.get(key)
+  if not (isinstance(value, int) and not isinstance(value, bool) and value >= low):
+    raise ValueError(f"{key}={json.dumps(value)} must be a JSON integer >= {low}")
+  return value
+
+
+def _mooncake_entry(rec):
+  """One Mooncake line -> (arrival s, input_length, output_length, hash_ids); ValueError says
+  what is wrong."""
+  if not isinstance(rec, dict):
+    raise ValueError('expected {"timestamp", "input_length", "output_length", "hash_ids"}')
+  stamp = rec.get("timestamp")
+  if isinstance(stamp, bool) or not isinstance(stamp, (int, float)) or not 0 <= stamp < np.inf:
+    raise ValueError(f"timestamp={json.dumps(stamp)} must be a finite number of ms >= 0")
+  input_len, output_len = _whole(rec, "input_length", 1), _whole(rec, "output_length", 0)
+  ids = rec.get("hash_ids")
+  if not isinstance(ids, list) or not all(
+      isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+    raise ValueError(f"hash_ids={json.dumps(ids)} must be a list of JSON integers >= 0")
+  blocks = -(-input_len // MOONCAKE_BLOCK)
+  if len(ids) != blocks:
+    raise ValueError(f"input_length={input_len} needs {blocks} hash_ids (one per "
+                     f"{MOONCAKE_BLOCK} tokens), got {len(ids)}")
+  return stamp / 1e3, input_len, output_len, ids
+
+
+def _mooncake(path, skipped, cap):
+  """Mooncake entries; requests with output_length 0 are left out (as BurstGPT's failures)."""
+  out, left_out = [], 0
+  for line, rec in _json_entries(path):
+    if len(out) == cap:
+      break
+    if isinstance(rec, workload.TraceError):
+      _fail(path, line, str(rec), skipped)
+      continue
+    try:
+      arrival, input_len, output_len, ids = _mooncake_entry(rec)
+    except ValueError as e:
+      _fail(path, line, str(e), skipped)
+      continue
+    if output_len == 0:
+      left_out += 1
+      continue
+    out.append(_Entry(line, arrival, output_len, prompt_len=input_len, hash_ids=ids))
+  return out, left_out
+
+
 def _scaled(n, scale):
   return max(int(round(n * scale)), 1)
 
 
+class _Blocks:
+  """Mooncake's blocks as token ids: hash id h is `size` = round(512 * length_scale) (>= 1)
+  tokens of the prompt source, drawn once with a generator seeded by (seed, _BLOCK_STREAM, h) in
+  a domain of `workload.mix` drawn with it, so equal ids are equal tokens in every request."""
+
+  def __init__(self, wl, prompt_source, scale, head):
+    self.size = _scaled(MOONCAKE_BLOCK, scale)
+    self.seed, self.source, self.head, self.cache = int(wl.seed), prompt_source, head, {}
+    self.domains = list(wl.mix.keys())
+    weights = np.asarray([float(wl.mix[d]) for d in self.domains])
+    self.p = weights / weights.sum()
+
+  def tokens(self, h):
+    if h not in self.cache:
+      r = np.random.default_rng([self.seed, _BLOCK_STREAM, h])
+      domain = self.domains[r.choice(len(self.domains), p=self.p)]
+      drawn = self.source(domain, self.size + len(self.head), r)
+      self.cache[h] = list(drawn)[len(self.head):]  # without the BOS every draw starts with
+    return self.cache[h]
+
+  def prompt(self, hash_ids, input_len):
+    """The blocks of `hash_ids` in order, all but the last whole, the last cut to its share of
+    `input_len` (1..512 tokens, scaled as size / 512: a prefix of its block); the tokenizer's
+    BOS takes the place of the first token, so the prompt has exactly the scaled length and
+    block j starts at j * size."""
+    last = input_len - MOONCAKE_BLOCK * (len(hash_ids) - 1)
+    last = min(max(int(round(last * self.size / MOONCAKE_BLOCK)), 1), self.size)
+    ids = [t for h in hash_ids[:-1] for t in self.tokens(h)] + self.tokens(hash_ids[-1])[:last]
+    return self.head + ids[len(self.head):]
+
+
 def load(wl, path, fmt, tok, prompt_source, skipped=None):
   """Requests from the trace at `path` in format `fmt` (not jsonl) for the `workload` config
-  `wl`; returns (requests, number of entries left out by the format's filter)."""
+  `wl`; returns (requests, counts): counts["left_out"] entries left out by the format's filter,
+  counts["prompt_only"] ShareGPT requests served with a drawn output length."""
   cap = int(wl.get("max_requests", 0)) or None
   if fmt == "sharegpt":
     entries, left_out = _sharegpt(path, tok, skipped, cap)
+  elif fmt == "mooncake":
+    entries, left_out = _mooncake(path, skipped, cap)
   elif fmt in _CSV:
     entries, left_out = _csv(path, fmt, skipped, cap)
   else:
@@ -191,18 +294,26 @@ def load(wl, path, fmt, tok, prompt_source, skipped=None):
     times = times - times.min()
   times = times * float(wl.get("time_scale", 1.0))
   scale = float(wl.get("length_scale", 1.0))
+  blocks = _Blocks(wl, prompt_source, scale, list(tok.encode(""))) if fmt == "mooncake" else None
   domains = list(wl.mix.keys())
   weights = np.asarray([float(wl.mix[d]) for d in domains])
-  out = []
+  out, prompt_only = [], 0
   for i, e in enumerate(entries):
     r = np.random.default_rng([wl.seed, i])
     domain = domains[r.choice(len(domains), p=weights / weights.sum())]
     if e.prompt is not None:
       prompt = e.prompt[:_scaled(len(e.prompt), scale)] if scale != 1 else e.prompt
+    elif e.hash_ids is not None:
+      prompt = blocks.prompt(e.hash_ids, e.prompt_len)
     else:
       prompt = prompt_source(domain, _scaled(e.prompt_len, scale), r)
+    if e.output_len is None:  # no reply in the trace: drawn as a generated request's, unscaled
+      max_new_tokens = workload.draw_length(wl.output_len, r)
+      prompt_only += 1
+    else:
+      max_new_tokens = _scaled(e.output_len, scale)
     sp = SamplingParams(float(wl.temperature), int(wl.top_k), float(wl.top_p),
                         seed=(wl.seed * 1_000_003 + i) % 2**32)
-    out.append(Request(id=i, prompt=prompt, max_new_tokens=_scaled(e.output_len, scale),
+    out.append(Request(id=i, prompt=prompt, max_new_tokens=max_new_tokens,
                        sampling=sp, arrival=float(times[i]), domain=domain))
-  return out, left_out
+  return out, dict(left_out=left_out, prompt_only=prompt_only)

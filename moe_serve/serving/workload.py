@@ -23,6 +23,18 @@ class TraceError(ValueError):
   """A trace line cannot be turned into a request; the message names the line."""
 
 
+def not_utf8(text, what):
+  """None if `text` is UTF-8 text, else why not: the lone surrogate JSON lets through (the escape
+  "\\ud800", or a byte that is not UTF-8 read with errors="surrogateescape"), which no tokenizer
+  can encode."""
+  try:
+    text.encode("utf-8")
+    return None
+  except UnicodeEncodeError as e:
+    return (f"{what} is not UTF-8 text: lone surrogate U+{ord(text[e.start]):04X} at character "
+            f"{e.start} (a \\u{ord(text[e.start]):04x} escape, or a byte that is not UTF-8)")
+
+
 class PromptSource(Protocol):
   """domain, target length, generator -> prompt token ids (BOS first). Lengths are a target."""
 
@@ -162,6 +174,10 @@ def parse_trace_line(raw, index, tok=tokenizer.BYTES):
     ok, what = _TRACE_CHECKS[key]
     if not ok(value):
       raise TraceError(f"bad field value: {key}={json.dumps(value)} must be {what}")
+  for key in ("prompt", "domain"):
+    why = not_utf8(rec[key], key) if key in rec else None
+    if why:
+      raise TraceError(why)
   prompt = tok.encode(rec["prompt"]) if "prompt" in rec else rec["tokens"]
   sp = SamplingParams(float(rec.get("temperature", 0.0)), rec.get("top_k", 0),
                       float(rec.get("top_p", 1.0)), rec.get("seed", 0))

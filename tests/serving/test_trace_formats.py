@@ -13,14 +13,17 @@ from moe_serve.serving import run as run_lib
 
 _DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "traces")
 SHAREGPT = os.path.join(_DIR, "sharegpt.json")
+PROMPT_ONLY = os.path.join(_DIR, "sharegpt_prompt_only.jsonl")
 BURSTGPT = os.path.join(_DIR, "burstgpt.csv")
 AZURE = os.path.join(_DIR, "azure_conv.csv")
 TOK = tokenizer.BYTES
 
 
-def _cfg(**workload_changes):
+def _cfg(output_len=None, **workload_changes):
   cfg = serve_default.get_config("size=tiny")
   cfg.workload.update(workload_changes)
+  if output_len is not None:
+    cfg.workload.output_len.update(output_len)
   return config_lib.validate_serve(config_lib.validate(cfg))
 
 
@@ -31,18 +34,32 @@ def _load(path, fmt, skipped=None, source="synthetic", **changes):
 
 
 def test_sharegpt_first_human_turn_is_the_prompt_and_the_reply_sets_max_new_tokens():
-  reqs, left_out = _load(SHAREGPT, "sharegpt")
-  assert left_out == 1  # c1 has no reply
-  prompts = ["What is 12+34?", "Sort the letters dcba.", "Write a line of prose."]
-  replies = ["12+34=46", "abcd", "The river ran slowly past the mill."]
+  reqs, counts = _load(SHAREGPT, "sharegpt", output_len=dict(kind="fixed", value=5))
+  assert counts == {"left_out": 0, "prompt_only": 1}  # c1 has no reply: served all the same
+  prompts = ["What is 12+34?", "Say hello.", "Sort the letters dcba.", "Write a line of prose."]
+  replies = [len("12+34=46"), 5, len("abcd"), len("The river ran slowly past the mill.")]
   assert [list(r.prompt) for r in reqs] == [TOK.encode(p) for p in prompts]
-  assert [r.max_new_tokens for r in reqs] == [len(r.encode()) for r in replies]
+  assert [r.max_new_tokens for r in reqs] == replies  # c1's from workload.output_len
   # No times in ShareGPT: the workload's arrival process, from its seed.
   wl = _cfg().workload
-  expected = workload.arrival_times(wl.arrival, 3, np.random.default_rng(wl.seed))
+  expected = workload.arrival_times(wl.arrival, 4, np.random.default_rng(wl.seed))
   np.testing.assert_allclose([r.arrival for r in reqs], expected)
-  assert [r.id for r in reqs] == [0, 1, 2]
+  assert [r.id for r in reqs] == [0, 1, 2, 3]
   assert all(r.domain in wl.mix for r in reqs)
+
+
+def test_prompt_only_sharegpt_is_served_with_drawn_output_lengths_and_counted():
+  # p0, p2: no reply; p1: an empty prompt (left out); p3: a reply of 9 bytes.
+  reqs, counts = _load(PROMPT_ONLY, "sharegpt", output_len=dict(kind="uniform", low=3, high=4),
+                       length_scale=0.5)
+  assert counts == {"left_out": 1, "prompt_only": 2}
+  # BOS + 12, 23, 13 bytes, halved: 6.5 -> 6 (half to even), 12, 7 tokens with BOS.
+  assert [TOK.decode(r.prompt) for r in reqs] == ["What ", "Reverse the", "Name a"]
+  lens = [r.max_new_tokens for r in reqs]
+  assert lens[0] in (3, 4) and lens[1] in (3, 4) and lens[2] == 4  # drawn unscaled; 9 * 0.5
+  cfg = _cfg(trace=PROMPT_ONLY, trace_format="sharegpt", max_requests=1)
+  counts = {}
+  assert len(run_lib.make_requests(cfg, counts=counts)) == 1 and counts["prompt_only"] == 1
 
 
 @pytest.mark.parametrize("path, fmt, times, prompt_lens, output_lens", [
@@ -52,8 +69,8 @@ def test_sharegpt_first_human_turn_is_the_prompt_and_the_reply_sets_max_new_toke
 @pytest.mark.parametrize("source", ["synthetic", "eval", "corpus"])
 def test_token_count_traces_get_prompts_of_exactly_the_given_length(path, fmt, times, prompt_lens,
                                                                     output_lens, source):
-  reqs, left_out = _load(path, fmt, source=source)
-  assert left_out == (1 if fmt == "burstgpt" else 0)
+  reqs, counts = _load(path, fmt, source=source)
+  assert counts == {"left_out": 1 if fmt == "burstgpt" else 0, "prompt_only": 0}
   np.testing.assert_allclose([r.arrival for r in reqs], times, atol=1e-6)
   assert [len(r.prompt) for r in reqs] == prompt_lens
   assert [r.max_new_tokens for r in reqs] == output_lens
@@ -108,6 +125,48 @@ def test_malformed_entries_name_file_and_line(tmp_path, name, fmt, text, line, w
   path = _write(tmp_path, name, text)
   with pytest.raises(workload.TraceError, match=rf"^{path}:{line}: .*{words}"):
     _load(path, fmt)
+
+
+_HUMAN = ('{{"conversations": [{{"from": "human", "value": "{}"}}, '
+          '{{"from": "gpt", "value": "{}"}}]}}')
+
+
+@pytest.mark.parametrize("name, fmt, data, line, words", [
+    # The JSON escape of a lone surrogate: valid JSON, not UTF-8 text (no tokenizer encodes it).
+    ("s.json", "sharegpt", "[\n" + _HUMAN.format("a", "b") + ",\n" + _HUMAN.format("x\\ud800", "b")
+     + "\n]", 3,
+     r"conversations\[0\]\.value is not UTF-8 text: lone surrogate U\+D800 at character 1"),
+    ("s.jsonl", "sharegpt", _HUMAN.format("a", "b") + "\n" + _HUMAN.format("a", "\\udfff") + "\n",
+     2,
+     r"conversations\[1\]\.value is not UTF-8 text: lone surrogate U\+DFFF at character 0"),
+    ("t.jsonl", "jsonl", '{"arrival": 0, "max_new_tokens": 2, "domain": "add", "prompt": "1+1="}\n'
+     '{"arrival": 0, "max_new_tokens": 2, "domain": "add", "prompt": "ab\\ud800"}\n', 2,
+     r"prompt is not UTF-8 text: lone surrogate U\+D800 at character 2"),
+])
+def test_lone_surrogate_is_refused_at_its_line_and_skippable(tmp_path, name, fmt, data, line,
+                                                             words):
+  path = _write(tmp_path, name, data)
+  cfg = _cfg(trace=path, trace_format=fmt)
+  with pytest.raises(workload.TraceError, match=rf"^{path}:{line}: {words}"):
+    run_lib.make_requests(cfg)
+  cfg.workload.skip_bad_lines = True
+  skipped = []
+  assert len(run_lib.make_requests(cfg, skipped=skipped)) == 1
+  assert [s["line"] for s in skipped] == [line] and "not UTF-8" in skipped[0]["reason"]
+
+
+@pytest.mark.parametrize("name, fmt, data, line, words", [
+    ("s.jsonl", "sharegpt", _HUMAN.format("a", "b").encode() + b"\n"
+     + _HUMAN.format("caf\xe9", "b").encode("latin-1"), 2,
+     r"conversations\[0\]\.value is not UTF-8 text: lone surrogate U\+DCE9 at character 3"),
+    ("b.csv", "burstgpt", b"Timestamp,Request tokens,Response tokens\n1,2,3\n2,\xff,3\n", 3,
+     r"Request tokens='\\udcff' must be a number"),
+])
+def test_bytes_that_are_not_utf8_are_refused_at_their_line(tmp_path, name, fmt, data, line, words):
+  path = tmp_path / name
+  path.write_bytes(data)
+  with pytest.raises(workload.TraceError, match=rf"^{path}:{line}: {words}"):
+    _load(str(path), fmt)
 
 
 def test_bad_lines_skipped_and_listed_on_request(tmp_path):

@@ -40,6 +40,8 @@ _DROP = object()
     (_line(domain=3), "domain=3 must be a non-empty string"),
     ('{"arrival": 0, "max_new_tokens": 2, "domain": "add", "prompt": "caf\xe9"}'.encode("latin-1"),
      "not UTF-8 text"),
+    (b'{"arrival": 0, "max_new_tokens": 2, "domain": "a\\udc80d", "prompt": "x"}',
+     r"domain is not UTF-8 text: lone surrogate U\+DC80 at character 1"),
 ])
 def test_bad_line_is_named_by_file_and_line(tmp_path, bad, words):
   path = tmp_path / "t.jsonl"
