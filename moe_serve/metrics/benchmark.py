@@ -77,6 +77,9 @@ def result(records, percentiles=DEFAULT_PERCENTILES, slo_ms=None, metadata=None)
       total_input_tokens=n_in, total_output_tokens=n_out,
       request_throughput=per_s(len(done)), request_goodput=per_s(good) if slo_ms else None,
       output_throughput=per_s(n_out), total_token_throughput=per_s(n_in + n_out))
+  hits = latency.prefix_cache_hits(records)
+  if hits is not None:  # not a vLLM bench field; named like its prefix cache metrics
+    out.update(num_cached_tokens=hits["cached_tokens"], prefix_cache_hit_rate=hits["hit_rate"])
   for metric in METRICS:
     ms = np.asarray(values[metric] or [0.0], np.float64) * 1e3
     out[f"mean_{metric}_ms"] = float(ms.mean())

@@ -64,6 +64,18 @@ def _block(done, duration, slo_ttft_ms, slo_tpot_ms, slo_e2el_ms=None):
       e2el_ms=stats_ms(e2els))
 
 
+def prefix_cache_hits(records):
+  """With serve.prefix_cache (records carry `cached_tokens`): {"cached_tokens", "prompt_tokens",
+  "hit_rate"} over finished requests (hit rate: cached / prompt tokens, as vLLM counts its
+  prefix cache hits); None for records of a run without it."""
+  done = [r for r in records if r["status"] == "finished"]
+  if not any("cached_tokens" in r for r in done):
+    return None
+  cached, prompt = (sum(r[k] for r in done) for k in ("cached_tokens", "prompt_len"))
+  return dict(cached_tokens=cached, prompt_tokens=prompt,
+              hit_rate=cached / prompt if prompt else 0.0)
+
+
 def summarize(records, slo_ttft_ms=None, slo_tpot_ms=None, slo_e2el_ms=None):
   """The run summary (see module docstring) from every request record, rejected ones included."""
   done = [r for r in records if r["status"] == "finished"]
@@ -82,4 +94,7 @@ def summarize(records, slo_ttft_ms=None, slo_tpot_ms=None, slo_e2el_ms=None):
   classes = sorted({r.get("priority", 0) for r in done})
   out["per_priority"] = {str(c): _block([r for r in done if r.get("priority", 0) == c], duration,
                                         *slos) for c in classes}
+  hits = prefix_cache_hits(records)
+  if hits is not None:
+    out["prefix_cache"] = hits
   return out

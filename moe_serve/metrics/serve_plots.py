@@ -52,13 +52,20 @@ def _cdf(ax, values_ms, title, what):
   ax.legend(fontsize=8, loc="lower right")
 
 
+# In an idle gap nothing runs, but the prefix cache keeps its blocks: KV lines then show what
+# the next step found cached (0 without a prefix cache).
+_IDLE_VALUE = {"kv_blocks_used": "kv_blocks_cached", "kv_blocks_cached": "kv_blocks_cached"}
+
+
 def _timeline(steps, key):
-  """(t, value) points of a per-step quantity, held over each step and 0 in idle gaps."""
+  """(t, value) points of a per-step quantity, held over each step; in idle gaps 0 (or the
+  cached blocks, _IDLE_VALUE)."""
   ts, vs, end = [], [], None
   for s in steps:
     if end is not None and s["t"] > end + 1e-12:  # idle: nothing running until the next arrival
+      idle = s.get(_IDLE_VALUE.get(key), 0)
       ts += [end, s["t"]]
-      vs += [0, 0]
+      vs += [idle, idle]
     ts += [s["t"], s["t"] + s["dt"]]
     vs += [s.get(key, 0), s.get(key, 0)]
     end = s["t"] + s["dt"]

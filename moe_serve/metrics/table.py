@@ -36,6 +36,10 @@ def format_summary(s):
     lines.append(f"memory per device ({m['devices']} devices): params "
                  f"{mib('params_bytes_per_device')}, KV cache {mib('cache_bytes_per_device')} "
                  f"(of {mib('params_bytes')} and {mib('cache_bytes')} in all)")
+  if "prefix_cache" in s:
+    pc = s["prefix_cache"]
+    lines.append(f"prefix cache: {pc['cached_tokens']} of {pc['prompt_tokens']} prompt tokens "
+                 f"cached (hit rate {pc['hit_rate']:.1%})")
   for reason, n in sorted(s["reject_reasons"].items()):
     lines.append(f"  rejected x{n}: {reason}")
   lines.append(f"{'metric':<10}{'mean':>10}{'median':>10}{'p90':>10}{'p99':>10}")

@@ -78,8 +78,10 @@ class TensorBoard:
 
   def step(self, rec):
     i = rec["step"]
-    for key in ("t", "dt", "decode", "prefill_tokens", "slots_used", "kv_blocks_used", "waiting"):
-      self._w.add_scalar(f"step/{key}", rec[key], i)
+    for key in ("t", "dt", "decode", "prefill_tokens", "slots_used", "kv_blocks_used", "waiting",
+                "kv_blocks_cached", "prefix_hit_tokens"):
+      if key in rec:  # the last two: serve.prefix_cache only
+        self._w.add_scalar(f"step/{key}", rec[key], i)
 
   def record(self, prefix, record, step):
     """Every number of `record` (nested dicts flattened to a/b) as `prefix/name` at `step`."""
@@ -92,7 +94,7 @@ class TensorBoard:
   # rest is in summary.json); the whole table goes in as text (TEXT tab).
   HEADLINE = ("completed", "rejected", "preemptions", "request_throughput", "output_throughput",
               "goodput", "ttft_ms/median", "ttft_ms/p99", "tpot_ms/median", "tpot_ms/p99",
-              "e2el_ms/median", "e2el_ms/p99")
+              "e2el_ms/median", "e2el_ms/p99", "prefix_cache/hit_rate")
 
   def summary(self, summary, step=0, text=None):
     flat = flatten(summary)

@@ -34,11 +34,12 @@ def _per_device(tree):
   return out
 
 
-def measured(params, cache):
-  """Parameter and cache bytes: logical totals and per device (max and min over this process's
-  devices), from the arrays' shardings."""
+def measured(params, cache, **more):
+  """Parameter and cache bytes (and of each array tree in `more`, e.g. prefix_pool=...):
+  logical totals and per device (max and min over this process's devices), from the arrays'
+  shardings."""
   out = {"devices": jax.device_count()}
-  for name, tree in (("params", params), ("cache", cache)):
+  for name, tree in (("params", params), ("cache", cache), *more.items()):
     per = _per_device(tree)
     out[f"{name}_bytes"] = int(sum(x.nbytes for x in jax.tree.leaves(tree)))
     out[f"{name}_bytes_per_device"] = int(max(per.values()))

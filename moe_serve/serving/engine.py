@@ -314,11 +314,12 @@ class Engine:
         inflight = self._launch(step, None)
     r = self._run
     records = self._request_records(r["seqs"], rejected)
-    if self.prefix_cache:  # vLLM's num_cached_tokens: the first admission's cached prefix
-      cached = {s.req.id: s.cached_tokens for s in r["seqs"]}
+    if self.prefix_cache:  # vLLM's num_cached_tokens: the first admission's cached prefix, and
+      seqs = {s.req.id: s for s in r["seqs"]}  # whose steps computed its blocks (forensics)
       for rec in records:
         if rec["status"] != "rejected":
-          rec["cached_tokens"] = cached[rec["id"]]
+          rec.update(cached_tokens=seqs[rec["id"]].cached_tokens,
+                     cached_from=sorted(set(seqs[rec["id"]].cached_from or ())))
     return RunLog(records, r["steps"], r["wall"])
 
   @property

@@ -90,12 +90,16 @@ class Pool:
     return self._load(cache, self.pool, *self._args(copies, self.num_slots, 0))
 
   def warm(self, cache, max_copies):
-    """Compiles both copies for every padded size up to `max_copies`; returns the cache."""
-    n = MIN_COPIES
-    while True:
-      none = [(self.num_slots, 0, self.num_blocks)] * n  # every copy dropped: nothing changes
-      cache = self._load(cache, self.pool, *self._args(none, self.num_slots, 0))
-      self.pool = self._save(cache, self.pool, *self._args(none, 0, self.num_blocks))
-      if n >= max_copies:
-        return cache
-      n *= 2
+    """Compiles both copies for every padded size up to `max_copies`; returns the cache. Twice:
+    the fresh pool is not yet committed to a device, its copies' outputs are (as in
+    Engine.warmup)."""
+    for _ in range(2):
+      n = MIN_COPIES
+      while True:
+        none = [(self.num_slots, 0, self.num_blocks)] * n  # every copy dropped: no change
+        cache = self._load(cache, self.pool, *self._args(none, self.num_slots, 0))
+        self.pool = self._save(cache, self.pool, *self._args(none, 0, self.num_blocks))
+        if n >= max_copies:
+          break
+        n *= 2
+    return cache

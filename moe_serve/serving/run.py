@@ -209,7 +209,8 @@ def serve(cfg, workdir, engine=None, requests=None, slo_ttft_ms=None, slo_tpot_m
                 overlap_misses=engine.overlap_misses,
                 output_tok_per_wall_s=summary["output_tokens"] / run_s if run_s else None))
   summary.update({f"trace_{k}": v for k, v in sorted(trace_counts.items())})
-  summary["memory"] = memory.measured(engine.params, engine.cache)
+  pool = {} if engine.pool is None else dict(prefix_pool=engine.pool.pool)
+  summary["memory"] = memory.measured(engine.params, engine.cache, **pool)
   spmd.check_same(spmd.Digest().add(runlog.requests).hexdigest(), "request records")
   if not write:
     return summary, runlog

@@ -184,7 +184,8 @@ class Scheduler:
       else:
         heapq.heappop(self.waiting)
       slot = heapq.heappop(self.free_slots)
-      seq.admit(slot, need, now, keys[:hit], self.block_size)
+      seq.admit(slot, need, now, keys[:hit], self.block_size,
+                [self.cache.entries[k].owner for k in keys[:hit]])
       loads += [(slot, i, self.cache.entries[k].pool_index) for i, k in enumerate(keys[:hit])]
       self.free_blocks -= need
       bisect.insort(self.running, seq, key=lambda s: s.key)

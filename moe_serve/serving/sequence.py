@@ -41,6 +41,7 @@ class Seq:
   block_keys: list = dataclasses.field(default_factory=list)
   shared: list = dataclasses.field(default_factory=list)
   cached_tokens: int | None = None
+  cached_from: list | None = None  # per cached block then, the request whose step computed it
 
   @classmethod
   def waiting(cls, req: Request, key):
@@ -51,15 +52,16 @@ class Seq:
     return self.key < other.key
 
   # ------------------------------------------------------------------ scheduler side
-  def admit(self, slot, blocks, now, shared=(), block_size=0):
+  def admit(self, slot, blocks, now, shared=(), block_size=0, owners=()):
     """Takes `slot` and `blocks` KV blocks of its own; with `shared` (keys of cached blocks it
-    now holds, its first ones) those blocks' tokens count as computed. The first admission's
-    time and cached tokens are kept."""
+    now holds, its first ones, computed in the steps of requests `owners`) those blocks' tokens
+    count as computed. The first admission's time and cache hit are kept."""
     self.slot, self.blocks = slot, blocks
     self.shared = list(shared)
     self.num_computed = len(shared) * block_size
     if self.admitted_at is None:
       self.admitted_at, self.cached_tokens = now, self.num_computed
+      self.cached_from = list(owners)
 
   def reserve(self, blocks):
     """Holds `blocks` more KV blocks (for the next decode token)."""

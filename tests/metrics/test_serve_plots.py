@@ -40,7 +40,7 @@ def test_budgets_far_above_the_data_are_named_not_drawn(plt):
 
 
 def test_a_budget_near_the_data_is_a_line_and_cached_blocks_are_drawn(plt):
-  steps = [dict(s, kv_blocks_cached=c) for s, c in zip(STEPS, (0, 2, 2))]
+  steps = [dict(s, kv_blocks_cached=c) for s, c in zip(STEPS, (0, 2, 1))]
   fig = serve_plots.over_time(plt, steps, [], kv_num_blocks=8, max_num_seqs=4)
   _, requests, kv = fig.axes
   assert requests.get_ylim() == pytest.approx((0, 4 * 1.1))  # up to the 4 slots
@@ -49,7 +49,9 @@ def test_a_budget_near_the_data_is_a_line_and_cached_blocks_are_drawn(plt):
       4, 4]
   assert _labels(kv) == ["KV blocks used", "KV blocks held by the prefix cache", "KV budget (8)"]
   cached = kv.get_lines()[1]
-  # Held over each step, 0 in the idle gap from 1.0 to 2.0.
+  # Held over each step; in the idle gap from 1.0 to 2.0 the cache keeps what the next step
+  # found there (1 block), and so do the used blocks (nothing else is held then).
   assert list(cached.get_xdata()) == [0.0, 0.5, 0.5, 1.0, 1.0, 2.0, 2.0, 2.5]
-  assert list(cached.get_ydata()) == [0, 0, 2, 2, 0, 0, 2, 2]
+  assert list(cached.get_ydata()) == [0, 0, 2, 2, 1, 1, 1, 1]
+  assert list(kv.get_lines()[0].get_ydata()) == [2, 2, 3, 3, 1, 1, 1, 1]
   assert kv.get_title() == "KV cache blocks used and cached"

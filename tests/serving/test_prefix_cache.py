@@ -77,6 +77,7 @@ def test_blocks_by_hand_hit_copy_and_dedupe():
   plan = sched.schedule(1.0)
   assert plan.loads == [(0, 0, 0), (0, 1, 1)]
   assert b.num_computed == 8 and b.cached_tokens == 8 and plan.prefill == [(b, 3)]
+  assert b.cached_from == [0, 0]  # both blocks computed in A's steps
   _step(sched, plan)
   assert sched.take_saves() == []  # B completed no new full block
   # C is A's first 8 tokens exactly: its last token must run, so only block 0 is reused; the
