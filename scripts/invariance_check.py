@@ -9,8 +9,10 @@ r"""The peers' batch-invariance protocols on our engine (moe_serve/experiments/p
 
 Protocols: vLLM's needle and bitwise tests (tests/v1/generation/test_batch_invariance.py) and
 SGLang's single / mixed / prefix modes (python/sglang/test/test_deterministic.py), each under the
-settings `invariant` (model.batch_invariant on, capacity_scope none), `off` (the mode off) and
-`invariant_batch` (on, capacity_scope batch at factor 1.0, where routing may still diverge).
+settings `invariant` (model.batch_invariant on, capacity_scope none), `off` (the mode off),
+`invariant_batch` (on, capacity_scope batch at factor 1.0, where routing may still diverge), and
+`invariant_cache` / `invariant_batch_cache` (the first and third with serve.prefix_cache kept
+warm across runs: prompts reuse blocks computed in other batches).
 All requests of a batch arrive at t=0 on the config's engine and step buckets (serve_default's
 buckets: step shapes follow the load). A protocol passes with one unique output per prompt
 (tokens; tokens and log-probs for `bitwise`). Writes <workdir>/protocols.md (the table) and

@@ -18,8 +18,12 @@ by newlines and encoded by the served model's tokenizer (bytes, or an HF directo
 tokenizer.json), of random lengths up to `max_prompt_len` tokens; filler prompts are drawn alike.
 
 Settings (SETTINGS): `invariant` (model.batch_invariant on, capacity_scope none), `off` (the same
-with it off: nothing is claimed) and `invariant_batch` (on, scope batch at capacity factor 1.0:
-a token's expert depends on the other tokens of the step, so outputs are expected to diverge).
+with it off: nothing is claimed), `invariant_batch` (on, scope batch at capacity factor 1.0:
+a token's expert depends on the other tokens of the step, so outputs are expected to diverge) and
+`invariant_cache` (`invariant` with serve.prefix_cache kept warm across the protocol's runs: a
+prompt reuses blocks computed in earlier batches of other compositions, SGLang's prefix mode
+with its radix cache; docs/design.md contract 7) and `invariant_batch_cache` (the same with scope
+batch: a reused block carries the routing of the batch that computed it).
 
 Axis letters are not needed here: everything is lists of token ids per request.
 """
@@ -44,13 +48,17 @@ class Setting(NamedTuple):
   batch_invariant: bool
   capacity_scope: str
   capacity_factor: float | None  # None: the config's
-  expected: str  # what the contracts claim (docs/design.md, contract 2)
+  expected: str  # what the contracts claim (docs/design.md, contracts 2 and 7)
+  prefix_cache: bool = False  # kept warm across the runs
 
 
 SETTINGS = (
     Setting("invariant", True, "none", None, "1 unique (contract 2)"),
     Setting("off", False, "none", None, "not claimed"),
     Setting("invariant_batch", True, "batch", 1.0, "diverges (routing)"),
+    Setting("invariant_cache", True, "none", None, "1 unique (contract 7)", True),
+    Setting("invariant_batch_cache", True, "batch", 1.0, "diverges (routing, cached blocks)",
+            True),
 )
 
 
@@ -71,6 +79,7 @@ def setting_config(cfg, setting):
   cfg = copy.deepcopy(cfg)
   cfg.clock.profile = ""
   cfg.model.batch_invariant = setting.batch_invariant
+  cfg.serve.prefix_cache = setting.prefix_cache
   r = cfg.model.router
   r.capacity_scope = setting.capacity_scope
   if setting.capacity_factor is not None:
@@ -120,12 +129,13 @@ class Runner:
   def __init__(self, engine, max_new_tokens, progress=None):
     self.engine, self.max_new_tokens, self.progress = engine, max_new_tokens, progress
     self.outputs, self.shapes, self.runs, self.requests = {}, set(), 0, 0
+    self.cached_tokens = 0
 
   def __call__(self, batch):
     domain = self.engine.cfg.serve.domains[0]
     reqs = [Request(id=i, prompt=ids, max_new_tokens=self.max_new_tokens, sampling=sp,
                     ignore_eos=True, domain=domain) for i, (_, ids, sp) in enumerate(batch)]
-    log = self.engine.run(reqs)
+    log = self.engine.run(reqs, warm_prefix_cache=True)  # a no-op without a prefix cache
     recs = {r["id"]: r for r in log.requests}
     for i, (key, _, _) in enumerate(batch):
       rec = recs[i]
@@ -134,6 +144,7 @@ class Runner:
       self.outputs.setdefault(key, []).append(
           (tuple(rec["tokens"]), tuple(float(x) for x in rec["logprobs"])))
     self.shapes |= {tuple(s["bucket"]) + (s["kv_len"],) for s in log.steps}
+    self.cached_tokens += sum(r.get("cached_tokens") or 0 for r in log.requests)
     self.runs += 1
     self.requests += len(batch)
     if self.progress is not None:
@@ -150,6 +161,7 @@ class Runner:
                 unique_logprobs_max=lps, prompts=len(keys),
                 appearances_min=min(len(o) for o in outs), runs=self.runs,
                 requests=self.requests, step_shapes=len(self.shapes),
+                cached_tokens=self.cached_tokens,
                 compared="tokens+logprobs" if compare_logprobs else "tokens")
 
 
@@ -237,7 +249,8 @@ _COLUMNS = (("protocol", "protocol"), ("setting", "setting"), ("expected", "expe
             (None, "result"), ("unique_max", "unique outputs max"),
             ("unique_logprobs_max", "unique log-probs max"), ("compared", "compared"),
             ("prompts", "prompts"), ("appearances_min", "runs per prompt min"),
-            ("runs", "runs (batches)"), ("requests", "requests"), ("step_shapes", "step shapes"))
+            ("runs", "runs (batches)"), ("requests", "requests"), ("step_shapes", "step shapes"),
+            ("cached_tokens", "cached prompt tokens"))
 
 
 def markdown(rows):

@@ -273,11 +273,14 @@ class Engine:
     return [int(x) for x in routing_metrics.drops_per_layer(kept, seg_T)]
 
   # ------------------------------------------------------------------ the loop
-  def run(self, requests, on_step=None, tracer=None, stop_after=None, replay=None) -> RunLog:
+  def run(self, requests, on_step=None, tracer=None, stop_after=None, replay=None,
+          warm_prefix_cache=False) -> RunLog:
     """Serves `requests` (any order) to completion; returns the records. `on_step(engine, rec)`.
 
     `tracer` (serving/trace.py) records chosen requests' distributions and routing. With
     `stop_after` (request ids), the run ends as soon as those requests are finished or rejected;
+    `warm_prefix_cache` keeps the blocks the prefix cache held at the end of the last run (else
+    every run starts cold);
     requests still in flight then are recorded with status "unfinished". `replay` ({request id:
     [U, Y, K] codes}, serving/replay.py; needs serve.replay_routing) forces those requests'
     recorded routing.
@@ -290,7 +293,10 @@ class Engine:
     if replay and not self.replay_routing:
       raise ValueError("Engine.run(replay=...) needs an engine built with serve.replay_routing")
     self._replay = dict(replay or {})
+    cached = self.sched.cache if warm_prefix_cache else None
     self.sched, self.clock.now = self._new_scheduler(), 0.0
+    if cached is not None:
+      self.sched.adopt(cached)
     seen, rejected, accepted = set(), [], []
     for req in requests:
       reason = request_lib.check(req, self.limits, seen)

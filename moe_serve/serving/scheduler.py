@@ -212,6 +212,15 @@ class Scheduler:
       else:
         self.saves.append((seq.slot, i, entry.pool_index))
 
+  def adopt(self, cache):
+    """Starts with another scheduler's cached blocks (a warm prefix cache), none of them held
+    any longer (held ones are let go: their requests are gone)."""
+    for entry in cache.entries.values():
+      entry.refs = 0
+    cache.unreferenced.update((k, None) for k in cache.entries if k not in cache.unreferenced)
+    self.cache = cache
+    self.free_blocks -= len(cache)
+
   def take_saves(self):
     """The copies `computed` queued since the last call."""
     saves, self.saves = self.saves, []

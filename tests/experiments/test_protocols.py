@@ -1,5 +1,6 @@
 """The peers' protocols (experiments/protocols.py) on the tiny random model: with
-model.batch_invariant on and scope none, every protocol gives one unique output per prompt."""
+model.batch_invariant on and scope none, every protocol gives one unique output per prompt, with
+the prefix cache warm across runs too."""
 import json
 
 from configs import serve_default
@@ -11,17 +12,21 @@ SIZES = protocols.Sizes(trials=2, batch_sizes=(1, 3, 6), num_prompts=3, max_new_
                         max_prompt_len=40)
 
 
-def test_every_protocol_gives_one_output_per_prompt_with_the_mode_on(tmp_path):
+def test_every_protocol_gives_one_output_per_prompt_with_the_mode_on_and_a_warm_cache(tmp_path):
   cfg = serve_default.get_config("size=tiny")
   cfg.serve.update(plots=False, max_num_seqs=6)
   cfg.serve.buckets.update(decode_rows=(6,), prefill_rows=(0, 2), chunk_lens=(8,), kv_lens=(32,))
   cfg = config_lib.validate_serve(config_lib.validate(cfg))
   params, _ = loading.load(cfg, log=lambda *_: None)
+  # `invariant_cache` is `invariant` plus the cache (without it: the HF fixture test below and
+  # tests/serving/test_engine.py); blocks computed in earlier batches are reused.
+  cache_setting = protocols.SETTINGS[3]
   rows = protocols.run_protocols(cfg, params, loading.tokenizer(cfg),
-                                 settings=protocols.SETTINGS[:1], sizes=SIZES, log=lambda *_: None)
+                                 settings=[cache_setting], sizes=SIZES, log=lambda *_: None)
   assert [r["protocol"] for r in rows] == list(protocols.PROTOCOLS)
+  assert all(r["cached_tokens"] > 0 for r in rows if r["protocol"] != "needle")
   for r in rows:
-    assert r["setting"] == "invariant" and r["passed"], r
+    assert r["setting"] == "invariant_cache" and r["passed"], r
     assert r["unique_max"] == r["unique_logprobs_max"] == 1, r  # log-probs bitwise too
     assert r["appearances_min"] >= 2 and r["step_shapes"] >= 2, r  # shapes did vary
   protocols.write(tmp_path, rows, ["command: test"], {"sizes": SIZES._asdict()})
@@ -32,7 +37,11 @@ def test_every_protocol_gives_one_output_per_prompt_with_the_mode_on(tmp_path):
 
 def test_settings_set_the_mode_and_scope():
   cfg = serve_default.get_config("size=tiny")
-  on, off, batch = (protocols.setting_config(cfg, s) for s in protocols.SETTINGS)
+  on, off, batch, cache, batch_cache = (protocols.setting_config(cfg, s)
+                                        for s in protocols.SETTINGS)
+  assert batch_cache.serve.prefix_cache and batch_cache.model.router.capacity_scope == "batch"
+  assert cache.serve.prefix_cache and not on.serve.prefix_cache
+  assert (cache.model.batch_invariant, cache.model.router.capacity_scope) == (True, "none")
   assert (on.model.batch_invariant, on.model.router.capacity_scope) == (True, "none")
   assert (off.model.batch_invariant, off.model.router.capacity_scope) == (False, "none")
   assert (batch.model.batch_invariant, batch.model.router.capacity_scope) == (True, "batch")

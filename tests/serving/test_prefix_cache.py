@@ -8,6 +8,8 @@ import pytest
 from configs import serve_default
 from moe_serve import config as config_lib
 from moe_serve.model import api
+from moe_serve.parallel import mesh as mesh_lib
+from moe_serve.parallel import sharding
 from moe_serve.parallel import steps
 from moe_serve.serving import clock as clock_lib
 from moe_serve.serving import prefix_cache as prefix_lib
@@ -211,16 +213,25 @@ def test_config_errors(change, message):
 
 
 # ------------------------------------------------------------------ the device pool
-def test_pool_copies_blocks_between_slots_exactly():
-  m = serve_default.get_config("size=tiny").model
-  cache = api.init_cache(m, 3)
+@pytest.mark.parametrize("mesh_shape", [None, (2, 2, 2)])
+def test_pool_copies_blocks_between_slots_exactly(mesh_shape):
+  """On one device and on a mesh (slots over data, kv heads over tensor): the loaded cache keeps
+  the sharding the step expects."""
+  cfg = serve_default.get_config("size=tiny")
+  m, slots = cfg.model, 4
   rng = np.random.default_rng(0)
-  cache = jax.tree.map(lambda a: rng.standard_normal(a.shape).astype(a.dtype), cache)
-  cache = jax.tree.map(jax.numpy.asarray, cache)
-  want = jax.tree.map(np.asarray, cache)
+  want = jax.tree.map(lambda a: rng.standard_normal(a.shape).astype(a.dtype),
+                      api.init_cache(m, slots))
+  mesh = None
+  if mesh_shape is not None:
+    cfg.mesh.update(data=mesh_shape[0], expert=mesh_shape[1], tensor=mesh_shape[2])
+    mesh = mesh_lib.make_mesh(cfg.mesh, m, jax.devices())
+  placed = sharding.plan(m, mesh, cfg.logical_axis_rules).cache
+  cache = jax.device_put(want, placed)
   pool = prefix_pool.Pool(cache, 5, BS)
   pool.save(cache, [(2, 1, 4), (0, 3, 0)])  # slot 2 block 1 -> place 4, slot 0 block 3 -> 0
   cache = pool.load(cache, [(1, 0, 4), (1, 2, 0)])  # into slot 1's blocks 0 and 2
+  assert jax.tree.map(lambda a: a.sharding, cache) == placed
   got = jax.tree.map(np.asarray, cache)
   for w, g in zip(want["layers"], got["layers"]):
     for c, axis in (("k", 3), ("v", 2)):
@@ -232,7 +243,7 @@ def test_pool_copies_blocks_between_slots_exactly():
       untouched = np.setdiff1d(np.arange(g[c].shape[axis]), np.r_[span(0), span(2)])
       np.testing.assert_array_equal(np.take(g[c][1], untouched, axis - 1),
                                     np.take(w[c][1], untouched, axis - 1))
-      np.testing.assert_array_equal(g[c][[0, 2]], w[c][[0, 2]])
+      np.testing.assert_array_equal(g[c][[0, 2, 3]], w[c][[0, 2, 3]])
 
 
 # ------------------------------------------------------------------ the contract, real model
