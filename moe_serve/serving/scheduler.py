@@ -52,7 +52,7 @@ class Plan(NamedTuple):
   prefill: list  # (Seq, n): tokens[num_computed : num_computed + n]
   admitted: list
   preempted: list
-  loads: list = []  # prefix cache: (slot, block index, pool index) to copy in before the step
+  loads: tuple = ()  # prefix cache: (slot, block index, pool index) copied in before the step
 
 
 class Scheduler:
