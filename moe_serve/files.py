@@ -47,6 +47,10 @@ def exists(path):
   return os.path.exists(_local(path)) if is_local(path) else epath(path).exists()
 
 
+def isfile(path):
+  return os.path.isfile(_local(path)) if is_local(path) else epath(path).is_file()
+
+
 def isdir(path):
   return os.path.isdir(_local(path)) if is_local(path) else epath(path).is_dir()
 
@@ -86,11 +90,13 @@ def remove(path):
         p.unlink()
 
 
-def open_read(path, binary=False):
+def open_read(path, binary=False, newline=None):
   """A file for reading, local or remote (text: UTF-8)."""
   if is_local(path):
-    return open(_local(path), "rb") if binary else open(_local(path), encoding="utf-8")
-  return epath(path).open("rb" if binary else "r")
+    return (open(_local(path), "rb") if binary else
+            open(_local(path), encoding="utf-8", newline=newline))
+  f = epath(path).open("rb")
+  return f if binary else io.TextIOWrapper(f, encoding="utf-8", newline=newline)
 
 
 def read_text(path):

@@ -22,6 +22,7 @@ import json
 import numpy as np
 
 from moe_serve import config as config_lib
+from moe_serve import files
 from moe_serve.serving import workload
 from moe_serve.serving.request import Request, SamplingParams
 
@@ -46,7 +47,7 @@ def _fail(path, line, message, skipped):
 
 def _json_entries(path):
   """(line, object) for each element of a top-level JSON array, or each JSON line."""
-  with open(path, encoding="utf-8") as f:
+  with files.open_read(path) as f:
     text = f.read()
   decoder = json.JSONDecoder()
   pos = len(text) - len(text.lstrip())
@@ -136,7 +137,7 @@ _CSV = {
 def _csv(path, fmt, skipped, cap):
   time_key, parse_time, prompt_key, output_key = _CSV[fmt]
   out, left_out = [], 0
-  with open(path, encoding="utf-8", newline="") as f:
+  with files.open_read(path, newline="") as f:
     reader = csv.DictReader(f)
     missing = [k for k in (time_key, prompt_key, output_key) if k not in (reader.fieldnames or ())]
     if missing:
