@@ -6,9 +6,10 @@ before anything is compiled. Other modules add their checks here, not at their c
 import ast
 import difflib
 import math
-import os
 
 import ml_collections
+
+from moe_serve import files
 
 ROUTER_KINDS = ("topk", "expert_choice", "soft", "hash")
 CAPACITY_SCOPES = ("batch", "group", "sequence", "none")
@@ -417,7 +418,7 @@ def validate_serve(cfg):
   cap = w.get("max_requests", 0)
   if not isinstance(cap, int) or isinstance(cap, bool) or cap < 0:
     raise ConfigError(f"workload.max_requests={cap!r} must be an integer >= 0 (0: all)")
-  if w.trace and not os.path.isfile(w.trace):
+  if w.trace and not files.isfile(w.trace):
     raise ConfigError(f"workload.trace={w.trace!r} is not a file")
   if not isinstance(w.get("skip_bad_lines", False), bool):
     raise ConfigError(f"workload.skip_bad_lines={w.skip_bad_lines!r} must be true or false")

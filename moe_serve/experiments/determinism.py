@@ -31,7 +31,6 @@ all engine runs gave every process the same request records (parallel/spmd.py).
 """
 import dataclasses
 import json
-import os
 import time
 
 import numpy as np
@@ -176,10 +175,10 @@ def repeat_in_traffic(cfg, engine, source, out_dir=None):
         forensic_recs.append(dict(id=rid, domain=domain[rid], repeat=r, **rec))
     traffic_drops.append(det.traffic_drop_rate(runlog.steps, m.router.k, num_moe_layers(m)))
   if out_dir is not None:
-    writers.write_jsonl(os.path.join(out_dir, "completions.jsonl"), completions)
-    writers.write_jsonl(os.path.join(out_dir, "forensics.jsonl"), forensic_recs)
+    writers.write_jsonl(files.join(out_dir, "completions.jsonl"), completions)
+    writers.write_jsonl(files.join(out_dir, "forensics.jsonl"), forensic_recs)
     if codes:
-      replay_lib.save(os.path.join(out_dir, "routing.npz"), codes)
+      replay_lib.save(files.join(out_dir, "routing.npz"), codes)
 
   per_target = {}
   for t in targets:
@@ -203,7 +202,7 @@ def run(cfg, params, log=print, mesh=None, out_dir=None):
   st, m = cfg.study, cfg.model
   t0 = time.perf_counter()
   if out_dir is not None:
-    files.write_text_atomic(os.path.join(out_dir, "config.json"),
+    files.write_text_atomic(files.join(out_dir, "config.json"),
                             json.dumps(cfg.to_dict(), indent=1, sort_keys=True, default=str))
   engine = make_engine(cfg, params, mesh)
   # Background prompts: workload.prompt_source, with the model's tokenizer.

@@ -1,9 +1,9 @@
 """PNG plots of a sweep's rows (see report.py): one line per capacity scope in every panel, and
 per setting the distribution over targets of unique completions and first divergence."""
-import os
-
 import matplotlib
 import numpy as np
+
+from moe_serve import files
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=wrong-import-position
@@ -68,10 +68,12 @@ def _lines(ax, rows, x, y, title, ylabel, first=0):
   ax.grid(alpha=0.3)
 
 
-def _save(fig, out_dir, name):
-  path = os.path.join(out_dir, name)
+def _save(fig, out_dir, name, tag=None):
+  """Writes `fig` as `out_dir/name` (atomic, local or object store; `tag`: files.atomic_open's)."""
+  path = files.join(out_dir, name)
   fig.tight_layout()
-  fig.savefig(path, dpi=110, bbox_inches="tight")
+  with files.atomic_open(path, binary=True, tag=tag) as f:
+    fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
   plt.close(fig)
   return path
 
@@ -94,7 +96,7 @@ def _setting_label(r):
   return text
 
 
-def divergence_by_setting(rows, out_dir):
+def divergence_by_setting(rows, out_dir, tag=None):
   """Two panels over the settings: each target's unique completions and mean first divergence
   position (dots, spread sideways), with the mean over targets and its bootstrap 95% interval."""
   fig, axes = plt.subplots(1, 2, figsize=(max(9, 1.5 * len(rows)), 4.5))
@@ -126,13 +128,13 @@ def divergence_by_setting(rows, out_dir):
   handles, labels = axes[0].get_legend_handles_labels()
   if handles:
     axes[0].legend(handles, labels, fontsize=8)
-  return _save(fig, out_dir, "divergence_by_setting.png")
+  return _save(fig, out_dir, "divergence_by_setting.png", tag)
 
 
-def write_all(rows, out_dir):
+def write_all(rows, out_dir, tag=None):
   """Writes every plot; returns their paths."""
-  os.makedirs(out_dir, exist_ok=True)
-  paths = [divergence_by_setting(rows, out_dir)]
+  files.makedirs(out_dir)
+  paths = [divergence_by_setting(rows, out_dir, tag)]
   at_load, load = _slice(rows, "load")
   at_cf, cf = _slice(rows, "capacity_factor")
 
@@ -140,12 +142,12 @@ def write_all(rows, out_dir):
   n = max(r["repeats"] for r in rows)
   _lines(ax, at_load, "capacity_factor", "unique_completions_mean",
          f"Unique completions of {n} repeats (load {load:g}/s)", "unique completions (mean/target)")
-  paths.append(_save(fig, out_dir, "unique_vs_capacity_factor.png"))
+  paths.append(_save(fig, out_dir, "unique_vs_capacity_factor.png", tag))
 
   fig, ax = plt.subplots(figsize=(5.5, 4))
   _lines(ax, at_cf, "load", "agree_with_solo", f"Agreement with solo (cf {cf:g})",
          "fraction of repeats equal to solo")
-  paths.append(_save(fig, out_dir, "agreement_vs_load.png"))
+  paths.append(_save(fig, out_dir, "agreement_vs_load.png", tag))
 
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
   _lines(axes[0], at_load, "capacity_factor", "exact_match_mean", "Task exact match",
@@ -154,14 +156,14 @@ def write_all(rows, out_dir):
   for j, key in enumerate(nll_keys):
     _lines(axes[1], [dict(r, scope=f"{r['scope']}, {key[4:]}") for r in at_load],
            "capacity_factor", key, "Continuation NLL", "nats/token", first=4 * j)
-  paths.append(_save(fig, out_dir, "quality_vs_capacity_factor.png"))
+  paths.append(_save(fig, out_dir, "quality_vs_capacity_factor.png", tag))
 
   fig, axes = plt.subplots(1, 3, figsize=(14, 4))
   for ax, (key, label) in zip(axes, (("output_throughput", "output tok/s (virtual)"),
                                      ("ttft_ms_median", "TTFT p50 (ms)"),
                                      ("tpot_ms_median", "TPOT p50 (ms)"))):
     _lines(ax, at_cf, "load", key, f"{label}, cf {cf:g}", label)
-  paths.append(_save(fig, out_dir, "serving_vs_load.png"))
+  paths.append(_save(fig, out_dir, "serving_vs_load.png", tag))
 
   em_keys = sorted(k for k in rows[0] if k.startswith("exact_match_") and k != "exact_match_mean")
   if em_keys:
@@ -175,5 +177,5 @@ def write_all(rows, out_dir):
     ax.set_ylabel("exact match")
     ax.set_title("Per-domain exact match per setting")
     ax.legend(fontsize=8)
-    paths.append(_save(fig, out_dir, "per_domain_exact_match.png"))
+    paths.append(_save(fig, out_dir, "per_domain_exact_match.png", tag))
   return paths

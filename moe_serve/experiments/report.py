@@ -4,12 +4,16 @@ Every row is one finished run (its `result.json`, written by experiments/sweep.p
 are the run's effective setting (scope, capacity factor, arm, load, ...), its determinism
 aggregate with bootstrap intervals over targets, serving metrics and quality. results.md adds the
 forensics section (each run's forensics.jsonl, aggregated in its result: causes, layers, experts
-and co-request domains of the divergences). Plots are drawn for whatever the sweep varied.
+and co-request domains of the divergences). Plots are drawn for whatever the sweep varied, and
+TensorBoard gets an HParams view (`tensorboard --logdir WORKDIR/tb`: one session per setting with
+its headline metrics). A sweep still running, or split over tasks not all finished, is reported
+with what exists; results.md names the settings that are missing.
 """
 import csv
-import os
 
+from moe_serve import files
 from moe_serve.experiments import sweep
+from moe_serve.metrics import writers
 
 SETTING = ("scope", "capacity_factor", "priority", "router", "load", "mode", "co_domains", "arm",
            "replay", "invariant")
@@ -113,26 +117,55 @@ def forensics_table(table_rows, top=3):
   return "\n".join(lines) if len(lines) > 2 else None
 
 
-def write_csv(path, table_rows):
+# What TensorBoard's HParams view shows per setting (the numbers of the table above).
+HEADLINE = ("targets_diverging_ci_mean", "unique_completions_ci_mean", "unique_completions_max",
+            "first_divergence_ci_mean", "agree_with_solo", "bitwise_with_solo",
+            "routing_diff_fraction", "target_drop_rate", "traffic_drop_rate", "exact_match_mean",
+            "output_throughput", "ttft_ms_median", "tpot_ms_median")
+
+
+def hparams_sessions(table_rows):
+  """(name, setting, metrics) per row for writers.write_hparams: the setting fields the rows vary
+  (all of SETTING if none varies) and the HEADLINE numbers each has."""
+  keys = varying(table_rows) or list(SETTING)
+  number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+  return [(r["run"], {k: r.get(k) for k in keys},
+           {k: r[k] for k in HEADLINE if number(r.get(k))}) for r in table_rows]
+
+
+def write_csv(path, table_rows, tag=None):
   table_rows = [{k: v for k, v in r.items() if k not in ("forensics", "per_target")}
                 for r in table_rows]
   keys = []
   for r in table_rows:
     keys += [k for k in r if k not in keys]
-  with open(path, "w", newline="") as f:
+  with files.atomic_open(path, newline="", tag=tag) as f:
     w = csv.DictWriter(f, fieldnames=keys)
     w.writeheader()
     w.writerows(table_rows)
 
 
-def build(workdir, out_dir=None, plots=True, log=print):
-  """Writes results.csv, results.md and plots/*.png for `workdir`; returns the markdown."""
+def missing_text(names, total):
+  """The results.md section naming the settings without a result (None when none is missing)."""
+  if not names:
+    return None
+  return "\n".join([f"## Missing settings: {len(names)} of {total}", "",
+                    "No result yet (a task not finished, killed, or still running; run it again "
+                    "with the same --task_index and --num_tasks, then scripts/report.py):", ""] +
+                   [f"- {n}" for n in names])
+
+
+def build(workdir, out_dir=None, plots=True, log=print, tag=None):
+  """Writes results.csv, results.md, plots/*.png and TensorBoard hparams (tb/) for `workdir`
+  (local or `gs://`; `tag`: files.atomic_open's, a sweep task's); returns the markdown."""
   out_dir = out_dir or workdir
   table_rows = rows(workdir)
+  absent = sweep.missing(workdir)
   if not table_rows:
-    raise ValueError(f"no finished runs in {workdir}: nothing to report")
-  os.makedirs(out_dir, exist_ok=True)
-  write_csv(os.path.join(out_dir, "results.csv"), table_rows)
+    raise ValueError(f"no finished runs in {workdir} ({len(absent)} settings missing): nothing "
+                     "to report")
+  files.makedirs(out_dir)
+  write_csv(files.join(out_dir, "results.csv"), table_rows, tag)
   cost = invariance_cost(table_rows)
   extra = [(k, k) for k in varying(table_rows, SETTING[2:]) if k not in ("load",)]
   columns = TABLE[:3] + tuple(extra) + TABLE[3:]
@@ -152,12 +185,17 @@ def build(workdir, out_dir=None, plots=True, log=print):
   forensic = forensics_table(table_rows)
   md += ["", "## Divergence forensics (each run's forensics.jsonl)", "",
          forensic or "No repeat differs from its solo reference in any setting."]
+  gap = missing_text(absent, len(table_rows) + len(absent))
+  if gap:
+    md += ["", gap]
   text = "\n".join(md) + "\n"
-  with open(os.path.join(out_dir, "results.md"), "w") as f:
-    f.write(text)
+  files.write_text_atomic(files.join(out_dir, "results.md"), text, tag=tag)
+  tb = writers.write_hparams(files.join(out_dir, writers.TB_DIR), hparams_sessions(table_rows))
   if plots:
     from moe_serve.experiments import plots as plots_lib  # pylint: disable=import-outside-toplevel
-    written = plots_lib.write_all(table_rows, os.path.join(out_dir, "plots"))
+    written = plots_lib.write_all(table_rows, files.join(out_dir, "plots"), tag)
     log(f"report: {len(table_rows)} runs -> {out_dir}/results.csv, results.md, "
-        f"{len(written)} plots in {out_dir}/plots")
+        f"{len(written)} plots in {out_dir}/plots" +
+        (f", hparams: tensorboard --logdir={tb}" if tb else "") +
+        (f"; {len(absent)} settings missing" if absent else ""))
   return text

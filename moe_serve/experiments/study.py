@@ -1,12 +1,15 @@
 """The study behind scripts/sweep.py: check every setting, load the model once onto the config's
 mesh, run the grid resumably, report.
 
-Multi-process: every process runs every setting (the same steps in the same order); process 0
-decides which runs are left (experiments/sweep.py), writes them and the report.
+Split over tasks (experiments/sweep_tasks.py): each task runs its settings; the task that finds
+every setting finished when it ends (the last to finish) writes the report.
+
+Multi-process: every process runs every setting of its task (the same steps in the same order);
+process 0 decides which runs are left (experiments/sweep.py), writes them and the report.
 """
 from moe_serve import config as config_lib
 from moe_serve import loading
-from moe_serve.experiments import determinism, report, sweep
+from moe_serve.experiments import determinism, report, sweep, sweep_tasks
 from moe_serve.parallel import distributed
 from moe_serve.serving import run as serve_run
 
@@ -49,9 +52,11 @@ def validate(cfg):
   return axes, mesh
 
 
-def run(cfg, workdir, progress=True, log=print):
-  """Runs every unfinished grid point of the study in `workdir` on the config's mesh, then writes
-  the report (process 0; the report text, or None on the other processes)."""
+def run(cfg, workdir, progress=True, log=print, task=sweep_tasks.ONE):
+  """Runs every unfinished grid point of the study's `task` in `workdir` on the config's mesh,
+  then, if every setting of the grid is finished, writes the report. Returns the report's text,
+  or a line naming what is missing (process 0; None on the other processes)."""
+  task = sweep_tasks.check(task)
   axes, mesh = validate(cfg)
   params, source = loading.load(cfg, mesh, log=log)
 
@@ -60,5 +65,14 @@ def run(cfg, workdir, progress=True, log=print):
     result["params"] = source
     return result
 
-  sweep.run_sweep(cfg, axes, workdir, one, progress=progress, log=log)
-  return report.build(workdir, log=log) if distributed.is_logging_process() else None
+  sweep.run_sweep(cfg, axes, workdir, one, progress=progress, log=log, task=task)
+  if not distributed.is_logging_process():
+    return None
+  # Checked after this task's last result is written: of two tasks ending at once, at least the
+  # later check sees both, so the last to finish always writes the report.
+  absent = sweep.missing(workdir, sweep.grid(axes))
+  if absent:
+    return (f"sweep task {task.index} of {task.count} done; {len(absent)} settings of "
+            f"{workdir} are not finished (other tasks); the last task to finish writes the "
+            f"report, or now: python scripts/report.py {workdir}")
+  return report.build(workdir, log=log, tag=sweep.task_tag(task))

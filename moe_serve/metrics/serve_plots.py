@@ -128,7 +128,7 @@ def write_all(steps, records, out_dir, kv_num_blocks=None, max_num_seqs=None):
     plt = _pyplot()
   except ImportError:
     return []
-  os.makedirs(out_dir, exist_ok=True)
+  files.makedirs(out_dir)
   paths = []
   done = [r for r in records if r["status"] == "finished"]
   ttft, tpot, e2el = [], [], []
@@ -172,7 +172,7 @@ def over_time(plt, steps, records, kv_num_blocks=None, max_num_seqs=None):
 
 
 def _save(plt, fig, out_dir, name):
-  path = os.path.join(out_dir, name)
+  path = files.join(out_dir, name)
   fig.tight_layout()
   with files.atomic_open(path, binary=True) as f:
     fig.savefig(f, format="png", dpi=100)

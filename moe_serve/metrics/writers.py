@@ -11,9 +11,11 @@ records give the same bytes, which the cost_model reproducibility test relies on
 import csv
 import json
 import os
+import tempfile
 
 import numpy as np
 
+from moe_serve import files
 from moe_serve.files import atomic_open
 
 TB_DIR = "tb"  # TensorBoard event files under a run's workdir
@@ -31,7 +33,7 @@ def write_jsonl(path, records):
 
 
 def read_jsonl(path):
-  with open(path, encoding="utf-8") as f:
+  with files.open_read(path) as f:
     return [json.loads(line) for line in f if line.strip()]
 
 
@@ -62,19 +64,29 @@ def write_summary_csv(path, summary):
       w.writerow([name, "" if value is None else value])
 
 
+def _summary_writer():
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ImportError("TensorBoard output needs tensorboardX: "
+                      "pip install -e '.[tensorboard]' -c constraints.txt, or turn the "
+                      "tensorboard option off") from e
+  return SummaryWriter
+
+
 class TensorBoard:
   """Scalars under `logdir`: per serving step (x = step index), per training record, and a
-  run's summary at the end."""
+  run's summary at the end. On an object store (`gs://`) the events go to a local temporary
+  directory and are uploaded, each file one whole object, by `close()`."""
 
   def __init__(self, logdir):
-    try:
-      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-    except ImportError as e:
-      raise ImportError("TensorBoard output needs tensorboardX: "
-                        "pip install -e '.[tensorboard]' -c constraints.txt, or turn the "
-                        "tensorboard option off") from e
+    summary_writer = _summary_writer()
+    self._dest, self._tmp = logdir, None
+    if not files.is_local(logdir):
+      self._tmp = tempfile.TemporaryDirectory(prefix="moe_serve-tb-")
+      logdir = self._tmp.name
     os.makedirs(logdir, exist_ok=True)
-    self._w = SummaryWriter(logdir)
+    self._w = summary_writer(logdir)
 
   def step(self, rec):
     i = rec["step"]
@@ -105,6 +117,39 @@ class TensorBoard:
 
   def close(self):
     self._w.close()
+    if self._tmp is not None:
+      files.upload_tree(self._tmp.name, self._dest)
+      self._tmp.cleanup()
+      self._tmp = None
+
+
+EVENTS_FILE = "events.out.tfevents.hparams"  # one fixed name: a rebuilt report replaces it
+
+
+def write_hparams(logdir, sessions, tag=None):
+  """TensorBoard's HParams view: one session (a run directory under `logdir`) per
+  `(name, hparams, metrics)`; hparams values become str unless bool or number. Returns `logdir`,
+  or None without tensorboardX (nothing written)."""
+  try:
+    summary_writer = _summary_writer()
+    from tensorboardX.summary import hparams  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return None
+  keep = lambda v: v if isinstance(v, (bool, int, float, str)) else str(v)
+  with tempfile.TemporaryDirectory(prefix="moe_serve-hparams-") as tmp:
+    for name, hp, metrics in sessions:
+      exp, ssi, sei = hparams({k: keep(v) for k, v in hp.items()}, metrics)
+      with summary_writer(logdir=os.path.join(tmp, name)) as w:
+        for summary in (exp, ssi, sei):
+          w.file_writer.add_summary(summary)
+        for key, value in metrics.items():
+          w.add_scalar(key, value, 0)
+      files.makedirs(files.join(logdir, name))
+      for event in os.listdir(os.path.join(tmp, name)):  # one file per session
+        with open(os.path.join(tmp, name, event), "rb") as src, atomic_open(
+            files.join(logdir, name, EVENTS_FILE), binary=True, tag=tag) as f:
+          f.write(src.read())
+  return logdir
 
 
 def plain(value):

@@ -1,11 +1,16 @@
 """A `jax.profiler` trace of the first N engine steps of a run, after warm-up (so it shows the
 steps, not compilation). The trace lands in `<dir>/plugins/profile/<timestamp>/`: an
 `*.xplane.pb` for TensorBoard's profile plugin or xprof, and a `*.trace.json.gz` for
-https://ui.perfetto.dev (docs/serving.md, Profiling)."""
+https://ui.perfetto.dev (docs/serving.md, Profiling). On an object store (`gs://`) the trace is
+written to a local temporary directory and uploaded when it stops (files.py)."""
 import glob
 import os
+import shutil
+import tempfile
 
 import jax
+
+from moe_serve import files
 
 
 class StepTrace:
@@ -15,12 +20,17 @@ class StepTrace:
   def __init__(self, directory, steps):
     if steps < 1:
       raise ValueError(f"profile steps={steps} must be >= 1")
-    self.directory, self.steps = os.path.abspath(directory), int(steps)
-    self.seen, self.active = 0, False
+    local = files.is_local(directory)
+    self.directory = os.path.abspath(directory) if local else directory
+    self.steps, self.seen, self.active = int(steps), 0, False
+    self._local = self.directory if local else None
+    self._written = []
 
   def start(self):
-    os.makedirs(self.directory, exist_ok=True)
-    jax.profiler.start_trace(self.directory, create_perfetto_trace=True)
+    if self._local is None:
+      self._local = tempfile.mkdtemp(prefix="moe_serve-profile-")
+    os.makedirs(self._local, exist_ok=True)
+    jax.profiler.start_trace(self._local, create_perfetto_trace=True)
     self.active = True
 
   def step(self):
@@ -33,4 +43,12 @@ class StepTrace:
       jax.effects_barrier()  # let the traced steps finish before the trace closes
       jax.profiler.stop_trace()
       self.active = False
-    return sorted(glob.glob(os.path.join(self.directory, "plugins", "profile", "*", "*")))
+      if self._local != self.directory:  # an object store: upload the whole trace now
+        files.upload_tree(self._local, self.directory)
+        self._written = [files.join(self.directory, os.path.relpath(p, self._local))
+                         for p in self._traces()]
+        shutil.rmtree(self._local, ignore_errors=True)
+    return self._written if self._local != self.directory else self._traces()
+
+  def _traces(self):
+    return sorted(glob.glob(os.path.join(self._local, "plugins", "profile", "*", "*")))

@@ -12,8 +12,9 @@ Files under the workdir (docs/design.md section 3, Exports):
 - plots/latency_cdf.png, plots/over_time.png when serve.plots is set (metrics/serve_plots.py);
 - config.json; skipped_lines.jsonl (bad trace lines, with workload.skip_bad_lines); tb/ with
   TensorBoard scalars when serve.tensorboard is set.
-Each file is written under a temporary name and renamed when complete, so a killed run or a full
-disk never leaves a truncated file posing as a complete one. `summary.json`'s `params` says where
+Each file is written under a temporary name and renamed when complete (on an object store,
+`gs://`: written once as a whole object; files.py), so a killed run or a full disk never leaves a
+truncated file posing as a complete one. `summary.json`'s `params` says where
 the parameters came from (a model directory and its step, or a random init and its seed), its
 `memory` the parameter and cache bytes per device from their shardings (parallel/memory.py).
 
@@ -23,12 +24,12 @@ process 0 writes files and logs, and every process checks that all hold the same
 """
 import dataclasses
 import datetime
-import os
 import time
 
 import jax
 
 from moe_serve import config as config_lib
+from moe_serve import files
 from moe_serve import loading
 from moe_serve import provenance
 from moe_serve.metrics import benchmark, latency, serve_plots, table, writers
@@ -148,7 +149,7 @@ def serve(cfg, workdir, engine=None, requests=None, slo_ttft_ms=None, slo_tpot_m
   started = datetime.datetime.now()
   write = distributed.is_logging_process()  # process 0 alone writes files and logs
   if write:
-    os.makedirs(workdir, exist_ok=True)
+    files.makedirs(workdir)
   skipped_lines = list(skipped_lines)
   trace_counts = dict(trace_counts or {})
   if engine is None:
@@ -170,7 +171,7 @@ def serve(cfg, workdir, engine=None, requests=None, slo_ttft_ms=None, slo_tpot_m
   warmup_s = time.perf_counter() - t0
 
   # ----------------------------------------------------------------- serve
-  tb = (writers.TensorBoard(os.path.join(workdir, "tb"))
+  tb = (writers.TensorBoard(files.join(workdir, writers.TB_DIR))
         if cfg.serve.tensorboard and write else None)
 
   profiler = profiling.StepTrace(profile_dir, profile_steps) if profile_dir and write else None
@@ -214,28 +215,28 @@ def serve(cfg, workdir, engine=None, requests=None, slo_ttft_ms=None, slo_tpot_m
   spmd.check_same(spmd.Digest().add(runlog.requests).hexdigest(), "request records")
   if not write:
     return summary, runlog
-  writers.write_jsonl(os.path.join(workdir, "steps.jsonl"), runlog.steps)
-  writers.write_jsonl(os.path.join(workdir, "requests.jsonl"), runlog.requests)
-  writers.write_jsonl(os.path.join(workdir, "wall.jsonl"), runlog.wall)
-  writers.write_json(os.path.join(workdir, "summary.json"), summary)
-  writers.write_summary_csv(os.path.join(workdir, "summary.csv"), summary)
+  writers.write_jsonl(files.join(workdir, "steps.jsonl"), runlog.steps)
+  writers.write_jsonl(files.join(workdir, "requests.jsonl"), runlog.requests)
+  writers.write_jsonl(files.join(workdir, "wall.jsonl"), runlog.wall)
+  writers.write_json(files.join(workdir, "summary.json"), summary)
+  writers.write_summary_csv(files.join(workdir, "summary.csv"), summary)
   bench = benchmark.result(runlog.requests, percentiles,
                            dict(ttft=slo_ttft_ms, tpot=slo_tpot_ms, e2el=slo_e2el_ms),
                            benchmark.metadata(cfg, params_source, started))
-  writers.write_json(os.path.join(workdir, "benchmark.json"), bench)
-  writers.write_json(os.path.join(workdir, "config.json"), cfg.to_dict())
+  writers.write_json(files.join(workdir, "benchmark.json"), bench)
+  writers.write_json(files.join(workdir, "config.json"), cfg.to_dict())
   if skipped_lines:
-    writers.write_jsonl(os.path.join(workdir, "skipped_lines.jsonl"), skipped_lines)
+    writers.write_jsonl(files.join(workdir, "skipped_lines.jsonl"), skipped_lines)
   if cfg.serve.get("plots", False):
-    written = serve_plots.write_all(runlog.steps, runlog.requests, os.path.join(workdir, "plots"),
+    written = serve_plots.write_all(runlog.steps, runlog.requests, files.join(workdir, "plots"),
                                     cfg.serve.kv_num_blocks, cfg.serve.max_num_seqs)
-    log(f"plots: {', '.join(os.path.relpath(p, workdir) for p in written)} in {workdir}"
+    log(f"plots: {', '.join(p[len(files.join(workdir, '')):] for p in written)} in {workdir}"
         if written else "plots: skipped (matplotlib is not installed: pip install -e '.[plots]')")
   text = table.format_summary(summary)
   if tb is not None:
     tb.summary(summary, text=text)
     tb.close()
-    log(f"TensorBoard: tensorboard --logdir={os.path.join(workdir, 'tb')} (then open "
+    log(f"TensorBoard: tensorboard --logdir={files.join(workdir, writers.TB_DIR)} (then open "
         "http://localhost:6006: SCALARS per step, TEXT for the summary)")
   log(text)
   return summary, runlog

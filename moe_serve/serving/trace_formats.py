@@ -28,6 +28,7 @@ import json
 import numpy as np
 
 from moe_serve import config as config_lib
+from moe_serve import files
 from moe_serve.serving import workload
 from moe_serve.serving.request import Request, SamplingParams
 
@@ -57,7 +58,7 @@ def _fail(path, line, message, skipped):
 def _json_entries(path):
   """(line, object) for each element of a top-level JSON array, or each JSON line. Bytes that
   are not UTF-8 come through as lone surrogates (surrogateescape), refused where text is read."""
-  with open(path, encoding="utf-8", errors="surrogateescape") as f:
+  with files.open_read(path, errors="surrogateescape") as f:
     text = f.read()
   decoder = json.JSONDecoder()
   pos = len(text) - len(text.lstrip())
@@ -157,7 +158,7 @@ def _csv(path, fmt, skipped, cap):
   out, left_out = [], 0
   # A byte that is not UTF-8 reads as a lone surrogate: a bad number in a used column, named by
   # its line, instead of a UnicodeDecodeError out of the reader.
-  with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+  with files.open_read(path, newline="", errors="surrogateescape") as f:
     reader = csv.DictReader(f)
     missing = [k for k in (time_key, prompt_key, output_key) if k not in (reader.fieldnames or ())]
     if missing:

@@ -12,6 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from moe_serve import config as config_lib
+from moe_serve import files
 from moe_serve.data import tokenizer
 from moe_serve.serving.request import Request, SamplingParams
 
@@ -198,7 +199,7 @@ def load_trace(path, skipped=None, tok=tokenizer.BYTES):
   rejected by the engine, with their reason in requests.jsonl.
   """
   out = []
-  with open(path, "rb") as f:
+  with files.open_read(path, binary=True) as f:
     for lineno, raw in enumerate(f, 1):
       if not raw.strip():
         continue

@@ -12,9 +12,11 @@ PAYLOAD = "x" * 4096
 
 
 def run_fn(cfg, run_dir):
-  final = os.path.join(os.path.dirname(run_dir), sweep.run_name(dict(cfg.point)))
+  assert os.path.basename(run_dir) == sweep.run_name(dict(cfg.point))
+  assert not os.listdir(run_dir), "a run starts in an empty directory (a killed try's cleared)"
+  finished = os.path.exists(os.path.join(run_dir, sweep.RESULT_FILE))
   with open(os.path.join(os.path.dirname(run_dir), "..", "attempts.log"), "a") as f:
-    f.write(("RERUN " if os.path.exists(final) else "start ") + os.path.basename(final) + "\n")
+    f.write(("RERUN " if finished else "start ") + os.path.basename(run_dir) + "\n")
   for i in range(3):
     with open(os.path.join(run_dir, f"part{i}.txt"), "w") as f:
       for _ in range(8):

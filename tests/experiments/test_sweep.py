@@ -10,7 +10,7 @@ import ml_collections
 import pytest
 
 from moe_serve import config as config_lib
-from moe_serve.experiments import sweep
+from moe_serve.experiments import sweep, sweep_tasks
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -109,3 +109,52 @@ def test_resuming_with_another_config_is_refused(tmp_path):
   other = ml_collections.ConfigDict({"study": {"repeats": 10, "load": 0.0}})
   with pytest.raises(ValueError, match="holds runs of another config"):
     sweep.run_sweep(other, {"study.load": [1.0]}, str(tmp_path), run, **quiet)
+
+
+def test_task_index_and_count_from_flags_and_scheduler_environments():
+  resolve = sweep_tasks.resolve
+  assert resolve(environ={}) == (0, 1)
+  assert resolve(2, 3, environ={}) == (2, 3)
+  assert resolve(environ={"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "8"}) == (5, 8)
+  assert resolve(environ={"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "4",
+                          "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_STEP": "2"}) == (2, 4)
+  assert resolve(environ={"JOB_COMPLETION_INDEX": "1", "JOB_COMPLETIONS": "2"}) == (1, 2)
+  assert resolve(0, 2, environ={"JOB_COMPLETION_INDEX": "1", "JOB_COMPLETIONS": "2"}) == (0, 2)
+  bad = [((3, 3, {}), r"--task_index=3: must be in \[0, 3\)"),
+         ((-1, 3, {}), r"--task_index=-1"), ((0, 0, {}), "--num_tasks=0"),
+         ((1, None, {}), "go together"),
+         ((None, None, {"SLURM_ARRAY_TASK_ID": "x", "SLURM_ARRAY_TASK_COUNT": "2"}),
+          "SLURM_ARRAY_TASK_ID='x' is not a whole number"),
+         ((None, None, {"SLURM_ARRAY_TASK_ID": "9", "SLURM_ARRAY_TASK_COUNT": "8"}),
+          r"--task_index=9: must be in \[0, 8\)"),
+         ((None, None, {"JOB_COMPLETION_INDEX": "0"}), "JOB_COMPLETIONS is not")]
+  for (index, count, environ), message in bad:
+    with pytest.raises(config_lib.ConfigError, match=message):
+      resolve(index, count, environ=environ)
+  # The rule: setting i runs in task i % N, every setting in exactly one task.
+  tasks = [sweep_tasks.assigned(7, sweep_tasks.Task(i, 3)) for i in range(3)]
+  assert tasks == [[0, 3, 6], [1, 4], [2, 5]]
+
+
+def test_tasks_on_one_workdir_each_run_theirs_and_clean_only_their_temporaries(tmp_path):
+  cfg = ml_collections.ConfigDict({"study": {"load": 0.0}})
+  axes = {"study.load": [1.0, 2.0, 3.0]}
+  quiet = dict(progress=False, log=lambda *_: None)
+  ran = []
+  run = lambda c, d: ran.append(c.study.load) or {"load": c.study.load}
+  # Temporaries a killed task 0 and a live task 1 left, and a killed try of task 0's run.
+  (tmp_path / f"{sweep.MANIFEST_FILE}.tmptask0").write_text("{")
+  (tmp_path / f"{sweep.MANIFEST_FILE}.tmptask1").write_text("{")
+  half = tmp_path / sweep.run_name({"study.load": 1.0})
+  half.mkdir()
+  (half / "completions.jsonl").write_text("half a line")
+  done = sweep.run_sweep(cfg, axes, str(tmp_path), run, task=sweep_tasks.Task(0, 2), **quiet)
+  assert ran == [1.0, 3.0] and [r["result"]["load"] for r in done] == [1.0, 3.0]
+  assert sorted(os.listdir(half)) == [sweep.RESULT_FILE]  # the killed try's file is gone
+  assert sweep.missing(str(tmp_path)) == [sweep.run_name({"study.load": 2.0})]
+  names = os.listdir(tmp_path)
+  assert f"{sweep.MANIFEST_FILE}.tmptask0" not in names
+  assert f"{sweep.MANIFEST_FILE}.tmptask1" in names  # task 1's: not task 0's to remove
+  sweep.run_sweep(cfg, axes, str(tmp_path), run, task=sweep_tasks.Task(1, 2), **quiet)
+  assert ran == [1.0, 3.0, 2.0] and sweep.missing(str(tmp_path)) == []
+  assert not [n for n in os.listdir(tmp_path) if ".tmp" in n]

@@ -104,3 +104,42 @@ def test_tensorboard_has_step_series_a_few_summary_scalars_and_the_table(served)
   assert 5 <= len(one_point) <= 12 and all(t.startswith("summary/") for t in one_point), one_point
   assert any(t.startswith("summary") for t in texts), texts
   assert any(line.startswith("TensorBoard: tensorboard --logdir=") for line in lines)
+
+
+@pytest.fixture
+def fake_gs(tmp_path, monkeypatch):
+  """gs:// served by tests/fake_gcs.py's local-backed store (no network) for this test."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  from tests import fake_gcs  # pylint: disable=import-outside-toplevel
+  monkeypatch.setenv(fake_gcs.ENV, str(tmp_path / "gcs"))
+  fake_gcs.register()
+  yield tmp_path / "gcs"
+  registry = importlib.import_module("fsspec.registry")  # the module (fsspec.registry: a dict)
+  for name in ("gcs", "gs"):
+    registry._registry.pop(name, None)  # pylint: disable=protected-access
+  from etils.epath import backend  # pylint: disable=import-outside-toplevel
+  backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
+
+
+def test_a_run_on_a_gs_workdir_writes_what_a_local_run_writes(served, tiny_model, fake_gs):
+  workdir, _, _, _ = served
+  step_fn, params = tiny_model
+  cfg = tiny_serve_cfg(plots=True, tensorboard=True)
+  cfg.workload.update(num_requests=12)
+  cfg.workload.arrival.rate = 100.0
+  engine = Engine(cfg, step_fn, params, api.init_cache(cfg.model, cfg.serve.max_num_seqs),
+                  clock_lib.Clock(cfg.clock))
+  run_lib.serve(cfg, "gs://bucket/serve", engine=engine, log=lambda *_: None,
+                slo_ttft_ms=100.0, slo_e2el_ms=400.0, percentiles=(50, 99.9),
+                profile_dir="gs://bucket/serve/profile", profile_steps=3)
+  remote = fake_gs / "bucket" / "serve"
+  for name in ("requests.jsonl", "steps.jsonl"):  # cost_model clock: the same bytes
+    assert (remote / name).read_bytes() == (workdir / name).read_bytes(), name
+  local_files = {os.path.relpath(p, workdir) for p in glob.glob(f"{workdir}/**/*", recursive=True)
+                 if os.path.isfile(p) and "/profile/" not in p and "/tb/" not in p}
+  remote_files = {os.path.relpath(p, remote) for p in glob.glob(f"{remote}/**/*", recursive=True)
+                  if os.path.isfile(p) and "/profile/" not in p and "/tb/" not in p}
+  assert remote_files == local_files and "plots/latency_cdf.png" in remote_files
+  assert glob.glob(f"{remote}/tb/events.out.tfevents*")  # uploaded on close
+  assert glob.glob(f"{remote}/profile/plugins/profile/*/*.xplane.pb")
+  assert not [p for p in glob.glob(f"{fake_gs}/**/*", recursive=True) if ".tmp" in p]
