@@ -165,3 +165,34 @@ def upload_tree(local, dest):
       target = join(folder, name)
       with open(os.path.join(root, name), "rb") as src, atomic_open(target, binary=True) as f:
         f.write(src.read())
+
+
+_DOWNLOADS = {}  # remote directory -> its local copy (one per process)
+
+
+def local_copy(path, log=print):
+  """A local directory holding `path`'s files (for readers that need local files: Orbax
+  checkpoints, safetensors): `path` itself if local; else a copy downloaded once per process
+  into a temporary directory (kept until the process ends)."""
+  if is_local(path):
+    return _local(path)
+  if path not in _DOWNLOADS:
+    import tempfile  # pylint: disable=import-outside-toplevel
+    local = tempfile.mkdtemp(prefix="moe_serve-params-")
+    count, todo = 0, [(epath(path), local)]
+    while todo:  # a walk by listings (object stores refuse recursive globs)
+      folder, into = todo.pop()
+      for src in folder.iterdir():
+        dst = os.path.join(into, src.name)
+        if src.is_dir():
+          todo.append((src, dst))
+          continue
+        os.makedirs(into, exist_ok=True)
+        with src.open("rb") as f_in, open(dst, "wb") as f_out:
+          shutil.copyfileobj(f_in, f_out)
+        count += 1
+    if not count:
+      raise FileNotFoundError(f"{path}: no files there")
+    log(f"model: {path} copied to {local} ({count} files)")
+    _DOWNLOADS[path] = local
+  return _DOWNLOADS[path]

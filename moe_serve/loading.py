@@ -13,7 +13,7 @@ import os
 
 import jax
 
-from moe_serve import bundled, checkpoint, hf
+from moe_serve import bundled, checkpoint, files, hf
 from moe_serve import config as config_lib
 from moe_serve.data import tokenizer as byte_tokenizer
 from moe_serve.hf import tokenizer as hf_tokenizer
@@ -63,9 +63,9 @@ def resolve(cfg, log=print):
   Returns `cfg` (changed in place), validated. Without `params_dir`, checks it and returns it."""
   if not cfg.get("params_dir"):
     return config_lib.validate(cfg)
-  directory = cfg.params_dir
-  if not os.path.isdir(directory):
-    raise checkpoint.CheckpointError(f"params_dir {directory} is not a directory")
+  if not files.isdir(cfg.params_dir):
+    raise checkpoint.CheckpointError(f"params_dir {cfg.params_dir} is not a directory")
+  directory = files.local_copy(cfg.params_dir, log)  # a gs:// model is read from a local copy
   model = directory_model_config(directory, cfg.model.max_len)
   for key in SERVING_CHOICES:
     model[key] = cfg.model[key]
@@ -78,7 +78,7 @@ def resolve(cfg, log=print):
     eos = eos[0] if isinstance(eos, list) else eos
     if eos is not None:
       cfg.serve.eos_id = int(eos)
-  log(f"model: architecture from {directory}; capacity, dispatch, max_len and dtype from the "
+  log(f"model: architecture from {cfg.params_dir}; capacity, dispatch, max_len and dtype from the "
       "config")
   return config_lib.validate(cfg)
 
@@ -86,6 +86,7 @@ def resolve(cfg, log=print):
 def tokenizer(cfg):
   """The tokenizer of `cfg`'s model: an HF model directory's own (tokenizer.json), else bytes."""
   directory = cfg.get("params_dir")
+  directory = directory and files.local_copy(directory)
   if directory and os.path.exists(os.path.join(directory, hf_tokenizer.TOKENIZER_FILE)):
     return hf_tokenizer.HFTokenizer(directory)
   return byte_tokenizer.BYTES
@@ -97,13 +98,15 @@ def abstract_params(model_cfg, mesh=None, rules=None):
 
 
 def source(cfg):
-  """Where `cfg`'s parameters come from, for logs and summaries (no loading)."""
-  directory = cfg.get("params_dir")
+  """Where `cfg`'s parameters come from, for logs and summaries (no loading; a gs:// directory
+  is named as given, and read from its local copy)."""
+  given = cfg.get("params_dir")
+  directory = given and files.local_copy(given)
+  where = os.path.abspath(given) if given and files.is_local(given) else given
   if directory and hf.is_hf_dir(directory):
-    return {"kind": "hf_dir", "dir": os.path.abspath(directory),
-            "family": hf.read_config(directory)["model_type"]}
+    return {"kind": "hf_dir", "dir": where, "family": hf.read_config(directory)["model_type"]}
   if directory:
-    return {"kind": "model_dir", "dir": os.path.abspath(directory)}
+    return {"kind": "model_dir", "dir": where}
   return {"kind": "random_init", "seed": int(cfg.seed)}
 
 
@@ -127,7 +130,7 @@ def load(cfg, mesh=None, log=print):
     init = jax.jit(lambda: api.init_params(cfg.model, jax.random.key(cfg.seed)),
                    out_shardings=sharding.plan(cfg.model).params)
     return init(), src
-  directory = cfg.params_dir
+  directory = files.local_copy(cfg.params_dir, log)
   check_architecture(directory_model_config(directory, cfg.model.max_len), cfg.model, directory)
   if src["kind"] == "hf_dir":
     params = hf.load_params(directory, cfg.model, mesh, rules)

@@ -106,21 +106,6 @@ def test_tensorboard_has_step_series_a_few_summary_scalars_and_the_table(served)
   assert any(line.startswith("TensorBoard: tensorboard --logdir=") for line in lines)
 
 
-@pytest.fixture
-def fake_gs(tmp_path, monkeypatch):
-  """gs:// served by tests/fake_gcs.py's local-backed store (no network) for this test."""
-  import importlib  # pylint: disable=import-outside-toplevel
-  from tests import fake_gcs  # pylint: disable=import-outside-toplevel
-  monkeypatch.setenv(fake_gcs.ENV, str(tmp_path / "gcs"))
-  fake_gcs.register()
-  yield tmp_path / "gcs"
-  registry = importlib.import_module("fsspec.registry")  # the module (fsspec.registry: a dict)
-  for name in ("gcs", "gs"):
-    registry._registry.pop(name, None)  # pylint: disable=protected-access
-  from etils.epath import backend  # pylint: disable=import-outside-toplevel
-  backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
-
-
 def test_a_run_on_a_gs_workdir_writes_what_a_local_run_writes(served, tiny_model, fake_gs):
   workdir, _, _, _ = served
   step_fn, params = tiny_model
