@@ -47,7 +47,9 @@ def get_config(arg=None):
   cfg.workload.output_len.update(kind="uniform", low=4 if tiny else 8, high=8 if tiny else 24)
 
   cfg.study = ml_collections.ConfigDict(dict(
-      mode="traffic",  # traffic (random injection) | composition (controlled co-requests)
+      # traffic (random injection) | composition (controlled co-requests) | prefix (co-requests
+      # share the target's prompt, computing the blocks it reuses: needs serve.prefix_cache)
+      mode="traffic",
       seed=0,
       repeats=4 if tiny else 12,
       target_domains=("add", "sort", "prose") if tiny else serve_default.DOMAINS,
@@ -63,8 +65,8 @@ def get_config(arg=None):
       capacity_factor=1.0,  # the router's prefill and decode factors (None: leave them)
       inject_after_s=0.3 if tiny else 0.4,  # let the background fill the engine first
       inject_window_s=0.3,
-      co_requests=7,  # composition mode: co-requests per target, arriving with it
-      co_domains="mixed",  # composition mode: same (the target's domain) | mixed
+      co_requests=7,  # composition/prefix modes: co-requests per target
+      co_domains="mixed",  # composition/prefix modes: same (the target's domain) | mixed
       co_max_new_tokens=16,
       quality_per_domain=4 if tiny else 25,  # eval examples per domain (tasks and text)
       quality_max_new_tokens=8 if tiny else 16,

@@ -443,7 +443,7 @@ def validate_serve(cfg):
   return cfg
 
 
-STUDY_MODES = ("traffic", "composition")
+STUDY_MODES = ("traffic", "composition", "prefix")
 CO_DOMAINS = ("same", "mixed")
 STUDY_ARMS = ("routing", "numerical")
 STUDY_REPLAY = ("none", "solo")
@@ -453,9 +453,14 @@ def validate_study(cfg):
   """Checks a determinism-study config (configs/study_default.py): its serving sections and
   `study`. `study.capacity_factor` / `study.load`, when not None, replace the router's prefill
   and decode factors / the workload's arrival rate (one sweep axis for each)."""
-  validate_serve(cfg)
   st = cfg.study
   _choice(st.mode, "study.mode", STUDY_MODES)
+  s = cfg.serve
+  if st.mode == "prefix" and (not s.get("prefix_cache", False) or s.prompt_logprobs):
+    raise ConfigError("study.mode=prefix measures what a cached prefix carries: set "
+                      "serve.prefix_cache=true and serve.prompt_logprobs=false (quality NLL is "
+                      "then scored by the step, not the engine)")
+  validate_serve(cfg)
   _choice(st.co_domains, "study.co_domains", CO_DOMAINS)
   _choice(st.get("arm", "routing"), "study.arm", STUDY_ARMS)
   _choice(st.get("replay", "none"), "study.replay", STUDY_REPLAY)

@@ -6,7 +6,12 @@ engine of the same configuration), then `study.repeats` repeats, each in differe
   (`workload` section: arrival process at the study's load, mixed domains);
 - `composition` mode: the target arrives at time 0 together with `study.co_requests` requests
   whose prompts come from `study.co_domains` ("same" = the target's own domain), so batch
-  composition itself is the variable.
+  composition itself is the variable;
+- `prefix` mode (needs serve.prefix_cache): `study.co_requests` requests per target arrive at
+  time 0 with the target's whole prompt followed by a tail of their own (from `co_domains`), and
+  the target is injected later, as in `traffic` mode: it reuses the prompt blocks those requests'
+  busy steps computed (its solo run computes them alone). Forensics name the requests whose steps
+  computed the reused blocks (`cached_from`).
 All targets of a repeat share its traffic. Each repeat stops as soon as its targets finish.
 Targets run to `study.max_new_tokens` (EOS does not stop them: long completions are the probe).
 
@@ -102,6 +107,8 @@ def _repeat_requests(cfg, targets, source, r):
   """The traffic of repeat r: background + targets, or targets with co-requests (seeded)."""
   st = cfg.study
   rng = np.random.default_rng([st.seed, r])
+  if st.mode == "prefix":
+    return _prefix_requests(cfg, targets, source, rng)
   if st.mode == "traffic":
     background = _background(cfg, source, st.seed * 10_000 + r)
     times = rng.uniform(st.inject_after_s, st.inject_after_s + st.inject_window_s, len(targets))
@@ -111,6 +118,22 @@ def _repeat_requests(cfg, targets, source, r):
     domains = [t.domain] if st.co_domains == "same" else list(cfg.workload.mix.keys())
     out += prompts.co_requests(source, domains, st.co_requests, rng, st.co_max_new_tokens,
                                CO_ID0 + i * st.co_requests)
+  return out
+
+
+def _prefix_requests(cfg, targets, source, rng):
+  """Prefix mode (module docstring): per target its co-requests at time 0, each the target's
+  prompt plus its own tail (cut to fit max_len), and the target at a seeded later moment."""
+  st = cfg.study
+  room = cfg.model.max_len - st.co_max_new_tokens
+  times = rng.uniform(st.inject_after_s, st.inject_after_s + st.inject_window_s, len(targets))
+  out = []
+  for i, (t, at) in enumerate(zip(targets, times)):
+    out.append(dataclasses.replace(t, arrival=float(at)))
+    domains = [t.domain] if st.co_domains == "same" else list(cfg.workload.mix.keys())
+    for co in prompts.co_requests(source, domains, st.co_requests, rng, st.co_max_new_tokens,
+                                  CO_ID0 + i * st.co_requests):
+      out.append(dataclasses.replace(co, prompt=(list(t.prompt) + list(co.prompt[1:]))[:room]))
   return out
 
 
@@ -163,7 +186,8 @@ def repeat_in_traffic(cfg, engine, source, out_dir=None):
   runs = {rid: [] for rid in ids}
   traffic_drops = []
   for r in range(st.repeats):
-    tracer = trace_lib.Tracer(ids, co_routing=True)
+    tracer = trace_lib.Tracer(ids, co_routing=True,
+                              prefix_cache=cfg.serve.get("prefix_cache", False))
     runlog = engine.run(_repeat_requests(cfg, targets, source, r), tracer=tracer, stop_after=ids,
                         replay=replay)
     reqs = {q["id"]: q for q in runlog.requests}
@@ -172,6 +196,8 @@ def repeat_in_traffic(cfg, engine, source, out_dir=None):
       keep(rid, tr, r)
       rec = forensics.diagnose(solo[rid], tr, rid, tracer.steps, tracer.step_of[rid], reqs)
       if rec is not None:
+        if "cached_from" in reqs[rid]:  # prefix cache: whose steps computed the reused blocks
+          rec["cached_from"] = reqs[rid]["cached_from"]
         forensic_recs.append(dict(id=rid, domain=domain[rid], repeat=r, **rec))
     traffic_drops.append(det.traffic_drop_rate(runlog.steps, m.router.k, num_moe_layers(m)))
   if out_dir is not None:
@@ -229,7 +255,7 @@ def run(cfg, params, log=print, mesh=None, out_dir=None):
                  priority=r.priority, router=r.kind, k=r.k, load=cfg.workload.arrival.rate,
                  mode=st.mode, arm=st.get("arm", "routing"), replay=st.get("replay", "none"),
                  invariant=bool(m.get("batch_invariant", False)),
-                 co_domains=st.co_domains if st.mode == "composition" else None)
+                 co_domains=st.co_domains if st.mode in ("composition", "prefix") else None)
   serving = dict(_serving_fields(serving), clock=engine.clock.source)
   result = dict(setting=setting, determinism=agg, per_target=per_target, serving=serving,
                 quality=q, wall_s=time.perf_counter() - t0, determinism_wall_s=t_determinism)

@@ -36,11 +36,16 @@ class Tracer:
   """Collects, per traced request id: `dists` (one log-prob vector [V] per generated token, in
   order), `codes` ({position: [Y, K] replay codes}) and `step_of` ({position: engine step
   index}); recomputed positions after a preemption are overwritten with their latest values.
-  With `co_routing`, `steps` ({step index: StepRouting}) for the steps a traced request is in."""
+  With `co_routing`, `steps` ({step index: StepRouting}) for the steps a traced request is in.
 
-  def __init__(self, ids, co_routing=False):
+  With `prefix_cache` (the engine's serve.prefix_cache, cold at the run's start), the positions a
+  traced request took from the cache get the codes and step of the request whose step computed
+  them (Seq.cached_from): the routing its keys and values carry."""
+
+  def __init__(self, ids, co_routing=False, prefix_cache=False):
     self.ids = set(int(i) for i in ids)
     self.co_routing = co_routing
+    self._computed = {} if prefix_cache else None  # every request's {position: (codes, step)}
     self.dists = {i: [] for i in self.ids}
     self.codes = {i: {} for i in self.ids}
     self.step_of = {i: {} for i in self.ids}
@@ -51,7 +56,7 @@ class Tracer:
     """Called by the engine after each step, before the sampled tokens are appended."""
     step, self.num_steps = self.num_steps, self.num_steps + 1
     in_step = [s.req.id for s in plan.decode] + [s.req.id for s, _ in plan.prefill]
-    if self.ids.isdisjoint(in_step):
+    if self.ids.isdisjoint(in_step) and self._computed is None:
       return
     order = parts.FlatOrder.of_step(*shape)
     logits = {k: np.asarray(v) for k, v in logits.items()}  # one device->host copy per step
@@ -63,6 +68,13 @@ class Tracer:
     rows = [(seq, [order.index(0, i, 0)], "decode", i) for i, seq in enumerate(plan.decode)]
     rows += [(seq, [order.index(1, j, o) for o in range(n)], "prefill", j)
              for j, (seq, n) in enumerate(plan.prefill)]
+    if self._computed is not None and codes_TxYxK is not None:
+      for seq, flat, _, _ in rows:
+        done = self._computed.setdefault(seq.req.id, {})
+        for o, t in enumerate(flat):
+          done[seq.num_computed + o] = (codes_TxYxK[t], step)
+        if seq.req.id in self.ids:
+          self._take_cached(seq)
     for seq, flat, part, row in rows:
       rid = seq.req.id
       if rid not in self.ids:
@@ -81,6 +93,14 @@ class Tracer:
         seg_T[flat] = seq.req.id
       real = seg_T >= 0
       self.steps[step] = StepRouting(seg_T[real], codes_TxYxK[real])
+
+  def _take_cached(self, seq):
+    """The cached positions of traced `seq` (its first admission's blocks), from their owners."""
+    rid, owners = seq.req.id, seq.cached_from or ()
+    per_block = seq.cached_tokens // len(owners) if owners else 0
+    for p in range(per_block * len(owners)):
+      if p not in self.codes[rid]:
+        self.codes[rid][p], self.step_of[rid][p] = self._computed[owners[p // per_block]][p]
 
   def codes_array(self, rid, length):
     """[length, Y, K] replay codes of positions 0..length-1 of request `rid`."""

@@ -58,8 +58,35 @@ def test_batch_scope_at_capacity_one_changes_completions(setup):
   assert max(t["unique_completions"] for t in per_target.values()) > 1, per_target
 
 
+def test_prefix_mode_reuses_busy_blocks_and_stays_solo_with_the_mode_on(setup):
+  """Contract 7 in the study: targets reuse prompt blocks computed in their co-requests' busy
+  steps (cached_tokens > 0 in every repeat) and, with model.batch_invariant and scope none, every
+  repeat is bitwise its cold solo run."""
+  cfg, params, source = setup
+  cfg = cfg.copy_and_resolve_references()
+  cfg.study.update(mode="prefix", repeats=2, co_requests=3)
+  # Blocks of 4: the tiny targets' prompts are short (the default 16 would cache few).
+  cfg.serve.update(prefix_cache=True, prompt_logprobs=False, kv_block_size=4,
+                   kv_num_blocks=cfg.serve.max_num_seqs * cfg.model.max_len // 4)
+  cfg.model.batch_invariant = True
+  cfg.model.router.capacity_scope = "none"
+  cfg = determinism.apply_capacity_factor(config_lib.validate_study(cfg))
+  engine = determinism.make_engine(cfg, params)
+  targets = prompts.target_requests(cfg.study.target_domains, 1, 4, determinism.TARGET_ID0,
+                                    source.tok)
+  log = engine.run(determinism._repeat_requests(cfg, targets, source, 0))  # pylint: disable=protected-access
+  recs = {r["id"]: r for r in log.requests}
+  for t in targets:
+    assert recs[t.id]["cached_tokens"] > 0 and recs[t.id]["cached_from"], recs[t.id]
+    assert set(recs[t.id]["cached_from"]) - {t.id}  # computed in co-requests' steps
+  per_target, agg = determinism.repeat_in_traffic(cfg, engine, source)
+  assert agg["bitwise_with_solo"] == 1.0, per_target
+
+
 @pytest.mark.parametrize("field, value, message", [
-    ("mode", "compositon", r"study.mode='compositon' is not one of \['traffic', 'composition'\]"),
+    ("mode", "compositon",
+     r"study.mode='compositon' is not one of \['traffic', 'composition', 'prefix'\]"),
+    ("mode", "prefix", r"study.mode=prefix .* set serve.prefix_cache=true"),
     ("co_domains", "mixd", r"study.co_domains='mixd' is not one of \['same', 'mixed'\]"),
     ("load", 0.0, r"study.load=0.0 must be a finite number > 0"),
     ("repeats", 0, r"study.repeats=0 must be a positive integer"),
