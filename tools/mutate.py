@@ -1,9 +1,10 @@
 r"""Mutation testing for the core: one-line mutations, each run against the tests that should see it.
 
 Mutated: model/routing.py, model.batch_invariant (model/invariant.py, model/attention.py),
-serving/sampling.py, serving/scheduler.py, the engine's bookkeeping
-(serving/engine.py, serving/sequence.py), the overlapped loop (serving/overlap.py),
-metrics/latency.py and quality aggregation.
+serving/sampling.py, serving/scheduler.py, the engine's bookkeeping (serving/engine.py,
+serving/buckets.py, serving/records.py, serving/sequence.py), the overlapped loop
+(serving/overlap.py and the snapshot/restore it relies on: serving/sequence.py,
+serving/run_state.py, serving/scheduler.py), metrics/latency.py and quality aggregation.
 
     .venv/bin/python tools/mutate.py                  # every mutation, report to stdout
     .venv/bin/python tools/mutate.py --only S1 E3     # some of them
@@ -37,6 +38,7 @@ FAKE_ENGINE_TESTS = ("tests/serving/test_scheduler_by_hand.py",
 PREEMPT_TEST = ("tests/serving/test_engine.py::"
                 "test_recompute_preemption_resamples_the_same_tokens_at_temperature",)
 OVERLAP_TESTS = ("tests/serving/test_overlap.py",)
+SNAPSHOT_TESTS = ("tests/serving/test_snapshot.py",)
 _INV = "tests/model/test_invariant.py::"
 INVARIANT_TESTS = (  # not the --xla_cpu_max_isa reruns: the same tests, three times the time
     _INV + "test_tiled_matmul_row_bits_do_not_depend_on_rows_or_place",
@@ -62,6 +64,8 @@ def _m(name, path, old, new, tests, why=""):
 
 R, S = "moe_serve/model/routing.py", "moe_serve/serving/sampling.py"
 C, E = "moe_serve/serving/scheduler.py", "moe_serve/serving/engine.py"
+B, RC = "moe_serve/serving/buckets.py", "moe_serve/serving/records.py"
+O = "moe_serve/serving/overlap.py"
 Q, L = "moe_serve/serving/sequence.py", "moe_serve/metrics/latency.py"
 N = "moe_serve/metrics/quality.py"
 I, A = "moe_serve/model/invariant.py", "moe_serve/model/attention.py"
@@ -154,40 +158,40 @@ MUTATIONS = [
     _m("C11", C, 'self.batching == "continuous" or static_idle',
        'self.batching == "continuous" or True', FAKE_ENGINE_TESTS, "static batches refill"),
     # ------------------------------------------------------------------ engine bookkeeping
-    _m("E1", E, "samp.set_row(i, seq.req.sampling, n + 1)", "samp.set_row(i, seq.req.sampling, n)",
+    _m("E1", B, "samp.set_row(i, seq.req.sampling, n + 1)", "samp.set_row(i, seq.req.sampling, n)",
        PREEMPT_TEST, "decode row's sampling position off by one"),
-    _m("E2", E, "      kv += n + 1\n", "      kv += n\n", FAKE_ENGINE_TESTS,
+    _m("E2", B, "    kv += n + 1\n", "    kv += n\n", FAKE_ENGINE_TESTS,
        "decode attended_kv without its own key"),
-    _m("E3", E, "kv += n * start + n * (n + 1) // 2", "kv += n * start + n * (n - 1) // 2",
+    _m("E3", B, "kv += n * start + n * (n + 1) // 2", "kv += n * start + n * (n - 1) // 2",
        FAKE_ENGINE_TESTS, "prefill attended_kv n(n-1)/2"),
-    _m("E4", E, "samp.last_P[j] = n - 1", "samp.last_P[j] = n", FAKE_ENGINE_TESTS,
+    _m("E4", B, "samp.last_P[j] = n - 1", "samp.last_P[j] = n", FAKE_ENGINE_TESTS,
        "prefill token read one past the chunk"),
-    _m("E5", E, "samp.set_row(b + j, seq.req.sampling, start + n)",
+    _m("E5", B, "samp.set_row(b + j, seq.req.sampling, start + n)",
        "samp.set_row(b + j, seq.req.sampling, start + n - 1)", PREEMPT_TEST,
        "prefill row's sampling position off by one"),
     _m("E6", E, "elif len(seq.outputs) >= seq.req.max_new_tokens:",
        "elif len(seq.outputs) > seq.req.max_new_tokens:", FAKE_ENGINE_TESTS, "one token too many"),
-    _m("E7", E, "slots_used=len(self.sched.running) + sum(1 for s in in_step if s.finish_reason)",
-       "slots_used=len(self.sched.running)", FAKE_ENGINE_TESTS, "finishing requests not counted"),
+    _m("E7", RC, "slots_used=len(sched.running) + sum(1 for s in in_step if s.finish_reason)",
+       "slots_used=len(sched.running)", FAKE_ENGINE_TESTS, "finishing requests not counted"),
     _m("E8", "moe_serve/serving/step_cost.py", "    t = b + p * c\n", "    t = b + p\n",
        ("tests/serving/test_sampling_and_clock.py",), "step tokens B + P (fixed-shape expert rows)"),
     _m("E9", E, "self._emit(seq, tok(i), lp(i), now)", "self._emit(seq, tok(i), lp(i), now - dt)",
        FAKE_ENGINE_TESTS, "decode tokens stamped at the step start"),
     _m("E10", E, "self.sched, self.clock.now = self._new_scheduler(), 0.0",
        "self.sched = self._new_scheduler()", FAKE_ENGINE_TESTS, "clock not reset between runs"),
-    _m("E11", E, "lo = max(seq.num_computed, len(seq.prompt_logprobs))", "lo = seq.num_computed",
+    _m("E11", RC, "lo = max(seq.num_computed, len(seq.prompt_logprobs))", "lo = seq.num_computed",
        ("tests/serving/test_engine.py::test_prompt_logprobs_match_a_full_forward",),
        "recomputed prompt positions scored twice"),
     _m("E12", E, "blocks_in_step = sched.blocks_used  #", "blocks_in_step = 0  #",
        FAKE_ENGINE_TESTS, "kv_blocks_used not logged"),
-    _m("E13", E, "decode=len(plan.decode), prefill_rows", "decode=len(plan.prefill), prefill_rows",
+    _m("E13", RC, "decode=len(plan.decode), prefill_rows", "decode=len(plan.prefill), prefill_rows",
        FAKE_ENGINE_TESTS, "decode count logged wrong"),
     _m("Q1", Q, "self.num_computed, self.prefilled = 0, False", "self.num_computed = 0",
        FAKE_ENGINE_TESTS, "preempted request still marked prefilled"),
     _m("Q2", Q, "self.preemptions += 1", "self.preemptions += 0", FAKE_ENGINE_TESTS,
        "preemptions not counted"),
-    _m("Q3", Q, "if self.admitted_at is None:\n      self.admitted_at = now",
-       "if True:\n      self.admitted_at = now", FAKE_ENGINE_TESTS,
+    _m("Q3", Q, "if self.admitted_at is None:\n      self.admitted_at, self.cached_tokens = now",
+       "if True:\n      self.admitted_at, self.cached_tokens = now", FAKE_ENGINE_TESTS,
        "admission time is the last admission"),
     _m("Q4", Q, "if self.num_computed == len(self.tokens):",
        "if self.num_computed >= len(self.tokens) - 1:", FAKE_ENGINE_TESTS,
@@ -197,13 +201,17 @@ MUTATIONS = [
        ("tests/serving/test_engine.py::test_routing_records_attribute_drops_to_requests",),
        "drops overwritten, not summed"),
     # ------------------------------------------------------------------ overlapped loop
-    _m("O2", E, "return overlap_lib.same_batch((fed, ahead.step.samp), (step.batch, step.samp))",
+    _m("O2", O, "return same_batch((fed, ahead.samp), (step.batch, step.samp))",
        "return True", OVERLAP_TESTS, "a step launched ahead kept whatever its inputs"),
-    _m("O3", "moe_serve/serving/overlap.py", "        setattr(seq, name, value)\n",
-       "        pass\n", OVERLAP_TESTS, "sequences' fields not restored after planning ahead"),
-    _m("O4", "moe_serve/serving/overlap.py",
+    _m("O3", Q, "      setattr(self, name, value)\n", "      pass\n", OVERLAP_TESTS,
+       "sequences' fields not restored after planning ahead"),
+    _m("O4", O,
        "return xp.where(tokens_Bx1 < 0, xp.take(prev_tokens_R, src_Bx1), tokens_Bx1)",
        "return xp.maximum(tokens_Bx1, 0)", OVERLAP_TESTS, "placeholders fed as token 0"),
+    _m("O5", "moe_serve/serving/run_state.py", "    del self.seqs[num_seqs:]\n", "    pass\n",
+       OVERLAP_TESTS, "requests that arrived while planning ahead not forgotten"),
+    _m("O6", C, "      self.cache.restore(cache)\n", "      pass\n", SNAPSHOT_TESTS,
+       "the prefix cache's table not restored (overlap refuses the prefix cache today)"),
     # ------------------------------------------------------------------ quality aggregation
     _m("N1", N, 'nll = {d: sum(r["nll_sum"] for r in rs) / max(1, sum(r["tokens"] for r in rs))',
        'nll = {d: float(np.mean([r["nll_sum"] / r["tokens"] for r in rs]))',

@@ -95,6 +95,20 @@ class PrefixCache:
     self.free_pool.append(self.entries.pop(key).pool_index)
     return True
 
+  def snapshot(self):
+    """The table's state (entries, their reference counts, free pool places, LRU order), for
+    `restore`."""
+    return (dict(self.entries), {k: e.refs for k, e in self.entries.items()},
+            list(self.free_pool), collections.OrderedDict(self.unreferenced))
+
+  def restore(self, snap):
+    """Puts back the state `snapshot` returned."""
+    entries, refs, free_pool, unreferenced = snap
+    self.entries, self.free_pool = dict(entries), list(free_pool)
+    self.unreferenced = collections.OrderedDict(unreferenced)
+    for key, entry in self.entries.items():
+      entry.refs = refs[key]
+
   def check(self, held_keys):
     """AssertionError unless each entry's refs equal its holders in `held_keys` (one list of
     keys per running request) and the unreferenced list is exactly the entries with no holder."""

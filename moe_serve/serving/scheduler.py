@@ -226,6 +226,28 @@ class Scheduler:
     saves, self.saves = self.saves, []
     return saves
 
+  # ------------------------------------------------------------------ planning ahead
+  def snapshot(self):
+    """Everything `add`, `schedule`, `computed` and `finish` change, for `restore`: free slots
+    and blocks, the queues, each queued or running request's Seq, the prefix cache's table and
+    its queued saves. (serve.overlap plans a step ahead on this state and puts it back,
+    serving/overlap.py; it still refuses serve.prefix_cache for the device side: a step
+    launched ahead could load a block the step before registers but has not yet saved.)"""
+    seqs = [(s, s.snapshot()) for s in (*self.waiting, *self.running)]
+    cache = self.cache.snapshot() if self.cache is not None else None
+    return (list(self.free_slots), self.free_blocks, list(self.waiting), list(self.running),
+            seqs, cache, list(self.saves))
+
+  def restore(self, snap):
+    """Puts back the state `snapshot` returned (requests added since are forgotten)."""
+    free_slots, self.free_blocks, waiting, running, seqs, cache, saves = snap
+    self.free_slots, self.waiting, self.running = list(free_slots), list(waiting), list(running)
+    self.saves = list(saves)
+    for seq, seq_snap in seqs:
+      seq.restore(seq_snap)
+    if cache is not None:
+      self.cache.restore(cache)
+
   def check_invariants(self):
     """Raises AssertionError if slots or blocks are double-booked or over budget (for tests)."""
     slots = [s.slot for s in self.running]

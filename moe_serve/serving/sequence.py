@@ -11,6 +11,10 @@ decode step writes `tokens[-1]` (advance_decode) and appends the next output. A 
 the slot and blocks and forgets every computed key/value, keeping the outputs: re-admitted, the
 request prefills prompt + outputs again and resamples the same tokens (serving/sampling.py keys
 on the position). The scheduler calls admit/reserve/release/preempt, the engine the rest.
+
+`snapshot`/`restore` put every field back (serve.overlap plans a step ahead on a copy of the
+state, serving/overlap.py): the lists in `_GROWN` only ever grow and are restored by length;
+every other field is restored by value, so the methods below assign those, never mutate them.
 """
 import dataclasses
 
@@ -76,7 +80,7 @@ class Seq:
 
   def share(self, key):
     """One of its own blocks, now complete, is held as the cached block `key` instead."""
-    self.shared.append(key)
+    self.shared = self.shared + [key]  # assigned, not appended: see `snapshot`
     self.blocks -= 1
 
   def preempt(self):
@@ -121,3 +125,22 @@ class Seq:
   def finish(self, reason):
     """Marks the request done ('eos' or 'length'); the scheduler has released it."""
     self.finish_reason = reason
+
+  # ------------------------------------------------------------------ planning ahead
+  def snapshot(self):
+    """Every field's state, for `restore` (see the module docstring)."""
+    return (tuple(getattr(self, f) for f in _VALUES), tuple(len(getattr(self, f)) for f in _GROWN))
+
+  def restore(self, snap):
+    """Puts back the state `snapshot` returned: grown lists cut back, the rest reassigned."""
+    values, lengths = snap
+    for name, value in zip(_VALUES, values):
+      setattr(self, name, value)
+    for name, n in zip(_GROWN, lengths):
+      del getattr(self, name)[n:]
+
+
+# Lists that only grow (appended or extended, never reassigned or shortened).
+_GROWN = ("tokens", "outputs", "logprobs", "token_times", "prompt_logprobs", "block_keys")
+# The rest, request and key aside (never change): restored by value.
+_VALUES = tuple(f.name for f in dataclasses.fields(Seq) if f.name not in _GROWN + ("req", "key"))
