@@ -9,9 +9,9 @@ r"""Makes the cost_model clock's profile for a config's model on this device, an
 Serves a short sweep around the config (its scope and factor, `batch` 1.0 and 2.0, dropless `none`,
 each at half and twice its arrival rate, and its scope and `none` with row buckets at 1/3, 2/3 and
 all of its own; --num_requests each) with the measured clock, fits the step-cost coefficients
-(docs/serving.md, Clock), and writes the profile: to --out, by default
-<params_dir>/profiles/<dispatch>-<backend>-<keys>.json (profiles/init-... for a random init), where
-`clock.profile=auto` finds it.
+(docs/serving.md, Clock), and writes the profile: to --out, by default where serving/profiles.py
+says (profiles.default_path: <params_dir>/profiles/<dispatch>-<backend>-<keys>.json, or
+profiles/init-... for a random init), where `clock.profile=auto` finds it.
 
 --validate also serves held-out runs (other loads, scopes, factors, mixes; --validate_requests
 each) and then each once with the new profile's cost_model clock, and prints, stores in the
@@ -50,18 +50,8 @@ _HOLDOUT = flags.DEFINE_integer("holdout_every", 4, "Steps held out of the fit: 
                                 "(their error is reported).", lower_bound=2)
 _VALIDATE = flags.DEFINE_bool("validate", False, "Also serve held-out runs with both clocks.")
 _PROFILE = flags.DEFINE_string("profile", None, "Validate this profile instead of fitting one.")
-_OUT = flags.DEFINE_string("out", None,
-                           "Where to write the profile (default: <params_dir>/profiles/...).")
-
-
-def default_out(cfg, prof):
-  """<params_dir>/profiles/<name>.json (a profile travels with its model), or profiles/ here for
-  a random init; `clock.profile=auto` looks in both."""
-  name = (f"{cfg.model.router.dispatch}-{prof['device']['backend']}-{prof['model_key'][:8]}-"
-          f"{prof['device_key'][:8]}.json")
-  if cfg.params_dir:
-    return os.path.join(cfg.params_dir, "profiles", name)
-  return os.path.join(profiles.REPO_DIR, "init-" + name)
+_OUT = flags.DEFINE_string("out", None, "Where to write the profile (default: "
+                           "serving/profiles.default_path, <params_dir>/profiles/...).")
 
 
 def main(argv):
@@ -92,7 +82,7 @@ def main(argv):
   if fit:
     prof = clock_profile.make_profile(cfg, steps, wall, _HOLDOUT.value, " ".join(sys.argv),
                                       rounds=_ROUNDS.value, requests_per_run=_NUM_REQUESTS.value)
-    path = _OUT.value or default_out(cfg, prof)
+    path = _OUT.value or profiles.default_path(cfg, prof)
     f = prof["fit"]
     log(f"fit on {f['fit_steps']} steps, held out {f['heldout_steps']} (median step "
         f"{f['heldout_step_s_median'] * 1e3:.2f} ms): |error| median "
@@ -112,10 +102,8 @@ def main(argv):
     log(table)
   if write:
     profiles.save(path, prof)
-    found = os.path.dirname(os.path.abspath(path)) in map(os.path.abspath,
-                                                          profiles.search_dirs(cfg))
     log(f"profile: {path} (" + ("clock.profile=auto finds it for this model and step options"
-                                if found else f"use it with --config.clock.profile={path}") + ")")
+                                if profiles.found_by_auto(cfg, path) else f"use it with --config.clock.profile={path}") + ")")
 
 
 if __name__ == "__main__":

@@ -14,27 +14,19 @@ setting and the fit alike instead of posing as a difference between them. Valida
 cost_model run with the median of a setting's measured rounds, and reports how far the measured
 rounds lie from that median: the noise floor any clock is judged against.
 
-Each run is a normal serving run (run.serve) with its files under WORKDIR/<fit|validate>/<name>.
+Each run is a normal serving run (run.serve) with its files under WORKDIR/<fit|validate>/<name>;
+a setting's config is experiments/settings.calibration_config's, and its engine is built with the
+clock it runs on.
 """
-import dataclasses
 import datetime
 import os
 
 from moe_serve import provenance
+from moe_serve.experiments import settings
 from moe_serve.serving import calibrate, profiles, run
 from moe_serve.serving import clock as clock_lib
 
-
-@dataclasses.dataclass(frozen=True)
-class Setting:
-  """One run of the sweep: capacity scope and factor, arrival rate, domain mix and step shapes
-  (`rows`: (decode_rows, prefill_rows) buckets; None: the config's)."""
-  name: str
-  scope: str
-  factor: float
-  rate: float
-  mix: tuple = None
-  rows: tuple = None
+_Setting = settings.ServeSetting  # one run of the sweep
 
 
 def _own(cfg):
@@ -64,40 +56,25 @@ def fit_settings(cfg):
   # Shapes that follow the load, at the config's scope and dropless: expert rows then grow with
   # the tokens at two different rates, which sets them apart from the per-token costs.
   shaped = dict.fromkeys([_own(cfg), ("none", 1.0)])
-  return [Setting(f"{s}-cf{f:g}-rate{rate * x:g}", s, f, rate * x)
+  return [_Setting(f"{s}-cf{f:g}-rate{rate * x:g}", s, f, rate * x)
           for s, f in scopes for x in (0.5, 2.0)] + [
-              Setting(f"{s}-cf{f:g}-rate{rate * x:g}-shapes", s, f, rate * x,
-                      rows=shape_buckets(cfg)) for s, f in shaped for x in (0.5, 2.0)]
+              _Setting(f"{s}-cf{f:g}-rate{rate * x:g}-shapes", s, f, rate * x,
+                       rows=shape_buckets(cfg)) for s, f in shaped for x in (0.5, 2.0)]
 
 
 def validation_settings(cfg):
   rate = _rate(cfg)
   scope, factor = _own(cfg)
   domains = tuple(cfg.serve.domains)
-  return [Setting(f"{scope}-cf{factor:g}-rate{rate:g}", scope, factor, rate),
-          Setting(f"batch-cf1.25-rate{rate * 1.5:g}", "batch", 1.25, rate * 1.5),
-          Setting(f"sequence-cf1-rate{rate:g}-{domains[-1]}-only", "sequence", 1.0, rate,
-                  (domains[-1],))]
-
-
-def setting_config(cfg, s, num_requests, mode):
-  c = cfg.copy_and_resolve_references()
-  c.model.router.update(capacity_scope=s.scope, capacity_factor_decode=s.factor,
-                        capacity_factor_prefill=s.factor)
-  c.workload.num_requests = num_requests
-  c.workload.arrival.rate = s.rate
-  if s.mix is not None:
-    c.workload.mix = {d: float(d in s.mix) for d in c.serve.domains}
-  if s.rows is not None:
-    c.serve.buckets.update(decode_rows=s.rows[0], prefill_rows=s.rows[1])
-  c.serve.update(plots=False, tensorboard=False)
-  c.clock.mode = mode
-  return c
+  return [_Setting(f"{scope}-cf{factor:g}-rate{rate:g}", scope, factor, rate),
+          _Setting(f"batch-cf1.25-rate{rate * 1.5:g}", "batch", 1.25, rate * 1.5),
+          _Setting(f"sequence-cf1-rate{rate:g}-{domains[-1]}-only", "sequence", 1.0, rate,
+                   (domains[-1],))]
 
 
 class Runner:
-  """Serves settings on engines built once per (scope, factor, buckets), sharing the
-  parameters."""
+  """Serves settings on engines built once per (scope, factor, buckets, clock mode), sharing the
+  parameters (and, through run.make_step_fn, the compiled step of each model config)."""
 
   def __init__(self, cfg, params, params_source, mesh, workdir, num_requests, log):
     self.cfg, self.params, self.source, self.mesh = cfg, params, params_source, mesh
@@ -107,13 +84,8 @@ class Runner:
   def serve(self, setting, part, mode, clock=None, tag="", num_requests=None):
     """(summary, RunLog) of `setting` in clock `mode` (a given Clock replaces the config's), with
     `num_requests` requests (default the runner's)."""
-    c = setting_config(self.cfg, setting, num_requests or self.num_requests, mode)
-    key = (setting.scope, setting.factor, setting.rows)
-    if key not in self._engines:
-      c_measured = setting_config(self.cfg, setting, self.num_requests, "measured")
-      self._engines[key] = run.build_engine(c_measured, params=self.params, mesh=self.mesh)
-    engine = self._engines[key]
-    engine.clock = clock or run.make_clock(c)
+    c = settings.calibration_config(self.cfg, setting, num_requests or self.num_requests, mode)
+    engine = self._engine(setting, c, clock)
     quiet = lambda *a, **k: None
     summary, log = run.serve(c, os.path.join(self.workdir, part, f"{setting.name}-{mode}{tag}"),
                              engine=engine, requests=run.make_requests(c),
@@ -121,6 +93,16 @@ class Runner:
     self.log(f"  {part} {setting.name} ({mode}{tag}): {len(log.steps)} steps, "
              f"{summary['output_throughput']:.0f} output tok/s of virtual time")
     return summary, log
+
+  def _engine(self, setting, c, clock):
+    """The engine serving `setting` (config `c`) on `clock`: built for a given clock, else the
+    config's clock on the engine kept for that setting and clock mode."""
+    if clock is not None:
+      return run.build_engine(c, params=self.params, mesh=self.mesh, clock=clock)
+    key = (setting.scope, setting.factor, setting.rows, c.clock.mode)
+    if key not in self._engines:
+      self._engines[key] = run.build_engine(c, params=self.params, mesh=self.mesh)
+    return self._engines[key]
 
 
 def measure(cfg, runner, rounds, fit=True, validate=True, validate_requests=None):
@@ -180,7 +162,8 @@ def validate(cfg, runner, prof, path, measured, num_requests=None):
   the largest |deviation| of one measured round from that median}}."""
   rows = []
   for s in validation_settings(cfg):
-    clock = clock_lib.Clock(setting_config(cfg, s, 1, "cost_model").clock, prof["coef"], path)
+    clock = clock_lib.Clock(settings.calibration_config(cfg, s, 1, "cost_model").clock,
+                            prof["coef"], path)
     virtual, _ = runner.serve(s, "validate", "cost_model", clock, num_requests=num_requests)
     metrics, noise = calibrate.compare_to_rounds(measured[s.name], virtual)
     rows.append(dict(setting=s.name, metrics=metrics, noise=noise))

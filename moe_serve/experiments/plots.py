@@ -4,13 +4,14 @@ import matplotlib
 import numpy as np
 
 from moe_serve import files
+from moe_serve.experiments import settings
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=wrong-import-position
 
 
-# A line each:
-_LINE_KEYS = ("scope", "priority", "router", "mode", "co_domains", "arm", "replay", "invariant")
+# A line each (the setting fields of settings.LINE_KEYS that vary; scope always):
+_LINE_KEYS = settings.LINE_KEYS
 
 
 # Marker, line style and marker size per line, so lines that coincide stay visible: later lines

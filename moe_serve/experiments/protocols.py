@@ -37,6 +37,7 @@ import numpy as np
 from moe_serve import config as config_lib
 from moe_serve import files
 from moe_serve.data import eval_prompts
+from moe_serve.experiments import settings
 from moe_serve.serving import run as run_lib
 from moe_serve.serving.request import Request, SamplingParams
 
@@ -80,11 +81,7 @@ def setting_config(cfg, setting):
   cfg.clock.profile = ""
   cfg.model.batch_invariant = setting.batch_invariant
   cfg.serve.prefix_cache = setting.prefix_cache
-  r = cfg.model.router
-  r.capacity_scope = setting.capacity_scope
-  if setting.capacity_factor is not None:
-    r.update(capacity_factor_prefill=setting.capacity_factor,
-             capacity_factor_decode=setting.capacity_factor)
+  settings.set_capacity(cfg, setting.capacity_scope, setting.capacity_factor)
   return config_lib.validate_serve(config_lib.validate(cfg))
 
 

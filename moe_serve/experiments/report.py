@@ -12,11 +12,10 @@ with what exists; results.md names the settings that are missing.
 import csv
 
 from moe_serve import files
-from moe_serve.experiments import sweep
+from moe_serve.experiments import settings, sweep
 from moe_serve.metrics import writers
 
-SETTING = ("scope", "capacity_factor", "priority", "router", "load", "mode", "co_domains", "arm",
-           "replay", "invariant")
+SETTING = settings.COLUMNS  # the setting columns of a row (settings.StudySetting's fields)
 TABLE = (("scope", "scope"), ("capacity_factor", "cf"), ("load", "load req/s"),
          ("targets_diverging_ci", "targets diverging (95% CI)"),
          ("unique_completions_ci", "unique/N mean (95% CI)"), ("unique_completions_max", "unique (max)"),
@@ -34,7 +33,8 @@ def rows(workdir):
   for rec in sweep.load_results(workdir):
     res = rec["result"]
     row = {"run": rec["name"], "repeats": None}
-    row.update({k: res["setting"].get(k) for k in SETTING})
+    setting = settings.StudySetting.from_dict(res["setting"])
+    row.update({k: getattr(setting, k) for k in SETTING})
     row.update({k: v for k, v in res["determinism"].items() if not isinstance(v, dict)})
     for name in ("targets_diverging", "unique_completions", "first_divergence"):
       row[f"{name}_ci"] = _ci_text(*(row.get(f"{name}_ci_{s}") for s in ("mean", "low", "high")))

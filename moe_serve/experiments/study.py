@@ -9,7 +9,7 @@ process 0 decides which runs are left (experiments/sweep.py), writes them and th
 """
 from moe_serve import config as config_lib
 from moe_serve import loading
-from moe_serve.experiments import determinism, report, sweep, sweep_tasks
+from moe_serve.experiments import report, setting_runner, settings, sweep, sweep_tasks
 from moe_serve.parallel import distributed
 from moe_serve.serving import run as serve_run
 
@@ -45,7 +45,7 @@ def validate(cfg):
   for point in sweep.grid(axes):
     run_cfg = sweep.apply_overrides(cfg, point)
     try:
-      config_lib.validate_study(config_lib.validate(determinism.apply_capacity_factor(run_cfg)))
+      config_lib.validate_study(config_lib.validate(settings.study_config(run_cfg)))
       config_lib.validate_serve_mesh(run_cfg, mesh.shape["data"])
     except config_lib.ConfigError as e:
       raise config_lib.ConfigError(f"sweep setting {point}: {e}") from None
@@ -60,8 +60,8 @@ def run(cfg, workdir, progress=True, log=print, task=sweep_tasks.ONE):
   axes, mesh = validate(cfg)
   params, source = loading.load(cfg, mesh, log=log)
 
-  def one(run_cfg, run_dir):  # result.json, plus the files determinism.run writes
-    result = determinism.run(run_cfg, params, log=log, mesh=mesh, out_dir=run_dir)
+  def one(run_cfg, run_dir):  # result.json, plus the files setting_runner.run writes
+    result = setting_runner.run(run_cfg, params, log=log, mesh=mesh, out_dir=run_dir)
     result["params"] = source
     return result
 

@@ -111,3 +111,29 @@ def bootstrap_ci(values, num=2000, level=0.95, seed=0):
   means = x[np.random.default_rng(seed).integers(0, x.size, (num, x.size))].mean(1)
   lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
   return float(x.mean()), float(lo), float(hi)
+
+
+def aggregate(per_target):
+  """Over a study's targets ({id: `summarize` dict}): means, extremes, and bootstrap intervals
+  over targets of the unique completions, the fraction of targets with a divergent repeat and
+  their mean first divergence position."""
+  vals = list(per_target.values())
+  mean = lambda k: float(np.mean([v[k] for v in vals]))
+  ci = {}
+  for name, xs in (("unique_completions", [v["unique_completions"] for v in vals]),
+                   ("targets_diverging", [float(v["agree_with_solo"] < 1) for v in vals]),
+                   ("first_divergence", [v["first_divergence_mean"] for v in vals])):
+    m_, lo, hi = bootstrap_ci(xs)
+    ci.update({f"{name}_ci_mean": m_, f"{name}_ci_low": lo, f"{name}_ci_high": hi})
+  return dict(
+      targets=len(vals),
+      **ci,
+      unique_completions_mean=mean("unique_completions"),
+      unique_completions_max=max(v["unique_completions"] for v in vals),
+      agree_with_solo=mean("agree_with_solo"),
+      bitwise_with_solo=mean("bitwise_with_solo"),
+      max_kl=max(v["max_kl"] for v in vals),
+      max_abs_dlogprob=max(v["max_abs_dlogprob"] for v in vals),
+      routing_diff_fraction=mean("routing_diff_fraction"),
+      target_drop_rate=mean("target_drop_rate"),
+  )

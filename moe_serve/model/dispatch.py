@@ -10,7 +10,9 @@
 - `sorted`: kept pairs in fixed blocks, one expert per block, only the blocks in use computed
   (dispatch_sorted.py): work that follows the routed pairs, for any scope.
 
-C is `routing.buffer_capacity` (static). Sharding: token tensors are constrained to
+`runs(backend, sharded, invariant)` says which of them really runs for a configured backend (the
+model and the clock's step cost, serving/step_cost.py, both ask it). C is
+`routing.buffer_capacity` (static). Sharding: token tensors are constrained to
 ("activation_tokens", "activation_embed"). With experts split over the mesh (`experts_sharded`)
 `einsum` with a capacity and `gather` run grouped (dispatch_grouped.py: per-group buffers
 exchanged with the experts by all-to-all); otherwise the flat [E, C, D] buffers are constrained
@@ -50,6 +52,24 @@ def _swiglu(x_CxD, w_gate_DxF, w_up_DxF, w_down_FxD):
 def experts_sharded():
   """Whether the logical `exp` axis is split over devices in the current (trace) context."""
   return layers.logical_axis_size("exp") > 1
+
+
+BACKENDS = ("einsum", "gather", "ragged", "sorted")
+
+
+def runs(backend, sharded, invariant=False):
+  """The backend that really runs when `model.router.dispatch` is `backend`, with the experts
+  split over devices (`sharded`) or not, and `model.batch_invariant` (`invariant`): `sorted`'s
+  blocks for every backend under `invariant`; `gather` (by index, over all-to-all) for `sorted`
+  on split experts; else `backend` itself (an `einsum` whose capacity covers every token then
+  computes the dense reference: same rows)."""
+  if backend not in BACKENDS:
+    raise ValueError(f"model.router.dispatch={backend!r} is not one of {', '.join(BACKENDS)}")
+  if invariant:
+    return "sorted"
+  if backend == "sorted" and sharded:
+    return "gather"
+  return backend
 
 
 def expert_buffers(w, x_ExCxD, loop=None):
@@ -174,25 +194,17 @@ def run(backend, x_TxD, routing, w, capacity, router_cfg=None, num_decode=0, row
   backends compute the same function: the kept pairs' experts, mixed with the kept weights);
   config.validate_mesh refuses it with experts split over the mesh.
   """
-  if backend not in ("einsum", "gather", "ragged", "sorted"):
-    raise ValueError(f"model.router.dispatch={backend!r} is not one of einsum, gather, ragged, "
-                     "sorted")
+  backend = runs(backend, experts_sharded(), invariant)
   x_TxD = layers.constrain(x_TxD, TOKEN_AXES)
-  if invariant:
+  if backend == "sorted":  # invariant: the one layout whose rows do not depend on the step
     y_TxD = dispatch_sorted.sorted_dispatch(x_TxD, routing, w, buffer_slots(
-        routing, w.w_gate_ExDxF.shape[0]), invariant=True)
+        routing, w.w_gate_ExDxF.shape[0]), invariant=invariant)
     return layers.constrain(y_TxD, TOKEN_AXES)
   if backend == "ragged":
     return ragged_dispatch(x_TxD, routing, w)
   t = x_TxD.shape[0]
   dense = backend == "einsum" and capacity >= t
   groups = dispatch_grouped.num_groups()
-  if backend == "sorted" and not experts_sharded():
-    y_TxD = dispatch_sorted.sorted_dispatch(x_TxD, routing, w,
-                                            buffer_slots(routing, w.w_gate_ExDxF.shape[0]))
-    return layers.constrain(y_TxD, TOKEN_AXES)
-  if backend == "sorted":  # experts split over the mesh: the all-to-all path, by index
-    backend = "gather"
   if not dense and groups > 1 and experts_sharded():
     # Experts on other devices: move each group's buffer rows to them by all-to-all.
     group_cap = dispatch_grouped.group_capacity(t, groups, capacity, router_cfg,

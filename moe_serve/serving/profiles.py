@@ -10,6 +10,10 @@ statistics and the whole-run validation when one was run:
   (`device_key`): the hardware the steps ran on;
 - `date`, `command`, `commit`, `fit`, and `validation`.
 
+Where profiles live is decided here alone: `default_path` is where scripts/calibrate.py writes a
+new one (next to its model, `<params_dir>/profiles/`, or the repository's `profiles/` for a random
+init), and `search_dirs` are where `auto` looks (both of those, and `models/*/profiles/`).
+
 `clock.profile` picks one: `auto` finds the profile of this model in the model directory's
 `profiles/` folder and the repository's `profiles/` and `models/*/profiles/`, preferring one made
 on this device (another device's or mesh's is used with a warning, and the summary says so); a path
@@ -108,6 +112,18 @@ def save(path, prof):
   files.write_text_atomic(path, json.dumps(prof, indent=1, sort_keys=True) + "\n")
 
 
+def default_path(cfg, prof):
+  """Where a new profile `prof` of `cfg`'s model is written (scripts/calibrate.py, unless --out
+  names a path): <params_dir>/profiles/<name>.json (a profile travels with its model), or
+  profiles/init-<name>.json in this repository for a random init; `search_dirs` holds both, so
+  `clock.profile=auto` finds it. <name>: dispatch, backend, model and device keys."""
+  name = (f"{cfg.model.router.dispatch}-{prof['device']['backend']}-{prof['model_key'][:8]}-"
+          f"{prof['device_key'][:8]}.json")
+  if cfg.params_dir:
+    return os.path.join(cfg.params_dir, "profiles", name)
+  return os.path.join(REPO_DIR, "init-" + name)
+
+
 def search_dirs(cfg):
   """<params_dir>/profiles, then profiles/ and models/*/profiles/ of this repository (a random
   init of a bundled architecture is priced like the trained model: weights are not identity)."""
@@ -115,6 +131,11 @@ def search_dirs(cfg):
   repo = os.path.dirname(REPO_DIR)
   dirs += [REPO_DIR] + sorted(glob.glob(os.path.join(repo, "models", "*", "profiles")))
   return list(dict.fromkeys(os.path.normpath(d) for d in dirs))
+
+
+def found_by_auto(cfg, path):
+  """Whether `clock.profile=auto` looks where `path` is (one of `search_dirs`)."""
+  return os.path.dirname(os.path.abspath(path)) in map(os.path.abspath, search_dirs(cfg))
 
 
 def _mismatch(prof, ident):

@@ -72,11 +72,12 @@ def make_mesh(cfg):
   return mesh
 
 
-def build_engine(cfg, step_fn=None, params=None, cache=None, mesh=None):
+def build_engine(cfg, step_fn=None, params=None, cache=None, mesh=None, clock=None):
   """An Engine for `cfg`, sharded on `mesh` if given (then the step and cache come from
   parallel/steps.py's sharded builders). Without `params` they come from the one loading path
   (moe_serve/loading.py: `cfg.params_dir`, or a random init from cfg.seed, the same values on any
-  mesh); pass `params` to reuse parameters already placed.
+  mesh); pass `params` to reuse parameters already placed. `clock`: the engine's clock (default
+  the config's, `make_clock`).
   """
   m, rules = cfg.model, cfg.logical_axis_rules
   step_fn = step_fn or make_step_fn(cfg, mesh)
@@ -84,7 +85,7 @@ def build_engine(cfg, step_fn=None, params=None, cache=None, mesh=None):
     params, _ = loading.load(cfg, mesh)
   if cache is None:
     cache = steps.make_cache_fn(m, mesh, rules)(cfg.serve.max_num_seqs)
-  return Engine(cfg, step_fn, params, cache, make_clock(cfg))
+  return Engine(cfg, step_fn, params, cache, clock or make_clock(cfg))
 
 
 def make_clock(cfg):

@@ -7,7 +7,8 @@ A step of shape (B, P, C) reading `kv_len` cache positions computes, whatever it
   counts per expert and instance), T * K per MoE layer with padding, for every scope but
   dropless `none` (which ranks nothing): what makes a `batch` step dearer than a `none` step of
   the same shape and expert rows (measured: about 1 us per pair on the 2-core CPU);
-- `expert_rows`: expert FFN rows summed over MoE layers, as the dispatch backend runs them:
+- `expert_rows`: expert FFN rows summed over MoE layers, as the dispatch backend that really runs
+  (model/dispatch.runs; a soft router's fixed slots count like `gather`) runs them:
   fixed-shape backends (`gather`, `einsum`) fill E x capacity buffer rows per layer, where the
   capacity follows the scope and capacity factor (routing.buffer_capacity; T for dropless);
   `sorted` runs the blocks its kept pairs fill (each expert's pairs rounded up to whole blocks),
@@ -22,7 +23,7 @@ Axis letters: Y MoE layers, E experts, G expert-parallel shards.
 """
 import numpy as np
 
-from moe_serve.model import dispatch_sorted, parts, routing, transformer
+from moe_serve.model import dispatch, dispatch_sorted, parts, routing, transformer
 
 FEATURES = ("fixed", "decode_rows", "prefill_tokens", "decode_kv", "prefill_kv",
             "capacity_pairs", "expert_rows", "a2a_rows")
@@ -37,9 +38,10 @@ class StepCost:
     self.router, self.num_experts = m.router, m.num_experts
     self.num_moe_layers = transformer.num_moe_layers(m)
     self.expert_shards = int(cfg.get("mesh", {}).get("expert", 1) or 1)
-    self.backend = m.router.dispatch
-    if m.router.kind == "soft" or (self.backend == "sorted" and self.expert_shards > 1):
-      self.backend = "gather"  # fixed-shape buffers (sorted falls back on split experts)
+    # model.batch_invariant is left out: its steps are priced as the configured backend's (a
+    # profile made with it on is its own, profiles.model_identity), as they always were.
+    self.backend = ("gather" if m.router.kind == "soft"  # fixed-shape slots, no dispatch backend
+                    else dispatch.runs(m.router.dispatch, self.expert_shards > 1))
 
   def expert_rows(self, shape, kept_pairs_YxE):
     b, p, c = shape

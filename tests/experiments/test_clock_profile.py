@@ -4,7 +4,7 @@ import pytest
 
 from configs import serve_default, study_default
 from moe_serve import config as config_lib
-from moe_serve.experiments import clock_profile
+from moe_serve.experiments import clock_profile, settings
 
 
 def test_validation_settings_are_held_out_of_the_fit():
@@ -18,13 +18,13 @@ def test_validation_settings_are_held_out_of_the_fit():
     assert len({s.rate for s in fit}) == 2
     shapes = [s for s in fit if s.rows is not None]  # and step shapes vary with the load
     assert shapes and all(len(r) == 3 for s in shapes for r in s.rows)
-    config_lib.validate_serve(clock_profile.setting_config(cfg, shapes[0], 8, "measured"))
+    config_lib.validate_serve(settings.calibration_config(cfg, shapes[0], 8, "measured"))
 
 
 def test_a_settings_config_changes_only_what_it_names():
   cfg = study_default.get_config("size=tiny")
   s = clock_profile.validation_settings(cfg)[-1]
-  c = clock_profile.setting_config(cfg, s, 12, "measured")
+  c = settings.calibration_config(cfg, s, 12, "measured")
   config_lib.validate_serve(c)
   r = c.model.router
   assert (r.capacity_scope, r.capacity_factor_decode, r.capacity_factor_prefill) == (

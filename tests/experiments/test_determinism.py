@@ -13,7 +13,7 @@ import pytest
 from configs import study_default
 from moe_serve import config as config_lib
 from moe_serve import loading
-from moe_serve.experiments import determinism, prompts
+from moe_serve.experiments import determinism, prompts, setting_runner, settings, traffic
 from moe_serve.parallel import compiles
 from moe_serve.serving import prompt_sources
 
@@ -28,8 +28,8 @@ def _run(cfg, params, source, scope, loads_seeds, repeats=3):
   cfg = cfg.copy_and_resolve_references()
   cfg.model.router.capacity_scope = scope
   cfg.study.repeats = repeats
-  cfg = determinism.apply_capacity_factor(cfg)
-  engine = determinism.make_engine(cfg, params)
+  cfg = settings.study_config(cfg)
+  engine = setting_runner.make_engine(cfg, params)
   out = []
   with compiles.count_compiles() as n:  # one fixed step shape, compiled by the warm-up
     for load, seed in loads_seeds:
@@ -70,11 +70,11 @@ def test_prefix_mode_reuses_busy_blocks_and_stays_solo_with_the_mode_on(setup):
                    kv_num_blocks=cfg.serve.max_num_seqs * cfg.model.max_len // 4)
   cfg.model.batch_invariant = True
   cfg.model.router.capacity_scope = "none"
-  cfg = determinism.apply_capacity_factor(config_lib.validate_study(cfg))
-  engine = determinism.make_engine(cfg, params)
-  targets = prompts.target_requests(cfg.study.target_domains, 1, 4, determinism.TARGET_ID0,
+  cfg = settings.study_config(config_lib.validate_study(cfg))
+  engine = setting_runner.make_engine(cfg, params)
+  targets = prompts.target_requests(cfg.study.target_domains, 1, 4, traffic.TARGET_ID0,
                                     source.tok)
-  log = engine.run(determinism._repeat_requests(cfg, targets, source, 0))  # pylint: disable=protected-access
+  log = engine.run(traffic.repeat_requests(cfg, targets, source, 0))
   recs = {r["id"]: r for r in log.requests}
   for t in targets:
     assert recs[t.id]["cached_tokens"] > 0 and recs[t.id]["cached_from"], recs[t.id]
@@ -107,7 +107,7 @@ def test_study_background_is_the_trace_when_one_is_given():
   cfg.workload.update(trace=trace, trace_format="burstgpt")
   source = prompt_sources.make(cfg.workload.prompt_source)
   for seed in (1, 2):
-    assert [len(r.prompt) for r in determinism._background(cfg, source, seed)] == [12, 20, 30, 5]
+    assert [len(r.prompt) for r in traffic.background(cfg, source, seed)] == [12, 20, 30, 5]
   cfg.workload.update(trace="", trace_format="jsonl")
-  one, two = (determinism._background(cfg, source, seed) for seed in (1, 2))
+  one, two = (traffic.background(cfg, source, seed) for seed in (1, 2))
   assert len(one) == cfg.workload.num_requests and [r.prompt for r in one] != [r.prompt for r in two]

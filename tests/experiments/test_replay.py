@@ -15,7 +15,7 @@ import pytest
 
 from configs import study_default
 from moe_serve import loading
-from moe_serve.experiments import determinism, prompts
+from moe_serve.experiments import determinism, prompts, setting_runner, settings, traffic
 from moe_serve.metrics import forensics
 from moe_serve.serving import replay as replay_lib
 from moe_serve.serving import trace as trace_lib
@@ -34,21 +34,21 @@ def test_replaying_solo_routing_in_traffic_gives_solo_tokens_bitwise(setup, scop
   cfg = cfg.copy_and_resolve_references()
   cfg.model.router.capacity_scope = scope
   cfg.study.replay = "solo"
-  cfg = determinism.apply_capacity_factor(cfg)  # capacity factor 1.0
-  engine = determinism.make_engine(cfg, params)
+  cfg = settings.study_config(cfg)  # capacity factor 1.0
+  engine = setting_runner.make_engine(cfg, params)
   targets = [dataclasses.replace(t, ignore_eos=True) for t in prompts.target_requests(
-      cfg.study.target_domains, 1, cfg.study.max_new_tokens, determinism.TARGET_ID0, source.tok)]
+      cfg.study.target_domains, 1, cfg.study.max_new_tokens, traffic.TARGET_ID0, source.tok)]
   ids = [t.id for t in targets]
   solo = {}
   for t in targets:
     tracer = trace_lib.Tracer([t.id])
-    solo.update(determinism._traces(tracer, engine.run([t], tracer=tracer), [t.id]))
-  busy = determinism._repeat_requests(cfg, targets, source, 0)  # the targets in traffic
+    solo.update(determinism.traces(tracer, engine.run([t], tracer=tracer), [t.id]))
+  busy = traffic.repeat_requests(cfg, targets, source, 0)  # the targets in traffic
 
   def repeat(replay):
     tracer = trace_lib.Tracer(ids)
-    return determinism._traces(tracer, engine.run(busy, tracer=tracer, stop_after=ids,
-                                                  replay=replay), ids)
+    return determinism.traces(tracer, engine.run(busy, tracer=tracer, stop_after=ids,
+                                                 replay=replay), ids)
 
   replayed = repeat({i: solo[i].codes for i in ids})
   for i in ids:
@@ -79,8 +79,8 @@ def test_forensics_names_the_co_request_that_took_the_slots(setup):
   cfg.model.router.capacity_scope = "batch"
   # 4 experts, k=2, 24 step tokens: factor 1/12 gives every expert one slot per step.
   cfg.study.update(capacity_factor=0.083, replay="solo")
-  cfg = determinism.apply_capacity_factor(cfg)
-  engine = determinism.make_engine(cfg, params)
+  cfg = settings.study_config(cfg)
+  engine = setting_runner.make_engine(cfg, params)
   target = Request(id=5, prompt=[1, 40, 41, 42, 43, 44], max_new_tokens=12, domain="prose",
                    ignore_eos=True)
   co = Request(id=9, prompt=[1, 50, 51, 52], max_new_tokens=12, domain="code", ignore_eos=True)
@@ -88,7 +88,7 @@ def test_forensics_names_the_co_request_that_took_the_slots(setup):
   def traced(requests, replay):
     tracer = trace_lib.Tracer([target.id], co_routing=True)
     log = engine.run(requests, tracer=tracer, replay=replay)
-    return tracer, log, determinism._traces(tracer, log, [target.id])[target.id]
+    return tracer, log, determinism.traces(tracer, log, [target.id])[target.id]
 
   _, _, solo = traced([target], None)
   # Both arrive at 0 and prefill in step 0; decode step s feeds position prompt_len + s - 1.

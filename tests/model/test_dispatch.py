@@ -198,3 +198,13 @@ def test_expert_loop_equals_batched_experts():
   batched = dispatch.expert_buffers(_weights(), x_ExCxD, loop=False)
   np.testing.assert_allclose(np.asarray(loop), np.asarray(batched),
                              atol=DISPATCH_ATOL, rtol=DISPATCH_RTOL)
+
+
+def test_the_backend_that_runs_is_one_rule():
+  """dispatch.runs: what the model runs and the clock prices (serving/step_cost.py)."""
+  assert [dispatch.runs(b, sharded=False) for b in dispatch.BACKENDS] == list(dispatch.BACKENDS)
+  assert dispatch.runs("sorted", sharded=True) == "gather"  # by index over all-to-all
+  assert dispatch.runs("einsum", sharded=True) == "einsum"
+  assert {dispatch.runs(b, False, invariant=True) for b in dispatch.BACKENDS} == {"sorted"}
+  with pytest.raises(ValueError, match="model.router.dispatch='gathr' is not one of einsum"):
+    dispatch.runs("gathr", sharded=False)

@@ -23,7 +23,7 @@ import jax
 
 from configs import study_default
 from moe_serve import loading
-from moe_serve.experiments import determinism, study
+from moe_serve.experiments import settings, study
 from moe_serve.parallel import distributed, spmd
 from moe_serve.serving import run
 
@@ -51,7 +51,7 @@ def serve_config():
   run.make_step_fn) serving a workload of its own."""
   cfg = sweep_config()
   cfg.model.router.capacity_scope = "batch"
-  cfg = determinism.apply_capacity_factor(cfg)
+  cfg = settings.study_config(cfg)
   cfg.workload.update(num_requests=6, seed=1)
   return cfg
 

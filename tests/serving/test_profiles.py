@@ -78,3 +78,19 @@ def test_a_malformed_profile_is_named(tmp_path):
   bad.write_text(json.dumps({"format": 1, "coef": {}}))
   with pytest.raises(profiles.ProfileError, match="bad.json is not a format-1 profile"):
     profiles.resolve(_cfg(tmp_path))
+
+
+def test_a_new_profile_is_written_where_auto_looks(tmp_path):
+  """profiles.default_path (scripts/calibrate.py's default) is in search_dirs: next to the
+  model, or the repository's profiles/ for a random init."""
+  cfg = _cfg(tmp_path)
+  prof = profiles.make(cfg, _COEF, fit={}, command="test", commit="c", date="2026-11-27")
+  path = profiles.default_path(cfg, prof)
+  name = (f"{cfg.model.router.dispatch}-{prof['device']['backend']}-{prof['model_key'][:8]}-"
+          f"{prof['device_key'][:8]}.json")
+  assert path == str(tmp_path / "profiles" / name)
+  assert profiles.found_by_auto(cfg, path)
+  cfg.params_dir = ""
+  init = profiles.default_path(cfg, prof)
+  assert init.startswith(profiles.REPO_DIR + "/init-") and profiles.found_by_auto(cfg, init)
+  assert not profiles.found_by_auto(cfg, str(tmp_path / "elsewhere" / "p.json"))
