@@ -1,0 +1,43 @@
+"""Whole-config checks: `validate` (model and mesh) and `validate_for(cfg, kind)`, the chain of
+section checks each kind of run needs."""
+from moe_serve.config.checks import ConfigError
+from moe_serve.config.mesh import validate_mesh
+from moe_serve.config.model import validate_model
+from moe_serve.config.serve import validate_serve
+from moe_serve.config.study import validate_study
+from moe_serve.config.train import validate_train
+
+# The section checks each kind of run adds to `validate` (model, mesh), in order. A study config
+# is checked as "sweep" whether it runs one setting or a grid (each setting checked alike).
+CHAINS = {
+    "generate": (),  # configs/generate_default.py, configs/tiny.py: a model alone
+    "train": (validate_train,),  # configs/train_default.py: data, train
+    "serve": (validate_serve,),  # configs/serve_default.py: serve, clock, workload
+    "calibrate": (validate_serve,),  # a serving or study config, served with both clocks
+    "eval": (validate_serve,),  # the serving config the quality runs are served with
+    "sweep": (validate_study,),  # configs/study_default.py: the serving sections and study
+}
+KINDS = tuple(CHAINS)
+
+
+def validate(cfg):
+  """Validates a full experiment config (the parts present); returns it for chaining."""
+  if "model" not in cfg:
+    raise ConfigError("config has no `model` section; start from configs/base.py")
+  validate_model(cfg.model)
+  if "mesh" in cfg:
+    validate_mesh(cfg.mesh, cfg.model)
+  return cfg
+
+
+def validate_for(cfg, kind):
+  """Checks everything a `kind` run (one of KINDS) reads from `cfg`, before anything is built;
+  returns `cfg`. ConfigError names the first bad field. The mesh against the devices is checked
+  where the mesh is made (serving/run.py's make_mesh), and a `params_dir` model's architecture
+  after `loading.resolve_for(cfg, kind)` has read it."""
+  if kind not in CHAINS:
+    raise ValueError(f"validate_for kind {kind!r} is not one of {list(KINDS)}")
+  validate(cfg)
+  for check in CHAINS[kind]:
+    check(cfg)
+  return cfg
