@@ -85,7 +85,7 @@ def setting_config(cfg, setting):
   if setting.capacity_factor is not None:
     r.update(capacity_factor_prefill=setting.capacity_factor,
              capacity_factor_decode=setting.capacity_factor)
-  return config_lib.validate_serve(config_lib.validate(cfg))
+  return config_lib.validate_for(cfg, "serve")
 
 
 class Prompts:
