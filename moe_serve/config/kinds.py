@@ -7,15 +7,17 @@ from moe_serve.config.serve import validate_serve
 from moe_serve.config.study import validate_study
 from moe_serve.config.train import validate_train
 
-# The section checks each kind of run adds to `validate` (model, mesh), in order. A study config
-# is checked as "sweep" whether it runs one setting or a grid (each setting checked alike).
+_SERVING = ("serve", "clock", "workload")
+# Per kind: the sections it reads beyond model and mesh, the config file to start from, and the
+# section checks it adds to `validate` (model, mesh), in order. A study config is checked as
+# "sweep" whether it runs one setting or a grid (each setting is checked alike).
 CHAINS = {
-    "generate": (),  # configs/generate_default.py, configs/tiny.py: a model alone
-    "train": (validate_train,),  # configs/train_default.py: data, train
-    "serve": (validate_serve,),  # configs/serve_default.py: serve, clock, workload
-    "calibrate": (validate_serve,),  # a serving or study config, served with both clocks
-    "eval": (validate_serve,),  # the serving config the quality runs are served with
-    "sweep": (validate_study,),  # configs/study_default.py: the serving sections and study
+    "generate": ((), "configs/generate_default.py", ()),  # a model alone
+    "train": (("data", "train"), "configs/train_default.py", (validate_train,)),
+    "serve": (_SERVING, "configs/serve_default.py", (validate_serve,)),
+    "calibrate": (_SERVING, "configs/serve_default.py", (validate_serve,)),  # both clocks
+    "eval": (_SERVING, "configs/serve_default.py", (validate_serve,)),  # the quality runs
+    "sweep": (_SERVING + ("study",), "configs/study_default.py", (validate_study,)),
 }
 KINDS = tuple(CHAINS)
 
@@ -38,6 +40,11 @@ def validate_for(cfg, kind):
   if kind not in CHAINS:
     raise ValueError(f"validate_for kind {kind!r} is not one of {list(KINDS)}")
   validate(cfg)
-  for check in CHAINS[kind]:
+  sections, start, checks = CHAINS[kind]
+  for section in sections:
+    if section not in cfg:
+      raise ConfigError(f"config has no `{section}` section, which a {kind} run reads; start "
+                        f"from {start}")
+  for check in checks:
     check(cfg)
   return cfg
