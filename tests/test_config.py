@@ -5,6 +5,7 @@ whose config holds the section; then validate_for's kinds, loading.resolve_for's
 parse_arg. Pure Python: nothing here compiles or loads parameters.
 """
 import json
+import os
 
 import pytest
 
@@ -12,6 +13,7 @@ from configs import base, generate_default, serve_default, study_default, train_
 from moe_serve import checkpoint, loading
 from moe_serve import config as config_lib
 
+_BURSTGPT = os.path.join(os.path.dirname(__file__), "fixtures", "traces", "burstgpt.csv")
 _CONFIGS = {  # the tiny config of each kind the tables use
     "generate": lambda: base.get_config("size=tiny"),
     "serve": lambda: serve_default.get_config("size=tiny"),
@@ -77,6 +79,26 @@ def test_model_errors(changes, words):
   _check("generate", changes, words)
 
 
+_MESH = [  # the mesh against the model, without devices (config/mesh.py; against the devices:
+    # tests/parallel/test_mesh.py)
+    ({"mesh.data": -1, "mesh.expert": 3, "mesh.tensor": 1},
+     "model.num_experts=4 is not divisible by mesh.expert=3"),
+    ({"mesh.expert": 2, "model.batch_invariant": True},
+     "model.batch_invariant needs every expert on every device, but mesh.expert=2"),
+]
+
+
+@pytest.mark.parametrize("changes, words", _MESH, ids=_ids(_MESH))
+def test_mesh_errors(changes, words):
+  _check("generate", changes, words)
+
+
+def test_a_mesh_that_divides_the_model_passes_without_devices():
+  cfg = _changed(base.get_config("size=tiny"), {"mesh.data": -1, "mesh.expert": 2,
+                                                "mesh.tensor": 2})
+  config_lib.validate_for(cfg, "generate")
+
+
 _SERVE = [  # the serve section, its buckets and the prefix cache (config/serve.py)
     ({"serve.policy": "lifo"}, "serve.policy='lifo' is not one of"),
     ({"serve.batching": "dynamic"}, "serve.batching='dynamic'"),
@@ -88,6 +110,9 @@ _SERVE = [  # the serve section, its buckets and the prefix cache (config/serve.
     ({"serve.buckets.chunk_lens": tuple(range(1, 20))}, "38 step shapes"),
     ({"serve.max_num_batched_tokens": 10}, "use >= 16"),
     ({"serve.eos_id": 999}, "serve.eos_id=999 is outside the vocabulary"),
+    ({"serve.policy": "lpm"}, "serve.policy=lpm"),
+    ({"serve.prefix_cache": True, "serve.overlap": True}, "serve.overlap"),
+    ({"serve.prefix_cache": True, "serve.prompt_logprobs": True}, "serve.prompt_logprobs"),
 ]
 
 
@@ -119,6 +144,11 @@ _WORKLOAD = [  # config/workload.py
     ({"workload.seed": -1}, "workload.seed=-1 must be an integer >= 0"),
     ({"workload.num_requests": -3}, "workload.num_requests=-3 must be an integer >= 0"),
     ({"workload.mix.poetry": 1.0}, ("workload.mix=", "poetry", "serve.domains")),
+    ({"workload.trace_format": "burstgpt"}, "needs workload.trace=PATH"),
+    ({"workload.prompt_source": "random"}, "workload.prompt_source"),
+    ({"workload.trace": "/nonexistent/t.csv"}, "is not a file"),
+    ({"workload.trace": _BURSTGPT, "workload.time_scale": 0.0}, "workload.time_scale"),
+    ({"workload.trace": _BURSTGPT, "workload.max_requests": -1}, "workload.max_requests"),
 ]
 
 
@@ -141,6 +171,18 @@ _STUDY = [  # config/study.py
 @pytest.mark.parametrize("changes, words", _STUDY, ids=_ids(_STUDY))
 def test_study_errors(changes, words):
   _check("sweep", changes, words)
+
+
+_TRAIN = [  # the data and train sections (config/train.py)
+    ({"data.seq_len": 1000}, "data.seq_len=1000 exceeds model.max_len=160"),
+    ({"data.mixture": {"poetry": 1.0}}, "data.mixture={'poetry': 1.0} must map domains"),
+    ({"model.router.dispatch": "sorted"}, "dispatch='sorted' is for serving"),
+]
+
+
+@pytest.mark.parametrize("changes, words", _TRAIN, ids=_ids(_TRAIN))
+def test_train_errors(changes, words):
+  _check("train", changes, words)
 
 
 @pytest.mark.parametrize("kind, get_config, arg", [
