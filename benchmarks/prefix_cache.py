@@ -58,7 +58,7 @@ def main(argv):
   base.serve.update(plots=False, ignore_eos=True)
   if _TRACE.value:
     base.workload.update(trace=_TRACE.value, trace_format=_TRACE_FORMAT.value)
-  config_lib.validate_serve(config_lib.validate(base))
+  config_lib.validate_for(base, "serve")
   requests = run_lib.make_requests(base) if _TRACE.value else system_prompt_requests(base)
   engines, params = {}, None
   for on in (False, True):

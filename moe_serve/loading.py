@@ -7,7 +7,7 @@ empty, a random init from `cfg.seed` created in those shardings. The targets com
 `cfg.logical_axis_rules` (or one device when `mesh` is None), never from the devices the
 checkpoint was written on, so a model saved on any topology loads on any other. Every script and
 library entry point that serves, studies, evaluates or calibrates goes through here, after
-`resolve(cfg)` has taken the architecture from the directory.
+`resolve_for(cfg, kind)` has taken the architecture from the directory and checked the config.
 """
 import os
 
@@ -81,6 +81,17 @@ def resolve(cfg, log=print):
   log(f"model: architecture from {cfg.params_dir}; capacity, dispatch, max_len and dtype from the "
       "config")
   return config_lib.validate(cfg)
+
+
+def resolve_for(cfg, kind, log=print):
+  """`cfg` checked for a `kind` run (config.KINDS) with its model as `params_dir` has it: the
+  config alone first (a bad field is named before the directory is read, or copied from gs://),
+  then `resolve`, then the whole chain again against the directory's architecture. Returns `cfg`
+  (changed in place). Every script and library entry point that loads parameters starts here."""
+  config_lib.validate_for(cfg, kind)
+  if not cfg.get("params_dir"):
+    return cfg
+  return config_lib.validate_for(resolve(cfg, log), kind)
 
 
 def tokenizer(cfg):

@@ -60,8 +60,7 @@ def main(argv):
   log = distributed.process_log()
   cfg = _CONFIG.value
   cfg.clock.mode = "measured"
-  cfg = config_lib.validate_serve(loading.resolve(config_lib.validate_serve(
-      config_lib.validate(cfg))))
+  cfg = loading.resolve_for(cfg, "calibrate")
   if _PROFILE.value and not _VALIDATE.value:
     raise config_lib.ConfigError("--profile=PATH validates that profile: add --validate")
   prof = profiles.load_for(cfg, _PROFILE.value) if _PROFILE.value else None

@@ -43,10 +43,13 @@ def main(argv):
     raise config_lib.ConfigError(f"--subset={_SUBSET.value} must be >= 1")
   serve_cfg = _CONFIG.value
   serve_cfg.params_dir = _DIR.value
-  # The router as the model directory has it (trained or imported), at the chosen scope.
-  serve_cfg.model.router = loading.directory_model_config(_DIR.value).router
   serve_cfg.model.router.capacity_scope = _SCOPE.value
-  config_lib.validate_serve(loading.resolve(serve_cfg, log=distributed.process_log()))
+  loading.resolve_for(serve_cfg, "eval", log=distributed.process_log())
+  # The whole router as the model directory has it (trained or imported), at the chosen scope.
+  router = loading.directory_model_config(_DIR.value).router
+  router.capacity_scope = _SCOPE.value
+  serve_cfg.model.router = router
+  config_lib.validate_for(serve_cfg, "eval")
   mesh = run.make_mesh(serve_cfg)  # ConfigError if it does not fit the devices
   params, _ = loading.load(serve_cfg, mesh, log=distributed.process_log())
   t0 = time.perf_counter()

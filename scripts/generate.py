@@ -12,7 +12,6 @@ Multi-process (one command per process; see moe_serve/parallel/distributed.py):
 from ml_collections import config_flags
 
 from moe_serve import cli
-from moe_serve import config as config_lib
 from moe_serve import loading
 from moe_serve.experiments import generate_demo
 from moe_serve.parallel import distributed
@@ -25,7 +24,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/generate_default.py
 def main(argv):
   del argv
   distributed.initialize_from_flags()  # first: before anything touches the devices
-  cfg = loading.resolve(config_lib.validate(_CONFIG.value), log=distributed.process_log())
+  cfg = loading.resolve_for(_CONFIG.value, "generate", log=distributed.process_log())
   mesh = mesh_lib.make_mesh(cfg.mesh, cfg.model)
   generate_demo.run(cfg, log=distributed.process_log(), mesh=mesh)
 

@@ -53,8 +53,7 @@ _SEED = flags.DEFINE_integer("seed", _D.seed, "Prompt and composition draws.")
 
 def main(argv):
   del argv
-  cfg = config_lib.validate_serve(config_lib.validate(_CONFIG.value))
-  cfg = config_lib.validate_serve(loading.resolve(cfg))  # params_dir's model
+  cfg = loading.resolve_for(_CONFIG.value, "serve")  # params_dir's model
   by_name = {s.name: s for s in protocols.SETTINGS}
   bad = [s for s in _SETTINGS.value if s not in by_name]
   if bad:

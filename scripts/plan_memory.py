@@ -28,8 +28,7 @@ _DEVICES = flags.DEFINE_integer("devices", None, "Devices of the planned node (d
 
 def main(argv):
   del argv
-  cfg = loading.resolve(config_lib.validate_serve(config_lib.validate(_CONFIG.value)),
-                        log=lambda *_: None)
+  cfg = loading.resolve_for(_CONFIG.value, "serve", log=lambda *_: None)
   sizes = [cfg.mesh[a] for a in config_lib.MESH_AXES]
   devices = _DEVICES.value
   if devices is None:

@@ -21,7 +21,6 @@ from ml_collections import config_flags
 import tqdm
 
 from moe_serve import cli
-from moe_serve import config as config_lib
 from moe_serve import loading
 from moe_serve.metrics import benchmark
 from moe_serve.parallel import distributed
@@ -43,8 +42,7 @@ def main(argv):
   del argv
   distributed.initialize_from_flags()  # first: before anything touches the devices
   log = distributed.process_log(tqdm.tqdm.write)  # process 0 logs
-  cfg = config_lib.validate_serve(config_lib.validate(_CONFIG.value))
-  cfg = config_lib.validate_serve(loading.resolve(cfg, log=log))  # params_dir's model
+  cfg = loading.resolve_for(_CONFIG.value, "serve", log=log)  # params_dir's model
   percentiles = benchmark.parse_percentiles(_PERCENTILES.value)
   skipped, counts = [], {}
   # A bad trace stops here, before loading.

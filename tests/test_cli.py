@@ -1,7 +1,8 @@
 """Scripts check their whole config before building anything, and bad input is one clear line.
 
 In-process: `cli.bad_override` names the full path of an unknown `--config.x.y` and the nearest
-valid names; each config check named by the loading issue raises ConfigError naming its field.
+valid names, and a sweep checks every setting of its grid (each section's own checks are in
+tests/test_config.py).
 End to end: scripts/serve.py given those inputs exits with status 2 and prints `error: ...`, no
 traceback, before it loads or compiles anything.
 """
@@ -11,7 +12,7 @@ import sys
 
 import pytest
 
-from configs import serve_default, study_default
+from configs import study_default
 from moe_serve import cli
 from moe_serve import config as config_lib
 from moe_serve.experiments import study
@@ -30,25 +31,6 @@ def test_unknown_override_names_path_and_nearest():
   message = cli.bad_override(["serve.py", _TINY, "--config.servee.policy=fcfs"])
   assert "the config has no field 'servee'; did you mean serve" in message
   assert cli.bad_override(["serve.py", _TINY, "--config.serve.max_num_seqs=4"]) is None
-
-
-@pytest.mark.parametrize("path, value, words", [
-    ("model.router.k", 9, "model.router.k=9 exceeds model.num_experts=4"),
-    ("model.num_experts", 0, "model.num_experts=0 must be a positive integer"),
-    ("model.head_dim", 7, "model.head_dim=7 must be even"),
-    ("workload.arrival.rate", 0.0, "workload.arrival.rate=0.0 must be a finite number > 0"),
-    ("workload.seed", -1, "workload.seed=-1 must be an integer >= 0"),
-    ("workload.num_requests", -3, "workload.num_requests=-3 must be an integer >= 0"),
-])
-def test_serve_config_checks_name_the_field(path, value, words):
-  cfg = serve_default.get_config("size=tiny")
-  *parents, leaf = path.split(".")
-  node = cfg
-  for p in parents:
-    node = node[p]
-  node[leaf] = value
-  with pytest.raises(config_lib.ConfigError, match=words.replace("(", r"\(")):
-    config_lib.validate_serve(config_lib.validate(cfg))
 
 
 def test_sweep_checks_every_setting_and_the_mesh():

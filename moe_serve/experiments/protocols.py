@@ -82,7 +82,7 @@ def setting_config(cfg, setting):
   cfg.model.batch_invariant = setting.batch_invariant
   cfg.serve.prefix_cache = setting.prefix_cache
   settings.set_capacity(cfg, setting.capacity_scope, setting.capacity_factor)
-  return config_lib.validate_serve(config_lib.validate(cfg))
+  return config_lib.validate_for(cfg, "serve")
 
 
 class Prompts:

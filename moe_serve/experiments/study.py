@@ -38,14 +38,13 @@ def validate(cfg):
   """Checks the study config, its mesh against the devices and every setting of its grid
   (ConfigError naming the setting), so no run starts before all of them are known to be valid.
   Returns (axes, mesh)."""
-  config_lib.validate_study(config_lib.validate(cfg))
-  config_lib.validate_study(loading.resolve(cfg, log=lambda *_: None))  # params_dir's model
+  loading.resolve_for(cfg, "sweep", log=lambda *_: None)  # params_dir's model
   mesh = serve_run.make_mesh(cfg)
   axes = axes_of(cfg)
   for point in sweep.grid(axes):
     run_cfg = sweep.apply_overrides(cfg, point)
     try:
-      config_lib.validate_study(config_lib.validate(settings.study_config(run_cfg)))
+      config_lib.validate_for(settings.study_config(run_cfg), "sweep")
       config_lib.validate_serve_mesh(run_cfg, mesh.shape["data"])
     except config_lib.ConfigError as e:
       raise config_lib.ConfigError(f"sweep setting {point}: {e}") from None

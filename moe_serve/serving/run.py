@@ -144,8 +144,7 @@ def serve(cfg, workdir, engine=None, requests=None, slo_ttft_ms=None, slo_tpot_m
   steps after warm-up are traced by jax.profiler into it (serving/profiling.py). `progress(what,
   done, total)` hears of each step shape compiled in warm-up.
   """
-  config_lib.validate(cfg)
-  config_lib.validate_serve(cfg)
+  config_lib.validate_for(cfg, "serve")
   stamp = provenance.provenance(cfg)  # software, devices, commit, config hash, start time
   started = datetime.datetime.now()
   write = distributed.is_logging_process()  # process 0 alone writes files and logs

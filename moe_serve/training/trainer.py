@@ -105,8 +105,7 @@ def train(cfg, workdir, log=print, stop_after=None, progress=False):
 
   `stop_after` raises `Interrupted` once that many steps are done (a simulated kill, for tests).
   """
-  config_lib.validate(cfg)
-  config_lib.validate_train(cfg)
+  config_lib.validate_for(cfg, "train")
   t_cfg = cfg.train
   corpus = corpus_lib.Corpus(cfg.data.seed)
   optimizer = optim.make_optimizer(t_cfg)

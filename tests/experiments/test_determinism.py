@@ -83,22 +83,6 @@ def test_prefix_mode_reuses_busy_blocks_and_stays_solo_with_the_mode_on(setup):
   assert agg["bitwise_with_solo"] == 1.0, per_target
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("mode", "compositon",
-     r"study.mode='compositon' is not one of \['traffic', 'composition', 'prefix'\]"),
-    ("mode", "prefix", r"study.mode=prefix .* set serve.prefix_cache=true"),
-    ("co_domains", "mixd", r"study.co_domains='mixd' is not one of \['same', 'mixed'\]"),
-    ("load", 0.0, r"study.load=0.0 must be a finite number > 0"),
-    ("repeats", 0, r"study.repeats=0 must be a positive integer"),
-    ("target_domains", ("add", "poetry"), r"unknown: \['poetry'\]"),
-])
-def test_bad_study_config_is_named(field, value, message):
-  cfg = study_default.get_config("size=tiny")
-  cfg.study[field] = value
-  with pytest.raises(config_lib.ConfigError, match=message):
-    config_lib.validate_study(cfg)
-
-
 def test_study_background_is_the_trace_when_one_is_given():
   """workload.trace replaces the generated background traffic (the same in every repeat)."""
   cfg = study_default.get_config("size=tiny")

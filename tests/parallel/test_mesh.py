@@ -54,13 +54,6 @@ def test_bad_mesh_names_numbers(sizes, model, devices, message):
     mesh_lib.mesh_shape(cfg.mesh, cfg.model, devices)
 
 
-def test_validate_checks_static_mesh_fields_without_devices():
-  config_lib.validate(_cfg(-1, 2, 2))  # the tiny model fits a (., 2, 2) mesh
-  with pytest.raises(config_lib.ConfigError, match=r"model.num_experts=4 is not divisible by "
-                                                   r"mesh.expert=3"):
-    config_lib.validate(_cfg(-1, 3, 1))
-
-
 def test_make_mesh_on_more_devices_than_exist():
   cfg = _cfg(16, 1, 1)
   with pytest.raises(config_lib.ConfigError, match=r"needs 16 devices but only 8 exist"):

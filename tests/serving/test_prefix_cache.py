@@ -200,18 +200,6 @@ def test_records_have_no_prefix_fields_with_the_cache_off():
   assert "cached_tokens" not in log.requests[0]
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(policy="lpm"), "serve.policy=lpm"),
-    (dict(prefix_cache=True, overlap=True), "serve.overlap"),
-    (dict(prefix_cache=True, prompt_logprobs=True), "serve.prompt_logprobs"),
-])
-def test_config_errors(change, message):
-  cfg = serve_default.get_config("size=tiny")
-  cfg.serve.update(change)
-  with pytest.raises(config_lib.ConfigError, match=message):
-    config_lib.validate_serve(cfg)
-
-
 # ------------------------------------------------------------------ the device pool
 @pytest.mark.parametrize("mesh_shape", [None, (2, 2, 2)])
 def test_pool_copies_blocks_between_slots_exactly(mesh_shape):

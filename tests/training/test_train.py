@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from configs import train_default
-from moe_serve import config as config_lib
 from moe_serve.data import batches, corpus
 from moe_serve.metrics import writers
 from moe_serve.training import optim, trainer
@@ -48,24 +47,6 @@ def test_kill_and_resume_is_bitwise(tmp_path):
   starts = [r["step"] for r in records if r["kind"] == "run_start"]
   assert starts == [0, 2]
   assert records[0]["corpus_hash"] and records[0]["python"]
-
-
-@pytest.mark.parametrize("field, value, message", [
-    ("seq_len", 1000, r"data.seq_len=1000 exceeds model.max_len=160"),
-    ("mixture", {"poetry": 1.0}, r"data.mixture=\{'poetry': 1.0\} must map domains"),
-])
-def test_bad_train_config_is_named(field, value, message):
-  cfg = _tiny()
-  cfg.data[field] = value
-  with pytest.raises(config_lib.ConfigError, match=message):
-    config_lib.validate_train(cfg)
-
-
-def test_training_refuses_the_serving_only_dispatch():
-  cfg = _tiny()
-  cfg.model.router.dispatch = "sorted"
-  with pytest.raises(config_lib.ConfigError, match="dispatch='sorted' is for serving"):
-    config_lib.validate_train(cfg)
 
 
 @pytest.mark.parametrize("stop", [3, 4])  # 4 is also a regular checkpoint step (every 2)
