@@ -35,3 +35,40 @@ def fake_gs(tmp_path, monkeypatch):
 def pytest_report_header(config):
   del config
   return f"jax {jax.__version__}, devices: {jax.device_count()} x {jax.devices()[0].platform}"
+
+
+# The longest tests first (durations of a fresh-clone `-n 2` run on a 2-core CPU, 2026-12-05), so
+# with `-n 2` no worker is left running one of them after the other has finished everything else
+# (and with xdist's worksteal scheduling, below, an idle worker takes the other's queued tests).
+# A file named whole moves whole, keeping its module-scoped fixture to one setup per worker.
+# Without xdist the order is pytest's.
+LONGEST_FIRST = (
+    "tests/parallel/test_multiprocess.py::test_two_processes_write_what_one_process_writes",
+    "tests/serving/test_engine.py::test_batch_invariant_requests_match_solo_at_any_step_shape",
+    "tests/test_loading.py::",
+    "tests/model/test_invariant.py::test_the_same_holds_with_other_vector_instructions",
+    "tests/model/test_invariant.py::test_a_request_gets_its_solo_bits_at_any_step_shape",
+    "tests/test_bundled.py::",
+    "tests/experiments/test_protocols.py::test_every_protocol_gives_one_output_per_prompt",
+    "tests/training/test_train.py::test_kill_and_resume_is_bitwise",
+    "tests/experiments/test_sweep.py::test_killed_sweep_resumes_with_every_result_exactly_once",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+  if not os.environ.get("PYTEST_XDIST_WORKER"):
+    return
+  del config
+  rank = lambda item: next((i for i, p in enumerate(LONGEST_FIRST) if item.nodeid.startswith(p)),
+                           len(LONGEST_FIRST))
+  items.sort(key=rank)  # stable: the rest keep pytest's order
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+  """`-n N` without another --dist: worksteal instead of load, so tests of very different lengths
+  still end together (load hands out fixed chunks of the collection in order)."""
+  if config.getoption("dist") != "load":
+    return None
+  from xdist.scheduler import WorkStealingScheduling  # pylint: disable=import-outside-toplevel
+  return WorkStealingScheduling(config, log)

@@ -5,6 +5,7 @@ subprocesses with XLA told to use fewer vector instructions (`--xla_cpu_max_isa`
 kernels XLA:CPU picks, and so which sums a shape changes, differs between hosts. With the mode off
 these comparisons are allowed to differ (and do on some hosts: docs/serving.md).
 """
+import functools
 import os
 import subprocess
 import sys
@@ -77,6 +78,14 @@ def _tiny_model(scope="none"):
   return m
 
 
+@functools.lru_cache(maxsize=None)
+def _params():
+  """The tiny model's parameters (the capacity scope changes none), one jitted init per process
+  (an eager init compiles its ops one by one, which cost more than the steps here)."""
+  m = _tiny_model()
+  return jax.jit(lambda: api.init_params(m, jax.random.key(0)))()
+
+
 def _random_cache(model_cfg, rng, num_slots):
   """A cache full of other requests' (random) keys and values."""
   cache = api.init_cache(model_cfg, num_slots)
@@ -85,6 +94,60 @@ def _random_cache(model_cfg, rng, num_slots):
   return dict(cache, layers=layers)
 
 
+PROMPT = np.random.default_rng(1).integers(3, 259, 7).tolist()
+# (num_slots, slot, decode_rows, prefill_rows, chunk, kv_len, seed): the target alone (one decode
+# row and one prefill row), then in busy steps of other shapes, kv lengths, slots and company.
+SOLO = (2, 0, 1, 1, 8, 32, 0)
+LAYOUTS = ((8, 5, 7, 3, 16, 64, 1), (6, 2, 3, 2, 8, None, 2))
+# The --xla_cpu_max_isa reruns (each a new process: jax start-up and every compile again) serve
+# the target in the second layout only: tools/mutate.py's I1, I2 and I4 each change the target's
+# bits there, and in the recompute, under AVX2 and SSE4_2 as natively (measured 2026-12-05 on a
+# 2-core AMD EPYC with AVX-512); the first layout runs here.
+if _IN_SUBPROCESS:
+  LAYOUTS = LAYOUTS[1:]
+
+
+def _serve(model_cfg, step, layout):
+  """(prompt logits [7, V], next token's logits [V]) of the target (PROMPT, then token 5) served
+  in `layout`: its prompt prefilled in one step with other requests' chunks and decode rows, its
+  next token decoded in a step of decode rows only, beside other requests."""
+  num_slots, slot, decode_rows, prefill_rows, chunk, kv_len, seed = layout
+  r = np.random.default_rng(seed)
+  cache = _random_cache(model_cfg, r, num_slots)
+  free = [int(x) for x in r.permutation(num_slots) if x != slot]
+  reach = (kv_len or model_cfg.max_len) - chunk  # other rows stay within what is read
+
+  def decode_rows_with(target_at, used):
+    """`decode_rows` rows: other requests in free slots, then idle rows; the target's at
+    `target_at` (None: none)."""
+    slots = [x for x in free if x not in used][:decode_rows]
+    b = np.zeros(decode_rows, np.int32)
+    seg = -np.ones(decode_rows, np.int32)
+    b[:len(slots)], seg[:len(slots)] = slots, 100 + np.arange(len(slots))
+    tok, pos = r.integers(3, 259, decode_rows), r.integers(0, reach, decode_rows)
+    if target_at is not None:
+      b[target_at], seg[target_at], tok[target_at], pos[target_at] = slot, 0, 5, 7
+    return parts.decode_part(tok, b, pos, seg)
+
+  at = int(r.integers(prefill_rows))
+  toks, slots = r.integers(3, 259, (prefill_rows, chunk)), np.array(free[:prefill_rows])
+  toks[at, :7], slots[at] = PROMPT, slot
+  starts, lens = r.integers(0, reach, prefill_rows), r.integers(1, chunk + 1, prefill_rows)
+  starts[at], lens[at] = 0, 7
+  seg = np.arange(prefill_rows) + 10
+  seg[at] = 0
+  logits, cache, _ = step(cache, decode_rows_with(None, set(slots)),
+                          parts.chunk_part(toks, slots, starts, lens, seg), kv_len)
+  prompt_logits = np.asarray(logits["prefill"][at, :7])
+  at = int(r.integers(decode_rows))
+  logits, _, _ = step(cache, decode_rows_with(at, {slot}), parts.empty_part(0, chunk), kv_len)
+  return prompt_logits, np.asarray(logits["decode"][at])
+
+
+def _stepper(model_cfg):
+  step_fn, params = steps.make_step_fn(model_cfg), _params()
+  return lambda cache, decode, prefill, kv_len: step_fn(params, cache, StepBatch(decode, prefill),
+                                                        kv_len=kv_len)
 
 
 @pytest.mark.parametrize("scope", ["none", "sequence"])
@@ -92,60 +155,21 @@ def test_a_request_gets_its_solo_bits_at_any_step_shape_slot_and_company(scope):
   """Prefill a prompt, then decode its next token, alone and in random steps of other shapes;
   then recompute it (prefill of prompt + token, as after a preemption): the same bits."""
   model_cfg = _tiny_model(scope)
-  params = api.init_params(model_cfg, jax.random.key(0))
-  step_fn = steps.make_step_fn(model_cfg)
-  _step = lambda cache, decode, prefill, kv_len: step_fn(params, cache,
-                                                         StepBatch(decode, prefill), kv_len=kv_len)
-  rng = np.random.default_rng(1)
-  prompt = rng.integers(3, 259, 7).tolist()
-  v = model_cfg.vocab_size
-
-  def serve(num_slots, slot, decode_rows, prefill_rows, chunk, kv_len, seed):
-    """(prompt logits [7, V], next token's logits [V]) of the target in a random layout."""
-    r = np.random.default_rng(seed)
-    cache = _random_cache(model_cfg, r, num_slots)
-    free = [int(x) for x in r.permutation(num_slots) if x != slot]
-    reach = (kv_len or model_cfg.max_len) - chunk  # other rows stay within what is read
-
-    def decode_rows_with(target_at, used):
-      """`decode_rows` rows: other requests in free slots, then idle rows; the target's at
-      `target_at` (None: none)."""
-      slots = [x for x in free if x not in used][:decode_rows]
-      b = np.zeros(decode_rows, np.int32)
-      seg = -np.ones(decode_rows, np.int32)
-      b[:len(slots)], seg[:len(slots)] = slots, 100 + np.arange(len(slots))
-      tok, pos = r.integers(3, 259, decode_rows), r.integers(0, reach, decode_rows)
-      if target_at is not None:
-        b[target_at], seg[target_at], tok[target_at], pos[target_at] = slot, 0, 5, 7
-      return parts.decode_part(tok, b, pos, seg)
-
-    at = int(r.integers(prefill_rows))
-    toks, slots = r.integers(3, 259, (prefill_rows, chunk)), np.array(free[:prefill_rows])
-    toks[at, :7], slots[at] = prompt, slot
-    starts, lens = r.integers(0, reach, prefill_rows), r.integers(1, chunk + 1, prefill_rows)
-    starts[at], lens[at] = 0, 7
-    seg = np.arange(prefill_rows) + 10
-    seg[at] = 0
-    logits, cache, _ = _step(cache, decode_rows_with(None, set(slots)),
-                             parts.chunk_part(toks, slots, starts, lens, seg), kv_len)
-    prompt_logits = np.asarray(logits["prefill"][at, :7])
-    at = int(r.integers(decode_rows))
-    logits, _, _ = _step(cache, decode_rows_with(at, {slot}),
-                         parts.empty_part(0, chunk), kv_len)
-    return prompt_logits, np.asarray(logits["decode"][at])
-
-  solo = serve(2, 0, 1, 1, 8, 32, 0)
-  assert solo[0].shape == (7, v)
-  for layout in ((8, 5, 7, 3, 16, 64, 1), (6, 2, 3, 2, 8, None, 2)):
-    busy = serve(*layout)
+  step = _stepper(model_cfg)
+  solo = _serve(model_cfg, step, SOLO)
+  assert solo[0].shape == (7, model_cfg.vocab_size)
+  for layout in LAYOUTS:
+    busy = _serve(model_cfg, step, layout)
     np.testing.assert_array_equal(busy[0], solo[0], err_msg=f"prefill, layout {layout}")
     np.testing.assert_array_equal(busy[1], solo[1], err_msg=f"decode, layout {layout}")
   if scope != "none":  # a recompute regroups the request's tokens: other sequence capacities
     return
   # Recompute: prompt and the decoded token prefilled in one chunk give the decode's bits.
+  rng = np.random.default_rng(1)
+  rng.integers(3, 259, 7)  # PROMPT's draw
   cache = _random_cache(model_cfg, rng, 4)
-  chunk = parts.chunk_part([prompt + [5] + [0] * 8], [2], [0], [8], [0])
-  logits, _, _ = _step(cache, parts.empty_part(3, 1), chunk, None)
+  chunk = parts.chunk_part([PROMPT + [5] + [0] * 8], [2], [0], [8], [0])
+  logits, _, _ = step(cache, parts.empty_part(3, 1), chunk, None)
   np.testing.assert_array_equal(np.asarray(logits["prefill"][0, :7]), solo[0])
   np.testing.assert_array_equal(np.asarray(logits["prefill"][0, 7]), solo[1])
 
