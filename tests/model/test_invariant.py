@@ -175,7 +175,10 @@ def test_a_request_gets_its_solo_bits_at_any_step_shape_slot_and_company(scope):
 
 
 @pytest.mark.skipif(_IN_SUBPROCESS, reason="already in an --xla_cpu_max_isa subprocess")
-@pytest.mark.parametrize("isa", ["AVX2", "SSE4_2"])
+# One rerun, SSE4_2: narrower than both hosts this project runs on (AVX2, AVX-512), so it always
+# differs from native. An AVX2 rerun also passed (2026-12-05) and was dropped to keep the suite
+# under 10 minutes (it repeated ~37 s of compiles); I1, I2 and I4 fail under either.
+@pytest.mark.parametrize("isa", ["SSE4_2"])
 def test_the_same_holds_with_other_vector_instructions(isa):
   """XLA:CPU picks kernels by the vector instructions it may use; rerun this file with fewer."""
   env = dict(os.environ, MOE_SERVE_ISA_RUN="1",

@@ -1,5 +1,7 @@
 """Prefix caching (serve.prefix_cache): the books by hand, the engine on the fake model under KV
-pressure, the device copies, and the determinism contract on the tiny real model."""
+pressure, and the device copies. The determinism contract with a cache (bitwise the cold solo run
+with model.batch_invariant): tests/experiments/test_protocols.py (cache warm across runs) and
+test_determinism.py (study.mode=prefix)."""
 import jax
 import ml_collections
 import numpy as np
@@ -10,7 +12,6 @@ from moe_serve import config as config_lib
 from moe_serve.model import api
 from moe_serve.parallel import mesh as mesh_lib
 from moe_serve.parallel import sharding
-from moe_serve.parallel import steps
 from moe_serve.serving import clock as clock_lib
 from moe_serve.serving import prefix_cache as prefix_lib
 from moe_serve.serving import prefix_pool
@@ -232,39 +233,3 @@ def test_pool_copies_blocks_between_slots_exactly(mesh_shape):
       np.testing.assert_array_equal(np.take(g[c][1], untouched, axis - 1),
                                     np.take(w[c][1], untouched, axis - 1))
       np.testing.assert_array_equal(g[c][[0, 2, 3]], w[c][[0, 2, 3]])
-
-
-# ------------------------------------------------------------------ the contract, real model
-def test_a_cache_hit_gives_the_solo_bits_with_the_mode_on():
-  """model.batch_invariant and dropless routing: requests that reuse blocks computed in other
-  requests' steps (and prefill from a block boundary instead of their own chunk boundaries)
-  get their solo run's tokens and log-probs, bitwise, cold cache."""
-  cfg = serve_default.get_config("size=tiny")
-  cfg.serve.update(plots=False, ignore_eos=True, prefix_cache=True, max_num_seqs=4,
-                   kv_block_size=BS, kv_num_blocks=64)
-  # One step shape (compiles dominate this test; other shapes: test_engine.py and
-  # tests/model/test_invariant.py). A hit's chunks start at its block boundary, its solo run's
-  # at 0: different chunks, different company, blocks computed by others, the same bits.
-  cfg.serve.buckets.update(decode_rows=(4,), prefill_rows=(2,), chunk_lens=(8,))
-  cfg.model.batch_invariant = True
-  cfg.model.router.update(capacity_scope="none", dispatch="gather")
-  config_lib.validate(cfg)
-  config_lib.validate_serve(cfg)
-  model = steps.make_step_fn(cfg.model), api.init_params(cfg.model, jax.random.key(0))
-
-  def engine():
-    return Engine(cfg, *model, api.init_cache(cfg.model, 4), clock_lib.Clock(cfg.clock))
-
-  rng = np.random.default_rng(5)
-  head = [1] + rng.integers(3, 259, 12).tolist()
-  reqs = [Request(id=i, prompt=head[:9 + i % 4] + rng.integers(3, 259, 3 + i).tolist(),
-                  max_new_tokens=6, arrival=0.01 * i, domain="code",
-                  sampling=SamplingParams(temperature=0.7 * (i % 2), seed=i)) for i in range(6)]
-  busy = {r["id"]: r for r in engine().run(reqs).requests}
-  hit = [r.id for r in reqs if busy[r.id]["cached_tokens"]]
-  assert len(hit) >= 3
-  for rid in hit[:3]:
-    solo = engine().run([reqs[rid]]).requests[0]
-    assert solo["cached_tokens"] == 0
-    assert busy[rid]["tokens"] == solo["tokens"], rid
-    assert busy[rid]["logprobs"] == solo["logprobs"], rid  # bitwise
