@@ -93,3 +93,23 @@ class FakePool:
   def warm(self, cache, max_copies):
     del max_copies
     return cache
+
+
+def apply_plan(sched, plan, token):
+  """What the engine does with a step's plan once it ran, every sampled token `token`: advance
+  each request, register its completed prefix blocks, append the token (finishing requests at
+  max_new_tokens); then the scheduler's books must hold."""
+  def emit(seq):
+    seq.append_output(token, 0.0, 0.0)
+    if len(seq.outputs) == seq.req.max_new_tokens:
+      sched.finish(seq, "length")
+  for seq in plan.decode:
+    seq.advance_decode()
+    sched.computed(seq)
+    emit(seq)
+  for seq, n in plan.prefill:
+    done = seq.advance_prefill(n)
+    sched.computed(seq)
+    if done:
+      emit(seq)
+  sched.check_invariants()

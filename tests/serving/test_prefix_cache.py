@@ -37,23 +37,7 @@ def _req(rid, prompt, max_new=2, arrival=0.0):
 
 
 def _step(sched, plan, token=7):
-  """What the engine does after a step, with every sampled token `token`."""
-  for seq in plan.decode:
-    seq.advance_decode()
-    sched.computed(seq)
-    _emit(sched, seq, token)
-  for seq, n in plan.prefill:
-    done = seq.advance_prefill(n)
-    sched.computed(seq)
-    if done:
-      _emit(sched, seq, token)
-  sched.check_invariants()
-
-
-def _emit(sched, seq, token):
-  seq.append_output(token, 0.0, 0.0)
-  if len(seq.outputs) == seq.req.max_new_tokens:
-    sched.finish(seq, "length")
+  fakes.apply_plan(sched, plan, token)
 
 
 def _run(sched, now=0.0):

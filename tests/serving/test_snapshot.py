@@ -9,6 +9,7 @@ import pytest
 from moe_serve.serving import run_state
 from moe_serve.serving.request import Request, SamplingParams
 from moe_serve.serving.scheduler import Scheduler
+from tests.serving import fakes
 
 BS = 4
 
@@ -28,24 +29,9 @@ def _req(rid, prompt, max_new):
 def _step(sched, now, token):
   """One step as the engine runs it, every sampled token `token`."""
   plan = sched.schedule(now)
-  for seq in plan.decode:
-    seq.advance_decode()
-    sched.computed(seq)
-    _emit(sched, seq, token)
-  for seq, n in plan.prefill:
-    done = seq.advance_prefill(n)
-    sched.computed(seq)
-    if done:
-      _emit(sched, seq, token)
-  sched.check_invariants()
+  fakes.apply_plan(sched, plan, token)
   return [(s.req.id, s.num_computed) for s in plan.decode] + [
       (s.req.id, n) for s, n in plan.prefill], sched.take_saves()
-
-
-def _emit(sched, seq, token):
-  seq.append_output(token, 0.0, 0.0)
-  if len(seq.outputs) == seq.req.max_new_tokens:
-    sched.finish(seq, "length")
 
 
 def _state(sched):
