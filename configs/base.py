@@ -73,6 +73,7 @@ def model_config(size="base"):
       lb_loss_weight=0.01,
       z_loss_weight=1e-3,
   ))
+  m.router.update(config_lib.ROUTER_OPTION_DEFAULTS)  # score, bias, groups, scale (config/model.py)
   if size == "tiny":
     m.update(d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, d_ff=64,
              num_experts=4, d_ff_expert=32, max_len=64)

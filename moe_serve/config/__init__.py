@@ -7,6 +7,8 @@ One module per section, each with its option lists (the tuples other modules imp
   checks.py    ConfigError and the small checks the sections are made of
   args.py      `get_config(arg)` strings (parse_arg) and `--config.x.y` names (unknown_field)
   model.py     model and model.router: ROUTER_KINDS, DISPATCH_BACKENDS, MODEL_OPTION_DEFAULTS, ...
+  architecture.py  the newer families' model options (MLA, sinks, windows, rope scaling, expert
+               activation and biases, dense first layers): ARCH_OPTION_DEFAULTS, ...
   mesh.py      mesh: MESH_AXES; the mesh against the model, the devices, the serving rows
   serve.py     serve (buckets, prefix cache): SERVE_POLICIES, ...; validate_serve adds clock and
                workload
@@ -24,6 +26,8 @@ load parameters call `loading.resolve_for(cfg, kind)` instead, which runs valida
 override is named before the directory is read), takes the architecture from the directory and
 runs validate_for again on the result.
 """
+from moe_serve.config.architecture import (ARCH_OPTION_DEFAULTS, ATTENTION_KINDS, EXPERT_ACTS,
+                                           LAYER_TYPES, ROPE_TYPES, is_sliding_layer)
 from moe_serve.config.args import parse_arg, unknown_field
 from moe_serve.config.checks import ConfigError
 from moe_serve.config.clock import CLOCK_MODES, validate_clock
@@ -31,6 +35,7 @@ from moe_serve.config.kinds import KINDS, validate, validate_for
 from moe_serve.config.mesh import MESH_AXES, validate_mesh, validate_serve_mesh
 from moe_serve.config.model import (CAPACITY_SCOPES, DISPATCH_BACKENDS, DTYPES,
                                     MODEL_OPTION_DEFAULTS, PRIORITIES, QK_NORMS, ROUTER_KINDS,
+                                    ROUTER_OPTION_DEFAULTS, ROUTER_SCORES, GROUP_SCORES,
                                     validate_model, validate_router, validate_routing_rules,
                                     with_model_defaults)
 from moe_serve.config.serve import MAX_SHAPE_BUCKETS, SERVE_BATCHING, SERVE_POLICIES, validate_serve

@@ -1,6 +1,7 @@
 """The `model` section and its `router`: option lists, late options' defaults, their checks."""
 import math
 
+from moe_serve.config.architecture import ARCH_OPTION_DEFAULTS, validate_architecture
 from moe_serve.config.checks import ConfigError, boolean, choice, divisors, positive
 
 ROUTER_KINDS = ("topk", "expert_choice", "soft", "hash")
@@ -9,6 +10,8 @@ PRIORITIES = ("position", "token", "score")
 DISPATCH_BACKENDS = ("einsum", "gather", "ragged", "sorted")
 DTYPES = ("float32", "bfloat16", "float16")
 QK_NORMS = ("none", "head", "full")
+ROUTER_SCORES = ("softmax", "sigmoid")
+GROUP_SCORES = ("top2_sum", "max")
 
 # Model options added after the bundled model was exported, with the values that keep the
 # original architecture; `with_model_defaults` fills them into older model sections.
@@ -22,6 +25,18 @@ MODEL_OPTION_DEFAULTS = dict(
     # Every op's result for a row independent of the step's shape, kv bucket and other rows
     # (model/invariant.py): fixed row tiles for matmuls, fixed KV chunks for attention.
     batch_invariant=False,
+    **ARCH_OPTION_DEFAULTS,  # architecture.py: MLA, sinks, windows, rope scaling, expert act
+)
+# Router options added after the bundled model was exported (DeepSeek, gpt-oss routers); the
+# defaults are the softmax top-k router every earlier model has.
+ROUTER_OPTION_DEFAULTS = dict(
+    score="softmax",  # softmax over experts | sigmoid per expert (DeepSeek-V3), in float32
+    bias=False,  # a learned bias on the router logits (gpt-oss)
+    selection_bias=False,  # a learned per-expert bias added to the scores to CHOOSE only (V3)
+    expert_groups=1,  # experts in this many equal groups (HF n_group); 1 = no group limit
+    topk_groups=1,  # choose only within the best topk_groups groups (HF topk_group)
+    group_score="top2_sum",  # a group's score: top2_sum of its scores (V3) | max (V2)
+    scale=1.0,  # routed weights times this (HF routed_scaling_factor)
 )
 
 
@@ -31,6 +46,11 @@ def with_model_defaults(model_cfg):
     for key, value in MODEL_OPTION_DEFAULTS.items():
       if key not in model_cfg:
         model_cfg[key] = value
+    if "router" in model_cfg:
+      with model_cfg.router.unlocked():
+        for key, value in ROUTER_OPTION_DEFAULTS.items():
+          if key not in model_cfg.router:
+            model_cfg.router[key] = value
   return model_cfg
 
 
@@ -66,6 +86,7 @@ def validate_model(m):
     raise ConfigError(f"model.norm_eps={m.norm_eps!r} must be in (0, 1)")
   if not m.rope_theta > 0:
     raise ConfigError(f"model.rope_theta={m.rope_theta} must be > 0")
+  validate_architecture(m)
   validate_router(m.router, m.num_experts)
 
 
@@ -88,6 +109,27 @@ def validate_router(r, num_experts):
   for name in ("jitter", "lb_loss_weight", "z_loss_weight"):
     if not r[name] >= 0:
       raise ConfigError(f"model.router.{name}={r[name]!r} must be >= 0")
+  for key in ROUTER_OPTION_DEFAULTS:
+    if key not in r:
+      raise ConfigError(f"model.router.{key} is missing; start from configs/base.py (default "
+                        f"{ROUTER_OPTION_DEFAULTS[key]!r})")
+  choice(r.score, "model.router.score", ROUTER_SCORES)
+  choice(r.group_score, "model.router.group_score", GROUP_SCORES)
+  for key in ("bias", "selection_bias"):
+    boolean(r[key], f"model.router.{key}")
+  positive(r, "model.router", "expert_groups", "topk_groups")
+  if num_experts % r.expert_groups or r.topk_groups > r.expert_groups:
+    raise ConfigError(f"model.router.expert_groups={r.expert_groups} must divide "
+                      f"model.num_experts={num_experts} and be >= model.router.topk_groups="
+                      f"{r.topk_groups}")
+  if r.k > r.topk_groups * (num_experts // r.expert_groups):
+    raise ConfigError(f"model.router.k={r.k} exceeds the experts of topk_groups={r.topk_groups} "
+                      f"groups of {num_experts // r.expert_groups}")
+  if not (isinstance(r.scale, (int, float)) and r.scale > 0):
+    raise ConfigError(f"model.router.scale={r.scale!r} must be a number > 0")
+  if r.kind != "topk" and (r.score != "softmax" or r.expert_groups > 1 or r.selection_bias):
+    raise ConfigError(f"model.router.kind={r.kind!r} uses the softmax router without groups or "
+                      "selection bias; score, expert_groups and selection_bias need kind='topk'")
   validate_routing_rules(r)
   if r.dispatch == "ragged" and r.capacity_scope != "none":
     raise ConfigError(

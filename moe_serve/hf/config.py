@@ -121,6 +121,7 @@ def model_config(hf, max_len=None):
       kind="topk", k=hf["num_experts_per_tok"], renormalize=renormalize, capacity_scope="none",
       capacity_factor_prefill=1.25, capacity_factor_decode=1.25, group_size=64, min_capacity=1,
       priority="token", dispatch="gather", jitter=0.0, lb_loss_weight=0.0, z_loss_weight=0.0))
+  m.router.update(config_lib.ROUTER_OPTION_DEFAULTS)
   if family == "qwen2_moe":
     m.attn_bias = bool(_get(hf, "qkv_bias", True))  # always on before transformers 5
     shared = _get(hf, "shared_expert_intermediate_size", 0)

@@ -20,8 +20,9 @@ from moe_serve.model.parts import FlatOrder, Part
 
 
 def is_moe_layer(model_cfg, i):
-  """Whether layer `i` (from 0) has an MoE FFN: every `moe_every`-th layer."""
-  return (i + 1) % model_cfg.moe_every == 0
+  """Whether layer `i` (from 0) has an MoE FFN: every `moe_every`-th layer from layer
+  `first_dense` on (the layers below it are dense: DeepSeek's first_k_dense_replace)."""
+  return i >= model_cfg.get("first_dense", 0) and (i + 1) % model_cfg.moe_every == 0
 
 
 def num_moe_layers(model_cfg):

@@ -48,6 +48,10 @@ def _digest(obj):
   return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _same(a, b):
+  return list(a) == list(b) if isinstance(b, tuple) else a == b
+
+
 def model_identity(cfg):
   """What a profile must match: the model (without scope and factors) and the step options."""
   model = cfg.model.to_dict()
@@ -55,6 +59,12 @@ def model_identity(cfg):
                      if k not in _FEATURE_FREE_ROUTER_KEYS}
   if not model.get("batch_invariant", False):  # off = the kernels profiles were made with before
     model.pop("batch_invariant", None)         # the option existed; on needs its own profile
+  # Options added later, at their defaults, describe the model profiles were made with before.
+  for section, defaults in ((model, config_lib.ARCH_OPTION_DEFAULTS),
+                            (model["router"], config_lib.ROUTER_OPTION_DEFAULTS)):
+    for key, value in defaults.items():
+      if key in section and _same(section[key], value):
+        del section[key]
   s = cfg.serve
   step = dict(record_routing=bool(s.record_routing), prompt_logprobs=bool(s.prompt_logprobs),
               replay_routing=bool(s.get("replay_routing", False)))
