@@ -49,7 +49,7 @@ def worker():
   """Builds a warmed-up engine and answers 'decode N' / 'prefill N' with the median ms."""
   import jax  # pylint: disable=import-outside-toplevel
   from moe_serve.model import parts  # pylint: disable=import-outside-toplevel
-  from moe_serve.serving import sampling  # pylint: disable=import-outside-toplevel
+  from moe_serve.serving.loop import sampling  # pylint: disable=import-outside-toplevel
   engine = peer.moe_engine(_HF_DIR.value, "none", _DISPATCH.value, 64)
   rng = np.random.default_rng(0)
   n = 64

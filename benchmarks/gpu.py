@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 from configs import serve_default
-from moe_serve.serving import request as request_lib
+from moe_serve.serving.stream import request as request_lib
 from moe_serve.serving import run as serve_run
 
 import common  # benchmarks/common.py (the script's folder is on sys.path)

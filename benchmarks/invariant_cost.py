@@ -21,7 +21,7 @@ from configs import serve_default, study_default
 from moe_serve import loading
 from moe_serve.model import api, parts
 from moe_serve.parallel import steps
-from moe_serve.serving import sampling
+from moe_serve.serving.loop import sampling
 
 import common  # benchmarks/common.py (the script's folder is on sys.path)
 

@@ -23,7 +23,7 @@ import numpy as np
 from configs import serve_default
 from moe_serve import config as config_lib
 from moe_serve.metrics import latency
-from moe_serve.serving import request as request_lib
+from moe_serve.serving.stream import request as request_lib
 from moe_serve.serving import run as run_lib
 
 import common  # benchmarks/common.py (the script's folder is on sys.path)

@@ -24,8 +24,9 @@ from configs import study_default
 from moe_serve import loading
 from moe_serve.model import api, parts, routing
 from moe_serve.parallel import steps
-from moe_serve.serving import clock as clock_lib
-from moe_serve.serving import profiles, sampling, step_cost
+from moe_serve.serving.clock import running as clock_lib
+from moe_serve.serving.clock import profiles, step_cost
+from moe_serve.serving.loop import sampling
 
 import common  # benchmarks/common.py (the script's folder is on sys.path)
 

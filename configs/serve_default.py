@@ -51,10 +51,10 @@ def get_config(arg=None):
       record_routing=False,  # per-request drops, when the step can return routing records
       replay_routing=False,  # steps take forced routing codes: Engine.run(replay=...) (replay.py)
       prompt_logprobs=False,  # log p(prompt[q] | prompt[:q]) per request (NLL via serving)
-      # Plan and launch each step while the one before runs (serving/overlap.py): the same
+      # Plan and launch each step while the one before runs (serving/loop/overlap.py): the same
       # records, host work hidden behind device time. Single-process runs only.
       overlap=False,
-      # Reuse the KV of cached full blocks of earlier prompts (serving/prefix_cache.py; vLLM's
+      # Reuse the KV of cached full blocks of earlier prompts (serving/loop/prefix_cache.py; vLLM's
       # automatic prefix caching). Off: every prompt is computed from scratch.
       prefix_cache=False,
       tensorboard=False,

@@ -24,7 +24,7 @@ import tqdm
 
 from moe_serve import checkpoint
 from moe_serve import config as config_lib
-from moe_serve.serving import workload
+from moe_serve.serving.stream import workload
 
 USER_ERRORS = (config_lib.ConfigError, workload.TraceError, checkpoint.CheckpointError)
 _OVERRIDE = re.compile(r"^--?(?:no)?config\.([A-Za-z0-9_.]+)(?:=|$)")

@@ -9,7 +9,8 @@ r"""Makes the cost_model clock's profile for a config's model on this device, an
 Serves a short sweep around the config (its scope and factor, `batch` 1.0 and 2.0, dropless `none`,
 each at half and twice its arrival rate, and its scope and `none` with row buckets at 1/3, 2/3 and
 all of its own; --num_requests each) with the measured clock, fits the step-cost coefficients
-(docs/serving.md, Clock), and writes the profile: to --out, by default where serving/profiles.py
+(docs/serving.md, Clock), and writes the profile: to --out, by default where
+serving/clock/profiles.py
 says (profiles.default_path: <params_dir>/profiles/<dispatch>-<backend>-<keys>.json, or
 profiles/init-... for a random init), where `clock.profile=auto` finds it.
 
@@ -36,7 +37,8 @@ from moe_serve import config as config_lib
 from moe_serve import loading
 from moe_serve.experiments import clock_profile
 from moe_serve.parallel import distributed
-from moe_serve.serving import profiles, run
+from moe_serve.serving import run
+from moe_serve.serving.clock import profiles
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/serve_default.py", "Config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)

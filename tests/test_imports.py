@@ -97,3 +97,22 @@ def test_the_check_sees_an_upward_import():
                                                    for a, b in _imports()}
   assert _group("moe_serve.metrics.quality") == "metrics"
   assert "serving" not in _ALLOWED["metrics"]
+
+
+_WINGS = ("stream", "clock", "loop", "top")  # serving's wings, lowest first; top: run, profiling
+
+
+def _wing(module):
+  parts = module.split(".")
+  return parts[2] if len(parts) >= 3 and parts[2] in _WINGS else "top"
+
+
+def test_serving_wings_import_down():
+  """Inside serving/, stream <- clock <- loop <- run.py/profiling.py (docs/design.md)."""
+  bad = [(a, b) for a, b in _imports()
+         if a.startswith("moe_serve.serving.") and b.startswith("moe_serve.serving.")
+         and _WINGS.index(_wing(b)) > _WINGS.index(_wing(a))]
+  assert not bad, f"serving wing imports pointing up: {bad}"
+  moved = [m for m in ("engine", "clock", "request", "trace", "greedy")
+           if os.path.exists(os.path.join(_PKG, "serving", m + ".py"))]
+  assert not moved, f"flat serving modules are back: {moved}"

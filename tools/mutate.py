@@ -1,10 +1,11 @@
 r"""Mutation testing for the core: one-line mutations, each run against the tests that should see it.
 
 Mutated: model/routing.py, model.batch_invariant (model/invariant.py, model/attention.py),
-serving/sampling.py, serving/scheduler.py, the engine's bookkeeping (serving/engine.py,
-serving/buckets.py, serving/records.py, serving/sequence.py), the overlapped loop
-(serving/overlap.py and the snapshot/restore it relies on: serving/sequence.py,
-serving/run_state.py, serving/scheduler.py), metrics/latency.py and quality aggregation.
+serving/loop/sampling.py, serving/loop/scheduler.py, the engine's bookkeeping
+(serving/loop/engine.py,
+serving/loop/buckets.py, serving/loop/records.py, serving/loop/sequence.py), the overlapped loop
+(serving/loop/overlap.py and the snapshot/restore it relies on: serving/loop/sequence.py,
+serving/loop/run_state.py, serving/loop/scheduler.py), metrics/latency.py and quality aggregation.
 
     .venv/bin/python tools/mutate.py                  # every mutation, report to stdout
     .venv/bin/python tools/mutate.py --only S1 E3     # some of them
@@ -62,11 +63,11 @@ def _m(name, path, old, new, tests, why=""):
   return Mutation(name, path, old, new, tuple(tests), why)
 
 
-R, S = "moe_serve/model/routing.py", "moe_serve/serving/sampling.py"
-C, E = "moe_serve/serving/scheduler.py", "moe_serve/serving/engine.py"
-B, RC = "moe_serve/serving/buckets.py", "moe_serve/serving/records.py"
-O = "moe_serve/serving/overlap.py"
-Q, L = "moe_serve/serving/sequence.py", "moe_serve/metrics/latency.py"
+R, S = "moe_serve/model/routing.py", "moe_serve/serving/loop/sampling.py"
+C, E = "moe_serve/serving/loop/scheduler.py", "moe_serve/serving/loop/engine.py"
+B, RC = "moe_serve/serving/loop/buckets.py", "moe_serve/serving/loop/records.py"
+O = "moe_serve/serving/loop/overlap.py"
+Q, L = "moe_serve/serving/loop/sequence.py", "moe_serve/metrics/latency.py"
 N = "moe_serve/metrics/quality.py"
 I, A = "moe_serve/model/invariant.py", "moe_serve/model/attention.py"
 
@@ -173,7 +174,7 @@ MUTATIONS = [
        "elif len(seq.outputs) > seq.req.max_new_tokens:", FAKE_ENGINE_TESTS, "one token too many"),
     _m("E7", RC, "slots_used=len(sched.running) + sum(1 for s in in_step if s.finish_reason)",
        "slots_used=len(sched.running)", FAKE_ENGINE_TESTS, "finishing requests not counted"),
-    _m("E8", "moe_serve/serving/step_cost.py", "    t = b + p * c\n", "    t = b + p\n",
+    _m("E8", "moe_serve/serving/clock/step_cost.py", "    t = b + p * c\n", "    t = b + p\n",
        ("tests/serving/test_sampling_and_clock.py",), "step tokens B + P (fixed-shape expert rows)"),
     _m("E9", E, "self._emit(seq, tok(i), lp(i), now)", "self._emit(seq, tok(i), lp(i), now - dt)",
        FAKE_ENGINE_TESTS, "decode tokens stamped at the step start"),
@@ -208,7 +209,7 @@ MUTATIONS = [
     _m("O4", O,
        "return xp.where(tokens_Bx1 < 0, xp.take(prev_tokens_R, src_Bx1), tokens_Bx1)",
        "return xp.maximum(tokens_Bx1, 0)", OVERLAP_TESTS, "placeholders fed as token 0"),
-    _m("O5", "moe_serve/serving/run_state.py", "    del self.seqs[num_seqs:]\n", "    pass\n",
+    _m("O5", "moe_serve/serving/loop/run_state.py", "    del self.seqs[num_seqs:]\n", "    pass\n",
        OVERLAP_TESTS, "requests that arrived while planning ahead not forgotten"),
     _m("O6", C, "      self.cache.restore(cache)\n", "      pass\n", SNAPSHOT_TESTS,
        "the prefix cache's table not restored (overlap refuses the prefix cache today)"),

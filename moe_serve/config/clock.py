@@ -5,7 +5,8 @@ CLOCK_MODES = ("measured", "cost_model")
 
 
 def validate_clock(c):
-  """Checks `config.clock` (serving/clock.py; the profile it names is checked when loaded)."""
+  """Checks `config.clock` (serving/clock/running.py; the profile it names is checked when
+  loaded)."""
   choice(c.mode, "clock.mode", CLOCK_MODES)
   for name in ("fixed_s", "per_token_s", "per_kv_s"):
     if name in c:

@@ -4,7 +4,7 @@ from moe_serve.config.checks import ConfigError, boolean, choice, finite, positi
 
 ARRIVAL_KINDS = ("poisson", "gamma", "constant", "ramp")
 LENGTH_KINDS = ("fixed", "uniform", "lognormal", "list")
-PROMPT_SOURCES = ("synthetic", "eval", "corpus")  # serving/prompt_sources.py
+PROMPT_SOURCES = ("synthetic", "eval", "corpus")  # serving/stream/prompt_sources.py
 TRACE_FORMATS = ("jsonl", "sharegpt", "burstgpt", "azure", "mooncake")  # docs/traces.md
 
 
@@ -31,7 +31,7 @@ def _count(w, name):
 
 def validate_workload(w, domains):
   """Checks `config.workload`; `domains` are serve.domains, which `workload.mix` must draw from.
-  A trace must exist (the file is read later, line by line: serving/workload.py)."""
+  A trace must exist (the file is read later, line by line: serving/stream/workload.py)."""
   for name in ("num_requests", "seed"):
     _count(w, name)
   if not isinstance(w.get("trace", ""), str):

@@ -3,7 +3,7 @@
 `fit_settings`: a short sweep around the config (its own capacity scope and factor, `batch` at
 factors 1.0 and 2.0, and dropless `none`, each at half and twice the config's arrival rate, plus
 its own scope and `none` with step shapes that follow the load, `shape_buckets`), served with the
-`measured` clock; every step's features and wall time go into one fit (serving/calibrate.py).
+`measured` clock; every step's features and wall time go into one fit (serving/clock/calibrate.py).
 `validation_settings`: held-out runs the fit never saw (other loads, scopes, factors and domain
 mixes), served with the `measured` clock and with the new profile's `cost_model` clock on the same
 engine, and compared on throughput and TTFT/TPOT/E2EL p50/p99.
@@ -23,8 +23,9 @@ import os
 
 from moe_serve import provenance
 from moe_serve.experiments import settings
-from moe_serve.serving import calibrate, profiles, run
-from moe_serve.serving import clock as clock_lib
+from moe_serve.serving import run
+from moe_serve.serving.clock import calibrate, profiles
+from moe_serve.serving.clock import running as clock_lib
 
 _Setting = settings.ServeSetting  # one run of the sweep
 

@@ -13,12 +13,12 @@ Arms (`study.arm`, experiments/settings.py): `routing` serves the setting as con
 default study: one fixed step shape, so only routing can tell a repeat from solo); `numerical` is
 dropless (scope `none`) with the step shapes of `study.numerical_buckets`, which vary with load,
 so only kernel shapes can. `study.replay="solo"` forces every target's solo routing in its
-repeats (serving/replay.py): the causality check, whatever the scope.
+repeats (serving/loop/replay.py): the causality check, whatever the scope.
 
 With an output directory (a sweep run's) it also writes `completions.jsonl` (every target's
 tokens and text, solo and per repeat), `forensics.jsonl` (metrics/forensics.py, one line per
 repeat that differs from solo) and `routing.npz` (every target's routing codes, solo and per
-repeat: serving/replay.py's format, keys `solo_<id>` and `r<repeat>_<id>`).
+repeat: serving/loop/replay.py's format, keys `solo_<id>` and `r<repeat>_<id>`).
 """
 import time
 
@@ -29,8 +29,8 @@ from moe_serve.experiments import traffic
 from moe_serve.metrics import determinism as det
 from moe_serve.metrics import forensics, quality, writers
 from moe_serve.model.transformer import num_moe_layers
-from moe_serve.serving import replay as replay_lib
-from moe_serve.serving import trace as trace_lib
+from moe_serve.serving.loop import replay as replay_lib
+from moe_serve.experiments.probes import trace as trace_lib
 
 
 def traces(tracer, runlog, ids):

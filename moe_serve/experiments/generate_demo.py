@@ -2,7 +2,8 @@
 
 Reports parameter counts, the generated text (up to its first EOS) and prefill/decode tokens per
 second. It goes through the same jitted engine step that serving uses (parallel/steps.py), driven
-by the greedy loop of serving/greedy.py (every prompt decodes max_new_tokens tokens; EOS does not
+by the greedy loop of experiments/probes/greedy.py (every prompt decodes max_new_tokens tokens; EOS
+does not
 stop it, so the speed figures count every step). Prompts (`generate.prompts`): `demo`, a fixed
 handful, or `eval`, the first eval-set prompt of each domain.
 """
@@ -16,7 +17,7 @@ from moe_serve.data import eval_prompts
 from moe_serve.metrics import quality
 from moe_serve.model import api
 from moe_serve.parallel import steps
-from moe_serve.serving import greedy
+from moe_serve.experiments.probes import greedy
 
 DEMO_PROMPTS = ("12+34=", "reverse: moe_serve", "def add(a, b):", "The experts ", "sort: dcba")
 PROMPT_SETS = ("demo", "eval")

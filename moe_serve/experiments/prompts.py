@@ -1,11 +1,11 @@
 """Prompts for experiments, all from the committed eval set (moe_serve/data/eval_prompts.jsonl),
 so a study never depends on the interpreter's version: background traffic, targets, quality."""
 from moe_serve.data import eval_prompts, tokenizer
-from moe_serve.serving import prompt_sources
-from moe_serve.serving.request import Request, SamplingParams
+from moe_serve.serving.stream import prompt_sources
+from moe_serve.serving.stream.request import Request, SamplingParams
 
 
-EvalPromptSource = prompt_sources.EvalPromptSource  # moved to serving/prompt_sources.py
+EvalPromptSource = prompt_sources.EvalPromptSource  # moved to serving/stream/prompt_sources.py
 
 
 def target_requests(domains, per_domain, max_new_tokens, first_id, tok=tokenizer.BYTES):

@@ -39,7 +39,7 @@ from moe_serve import files
 from moe_serve.data import eval_prompts
 from moe_serve.experiments import settings
 from moe_serve.serving import run as run_lib
-from moe_serve.serving.request import Request, SamplingParams
+from moe_serve.serving.stream.request import Request, SamplingParams
 
 PROTOCOLS = ("needle", "bitwise", "single", "mixed", "prefix")
 

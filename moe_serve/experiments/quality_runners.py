@@ -6,7 +6,8 @@ A runner has two methods (the seam between the quality metric and serving):
   score(prompts_ids, continuations_ids) -> per-token log-probabilities of each continuation
 `EngineRunner` generates through the serving engine (continuous batching, greedy sampling);
 `StepRunner` drives the same jitted engine step (parallel/steps.py) directly through
-serving/greedy.py: chunked prefill of a group of prompts into the slots, then greedy decode,
+experiments/probes/greedy.py: chunked prefill of a group of prompts into the slots, then greedy
+decode,
 finished slots going idle (segment id -1). Scoring needs the logits of given tokens, which the
 engine exposes only when it records prompt log-probs; otherwise both score with the step.
 
@@ -20,7 +21,8 @@ from moe_serve.data import eval_prompts
 from moe_serve.metrics import quality
 from moe_serve.model import api
 from moe_serve.parallel import steps
-from moe_serve.serving import greedy, request
+from moe_serve.experiments.probes import greedy
+from moe_serve.serving.stream import request
 from moe_serve.serving import run as serve_run
 
 

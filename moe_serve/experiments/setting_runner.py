@@ -24,7 +24,7 @@ from moe_serve.experiments import determinism, prompts, quality_runners, setting
 from moe_serve.metrics import latency, quality
 from moe_serve.parallel import spmd
 from moe_serve.serving import run as serve_run
-from moe_serve.serving import prompt_sources
+from moe_serve.serving.stream import prompt_sources
 
 QUALITY_ID0 = 4_000_000  # quality requests' ids (traffic.py: background, targets, co-requests)
 

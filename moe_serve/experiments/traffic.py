@@ -17,7 +17,7 @@ import numpy as np
 
 from moe_serve.experiments import prompts
 from moe_serve.serving import run as serve_run
-from moe_serve.serving import workload
+from moe_serve.serving.stream import workload
 
 TARGET_ID0 = 1_000_000
 CO_ID0 = 2_000_000

@@ -137,7 +137,8 @@ def step(model_cfg, params, cache, batch: StepBatch, record_routing=False, kv_le
   Returns (logits {"decode": [B, V], "prefill": [P, L, V]}, new cache, aux). Either part may
   have zero rows. Jit it with the cache donated (parallel/steps.py). A step computes no router
   losses or loads (training-only), only aux["kept_pairs"] [num_moe_layers, E] (what the step's MoE
-  work follows, serving/step_cost.py); with `record_routing` (static), aux["drop_rate"] holds each
+  work follows, serving/clock/step_cost.py); with `record_routing` (static), aux["drop_rate"] holds
+  each
   MoE layer's drop rate and aux["routing"] lists each MoE layer's Routing over the flat tokens `[B
   decode tokens, then P*L prefill tokens]`. Every row must hold at most one request and a request
   at most one row (parts.check_one_request_per_row; the engine's batches do): the MoE sizes

@@ -11,7 +11,7 @@
   (dispatch_sorted.py): work that follows the routed pairs, for any scope.
 
 `runs(backend, sharded, invariant)` says which of them really runs for a configured backend (the
-model and the clock's step cost, serving/step_cost.py, both ask it). C is
+model and the clock's step cost, serving/clock/step_cost.py, both ask it). C is
 `routing.buffer_capacity` (static). Sharding: token tensors are constrained to
 ("activation_tokens", "activation_embed"). With experts split over the mesh (`experts_sharded`)
 `einsum` with a capacity and `gather` run grouped (dispatch_grouped.py: per-group buffers

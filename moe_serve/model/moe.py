@@ -6,7 +6,8 @@ on every token, mixed with the kept weights) is the exact reference the backends
 against. Sown into the "aux" collection when it is mutable (training, api.forward; a serving step
 never asks, so it computes no router losses): lb_loss, z_loss, expert_load, drop_rate; into
 "routing" (only when asked): the layer's `Routing` and drop_rate; into "pairs" (a serving step
-always asks: the engine's step cost, serving/step_cost.py): kept_pairs, the kept (token, expert)
+always asks: the engine's step cost, serving/clock/step_cost.py): kept_pairs, the kept (token,
+expert)
 pairs per expert [E] int32.
 
 Axis letters (docs/design.md section 2): T flat tokens, D model, E experts, K choices per token.

@@ -35,9 +35,11 @@ from moe_serve import provenance
 from moe_serve.metrics import benchmark, latency, serve_plots, table, writers
 from moe_serve.parallel import compiles, distributed, memory, spmd, steps
 from moe_serve.parallel import mesh as mesh_lib
-from moe_serve.serving import clock as clock_lib
-from moe_serve.serving import profiles, profiling, prompt_sources, trace_formats, workload
-from moe_serve.serving.engine import Engine
+from moe_serve.serving.clock import running as clock_lib
+from moe_serve.serving import profiling
+from moe_serve.serving.clock import profiles
+from moe_serve.serving.stream import prompt_sources, trace_formats, workload
+from moe_serve.serving.loop.engine import Engine
 
 
 _STEP_FNS = {}
@@ -90,7 +92,7 @@ def build_engine(cfg, step_fn=None, params=None, cache=None, mesh=None, clock=No
 
 def make_clock(cfg):
   """The config's clock, with the coefficients of the clock profile clock.profile picks
-  (serving/profiles.py; ProfileError when none fits)."""
+  (serving/clock/profiles.py; ProfileError when none fits)."""
   res = profiles.resolve(cfg)
   return clock_lib.Clock(cfg.clock, res.coef, res.describe())
 

@@ -15,7 +15,7 @@ from moe_serve import config as config_lib
 from moe_serve import loading
 from moe_serve.experiments import determinism, prompts, setting_runner, settings, traffic
 from moe_serve.parallel import compiles
-from moe_serve.serving import prompt_sources
+from moe_serve.serving.stream import prompt_sources
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Routing replay and divergence forensics on the tiny model (issue: the study that convinces).
 
-Replay is causal: forcing a target's solo routing (serving/replay.py) inside busy traffic gives
+Replay is causal: forcing a target's solo routing (serving/loop/replay.py) inside busy traffic gives
 its solo tokens and log-probs bitwise under every capacity scope, batch scope at capacity factor
 1.0 included, where the same traffic without replay changes completions.
 
@@ -17,9 +17,9 @@ from configs import study_default
 from moe_serve import loading
 from moe_serve.experiments import determinism, prompts, setting_runner, settings, traffic
 from moe_serve.metrics import forensics
-from moe_serve.serving import replay as replay_lib
-from moe_serve.serving import trace as trace_lib
-from moe_serve.serving.request import Request
+from moe_serve.serving.loop import replay as replay_lib
+from moe_serve.experiments.probes import trace as trace_lib
+from moe_serve.serving.stream.request import Request
 
 
 @pytest.fixture(scope="module")

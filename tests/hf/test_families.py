@@ -16,7 +16,7 @@ import pytest
 from moe_serve import hf, loading
 from moe_serve.hf import tokenizer as hf_tokenizer
 from moe_serve.parallel import steps
-from moe_serve.serving import request
+from moe_serve.serving.stream import request
 from moe_serve.serving import run as run_lib
 from tests import tolerances
 from tests.serving.conftest import tiny_serve_cfg

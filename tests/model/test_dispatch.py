@@ -201,7 +201,7 @@ def test_expert_loop_equals_batched_experts():
 
 
 def test_the_backend_that_runs_is_one_rule():
-  """dispatch.runs: what the model runs and the clock prices (serving/step_cost.py)."""
+  """dispatch.runs: what the model runs and the clock prices (serving/clock/step_cost.py)."""
   assert [dispatch.runs(b, sharded=False) for b in dispatch.BACKENDS] == list(dispatch.BACKENDS)
   assert dispatch.runs("sorted", sharded=True) == "gather"  # by index over all-to-all
   assert dispatch.runs("einsum", sharded=True) == "einsum"

@@ -194,7 +194,7 @@ def test_the_same_holds_with_other_vector_instructions(isa):
 def test_the_sampler_scores_a_row_the_same_at_any_row_count():
   """serving.sampling.sample(invariant=True): a row's token and log-prob, greedy or seeded, do not
   depend on how many decode and prefill rows the step has (R = B + P) or where the row sits."""
-  from moe_serve.serving import sampling  # pylint: disable=import-outside-toplevel
+  from moe_serve.serving.loop import sampling  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(3)
   row_V = (rng.standard_normal(260) * 3).astype(np.float32)
   seen = {}

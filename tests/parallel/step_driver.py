@@ -3,13 +3,14 @@ the sharded and multi-process tests, so that every mesh runs exactly the same st
 
 Every step has the same shape (decode [SLOTS, 1] + prefill [SLOTS, CHUNK], idle rows padded):
 one compilation per mesh, and the shapes stay fixed as the dropless contract requires. The
-prefill is serving/greedy.py's; the decode keeps an all-padding prefill part of the same shape
+prefill is experiments/probes/greedy.py's; the decode keeps an all-padding prefill part of the same
+shape
 (greedy.decode's prefill part is empty, another shape), and it returns every step's logits.
 """
 import numpy as np
 
 from moe_serve.model import parts
-from moe_serve.serving import greedy
+from moe_serve.experiments.probes import greedy
 
 SLOTS = 8  # a multiple of every data axis tested
 CHUNK = 8

@@ -3,8 +3,8 @@ whole runs compare metric by metric."""
 import numpy as np
 import pytest
 
-from moe_serve.serving import calibrate
-from moe_serve.serving import clock as clock_lib
+from moe_serve.serving.clock import calibrate
+from moe_serve.serving.clock import running as clock_lib
 
 _COEF = dict(fixed=2e-3, decode_rows=3e-5, prefill_tokens=2e-5, decode_kv=4e-8, prefill_kv=1e-8,
              capacity_pairs=1e-6, expert_rows=5e-7, a2a_rows=0.0)

@@ -10,12 +10,12 @@ import pytest
 
 from moe_serve.model import api, dispatch_sorted
 from moe_serve.parallel import compiles, steps
-from moe_serve.serving import clock as clock_lib
+from moe_serve.serving.clock import running as clock_lib
 from moe_serve.serving import run as run_lib
-from moe_serve.serving.engine import Engine
-from moe_serve.serving.request import Request, SamplingParams
-from moe_serve.serving.scheduler import Plan
-from moe_serve.serving.sequence import Seq
+from moe_serve.serving.loop.engine import Engine
+from moe_serve.serving.stream.request import Request, SamplingParams
+from moe_serve.serving.loop.scheduler import Plan
+from moe_serve.serving.loop.sequence import Seq
 from tests.serving.conftest import tiny_serve_cfg
 
 FIXED = dict(decode_rows=(8,), prefill_rows=(2,), chunk_lens=(8,))

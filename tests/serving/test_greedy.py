@@ -5,7 +5,7 @@ import numpy as np
 from moe_serve.data import tokenizer
 from moe_serve.model import api
 from moe_serve.parallel import steps
-from moe_serve.serving import greedy
+from moe_serve.experiments.probes import greedy
 
 _PAD_TO = 20  # one compiled forward shape for both reference passes
 

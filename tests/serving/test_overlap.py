@@ -15,10 +15,10 @@ import numpy as np
 
 from moe_serve.model import api
 from moe_serve.parallel import compiles
-from moe_serve.serving import clock as clock_lib
-from moe_serve.serving import request as request_lib
+from moe_serve.serving.clock import running as clock_lib
+from moe_serve.serving.stream import request as request_lib
 from moe_serve.serving import run as run_lib
-from moe_serve.serving.engine import Engine
+from moe_serve.serving.loop.engine import Engine
 from tests.serving.conftest import tiny_serve_cfg
 
 

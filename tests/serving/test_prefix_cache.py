@@ -12,12 +12,12 @@ from moe_serve import config as config_lib
 from moe_serve.model import api
 from moe_serve.parallel import mesh as mesh_lib
 from moe_serve.parallel import sharding
-from moe_serve.serving import clock as clock_lib
-from moe_serve.serving import prefix_cache as prefix_lib
-from moe_serve.serving import prefix_pool
-from moe_serve.serving.engine import Engine
-from moe_serve.serving.request import Request, SamplingParams
-from moe_serve.serving.scheduler import Scheduler
+from moe_serve.serving.clock import running as clock_lib
+from moe_serve.serving.loop import prefix_cache as prefix_lib
+from moe_serve.serving.loop import prefix_pool
+from moe_serve.serving.loop.engine import Engine
+from moe_serve.serving.stream.request import Request, SamplingParams
+from moe_serve.serving.loop.scheduler import Scheduler
 from tests.serving import fakes
 
 VOCAB = 48

@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 
-from moe_serve.serving import profiles
+from moe_serve.serving.clock import profiles
 from moe_serve.serving import run as run_lib
 from tests.serving.conftest import tiny_serve_cfg
 

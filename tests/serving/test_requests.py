@@ -4,10 +4,10 @@ import math
 import pytest
 
 from moe_serve.model import api
-from moe_serve.serving import clock as clock_lib
-from moe_serve.serving import request as request_lib
-from moe_serve.serving.engine import Engine
-from moe_serve.serving.request import Request, SamplingParams
+from moe_serve.serving.clock import running as clock_lib
+from moe_serve.serving.stream import request as request_lib
+from moe_serve.serving.loop.engine import Engine
+from moe_serve.serving.stream.request import Request, SamplingParams
 from tests.serving.conftest import tiny_serve_cfg
 
 GOOD = dict(prompt=[1, 50, 60, 70], max_new_tokens=4, domain="add")

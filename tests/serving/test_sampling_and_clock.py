@@ -5,9 +5,9 @@ import pytest
 
 from configs import serve_default
 from moe_serve.model import transformer
-from moe_serve.serving import clock as clock_lib
-from moe_serve.serving import sampling
-from moe_serve.serving import step_cost
+from moe_serve.serving.clock import running as clock_lib
+from moe_serve.serving.loop import sampling
+from moe_serve.serving.clock import step_cost
 
 V = 50
 

@@ -2,12 +2,12 @@
 
 One row of logits is sampled under N seeds at temperature 0.5, with and without top-k/top-p; the
 empirical distribution must be within a total-variation bound of softmax(logits / T) restricted
-to the filtered tokens (worked out here independently of serving/sampling.py).
+to the filtered tokens (worked out here independently of serving/loop/sampling.py).
 """
 import numpy as np
 import pytest
 
-from moe_serve.serving import sampling
+from moe_serve.serving.loop import sampling
 
 V = 12  # vocabulary
 N = 4000  # seeds (one draw each)

@@ -5,8 +5,8 @@ the engine would, with a dummy output token.
 """
 from configs import serve_default
 from moe_serve import config as config_lib
-from moe_serve.serving import scheduler as scheduler_lib
-from moe_serve.serving.request import Request
+from moe_serve.serving.loop import scheduler as scheduler_lib
+from moe_serve.serving.stream.request import Request
 
 
 def _sched(**serve):
@@ -17,7 +17,8 @@ def _sched(**serve):
 
 
 def _run_plan(plan):
-  """What the engine does with a plan's rows (serving/engine.py), with token 5 as every output."""
+  """What the engine does with a plan's rows (serving/loop/engine.py), with token 5 as every
+  output."""
   for seq in plan.decode:
     seq.advance_decode()
     seq.append_output(5, 0.0, 0.0)

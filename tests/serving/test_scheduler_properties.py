@@ -13,9 +13,9 @@ import pytest
 
 from configs import serve_default
 from moe_serve import config as config_lib
-from moe_serve.serving import clock as clock_lib
-from moe_serve.serving.engine import Engine
-from moe_serve.serving.request import Request, SamplingParams
+from moe_serve.serving.clock import running as clock_lib
+from moe_serve.serving.loop.engine import Engine
+from moe_serve.serving.stream.request import Request, SamplingParams
 from tests.serving import fakes
 
 VOCAB = 48

@@ -11,9 +11,9 @@ from tensorboardX.proto import event_pb2
 import pytest
 
 from moe_serve.model import api
-from moe_serve.serving import clock as clock_lib
+from moe_serve.serving.clock import running as clock_lib
 from moe_serve.serving import run as run_lib
-from moe_serve.serving.engine import Engine
+from moe_serve.serving.loop.engine import Engine
 from tests.serving.conftest import tiny_serve_cfg
 
 

@@ -6,9 +6,9 @@ import copy
 import ml_collections
 import pytest
 
-from moe_serve.serving import run_state
-from moe_serve.serving.request import Request, SamplingParams
-from moe_serve.serving.scheduler import Scheduler
+from moe_serve.serving.loop import run_state
+from moe_serve.serving.stream.request import Request, SamplingParams
+from moe_serve.serving.loop.scheduler import Scheduler
 from tests.serving import fakes
 
 BS = 4

@@ -1,4 +1,5 @@
-"""serving/trace.py: what the Tracer records for a traced request, checked against the engine's
+"""experiments/probes/trace.py: what the Tracer records for a traced request, checked against the
+engine's
 own records and against one full forward of the finished sequence.
 
 - one log-prob vector per generated token, normalised, whose argmax is the greedy token and
@@ -16,8 +17,8 @@ import numpy as np
 from moe_serve.model import api
 from moe_serve.model.transformer import is_moe_layer
 from moe_serve.serving import run as run_lib
-from moe_serve.serving import trace as trace_lib
-from moe_serve.serving.request import Request
+from moe_serve.experiments.probes import trace as trace_lib
+from moe_serve.serving.stream.request import Request
 from tests.serving.conftest import tiny_serve_cfg
 
 

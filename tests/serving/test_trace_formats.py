@@ -1,4 +1,5 @@
-"""Trace importers (serving/trace_formats.py, docs/traces.md) on the sample files of each format
+"""Trace importers (serving/stream/trace_formats.py, docs/traces.md) on the sample files of each
+format
 under tests/fixtures/traces (written by us), their malformed lines, and the prompt sources."""
 import os
 
@@ -8,7 +9,7 @@ import pytest
 from configs import serve_default
 from moe_serve import config as config_lib
 from moe_serve.data import text, tokenizer
-from moe_serve.serving import prompt_sources, trace_formats, workload
+from moe_serve.serving.stream import prompt_sources, trace_formats, workload
 from moe_serve.serving import run as run_lib
 
 _DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "traces")

@@ -1,4 +1,5 @@
-"""The `mooncake` trace format (serving/trace_formats.py, docs/traces.md) on tests/fixtures/traces/
+"""The `mooncake` trace format (serving/stream/trace_formats.py, docs/traces.md) on
+tests/fixtures/traces/
 mooncake.jsonl (written by us): arrivals from `timestamp` ms, which requests share which token
 blocks, scaling by whole blocks, the left-out and bad lines.
 
@@ -17,7 +18,7 @@ import pytest
 from configs import serve_default
 from moe_serve import config as config_lib
 from moe_serve.data import tokenizer
-from moe_serve.serving import prompt_sources, trace_formats, workload
+from moe_serve.serving.stream import prompt_sources, trace_formats, workload
 from moe_serve.serving import run as run_lib
 
 MOONCAKE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "traces",

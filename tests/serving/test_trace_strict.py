@@ -9,7 +9,7 @@ import pytest
 
 from configs import serve_default
 from moe_serve.serving import run as run_lib
-from moe_serve.serving import workload
+from moe_serve.serving.stream import workload
 
 GOOD = {"arrival": 0.0, "max_new_tokens": 2, "domain": "add", "prompt": "1+1="}
 

@@ -1,7 +1,8 @@
 """Virtual time worked by hand: one request, a chunked prefill, then decode steps.
 
 The cost-model clock advances each step by the sum of coefficient x feature over what the step
-computes (serving/step_cost.py): its decode rows and prefill tokens, and the query-key pairs its
+computes (serving/clock/step_cost.py): its decode rows and prefill tokens, and the query-key pairs
+its
 attention reads (rows x kv_len). Coefficients are powers of two, so every figure below is exact in
 float64.
 """
@@ -12,9 +13,9 @@ import pytest
 from configs import serve_default
 from moe_serve import config as config_lib
 from moe_serve.metrics import latency
-from moe_serve.serving import clock as clock_lib
-from moe_serve.serving.engine import Engine
-from moe_serve.serving.request import Request
+from moe_serve.serving.clock import running as clock_lib
+from moe_serve.serving.loop.engine import Engine
+from moe_serve.serving.stream.request import Request
 from tests.serving import fakes
 
 VOCAB = 48

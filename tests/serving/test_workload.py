@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import serve_default
-from moe_serve.serving import workload
+from moe_serve.serving.stream import workload
 
 
 def _arrival(**kw):

@@ -1,9 +1,9 @@
 """Virtual time for the engine: `measured` (wall time of each step) or `cost_model`.
 
 `cost_model` advances by sum_f coef[f] * feature[f] over the step-cost features of
-serving/step_cost.py (what the compiled step computes: decode and prefill tokens, attention
+serving/clock/step_cost.py (what the compiled step computes: decode and prefill tokens, attention
 reads, expert rows as the dispatch backend runs them, all-to-all rows). The coefficients come
-from a clock profile (serving/profiles.py) or `clock.coef`. It never reads a wall clock, so a run
+from a clock profile (serving/clock/profiles.py) or `clock.coef`. It never reads a wall clock, so a run
 is reproducible bit for bit. `fit` finds coefficients from measured steps.
 
 In a multi-process run every process must take the same step durations, or their schedules (and
@@ -14,7 +14,7 @@ import numpy as np
 
 from moe_serve import config as config_lib
 from moe_serve.parallel import spmd
-from moe_serve.serving import step_cost
+from moe_serve.serving.clock import step_cost
 
 MODES = config_lib.CLOCK_MODES
 NO_PROFILE = "clock.coef (no profile)"  # the source of coefficients given without a profile

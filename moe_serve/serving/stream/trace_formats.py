@@ -14,7 +14,7 @@
 
 A ShareGPT entry whose human turn has no turn after it (prompt-only subsets) is served with an
 output length drawn from `workload.output_len`; `load` counts them. Token-count formats get
-prompts of exactly the given length from a prompt source (serving/prompt_sources.py). Every
+prompts of exactly the given length from a prompt source (serving/stream/prompt_sources.py). Every
 format: token counts times `length_scale` (rounded, >= 1; Mooncake by whole blocks), arrivals
 from 0 times `time_scale`, at most `max_requests` requests (0: all) in file order, a domain per
 request from `workload.mix` (seeded by (seed, i), as generated workloads), sampling from
@@ -29,8 +29,8 @@ import numpy as np
 
 from moe_serve import config as config_lib
 from moe_serve import files
-from moe_serve.serving import workload
-from moe_serve.serving.request import Request, SamplingParams
+from moe_serve.serving.stream import workload
+from moe_serve.serving.stream.request import Request, SamplingParams
 
 FORMATS = config_lib.TRACE_FORMATS
 HUMAN_ROLES = ("human", "user")

@@ -9,16 +9,16 @@ the slot. A prefill chunk advances `num_computed` by its length; when the whole 
 the cache the chunk's last logits give the first output token (`prefilled`). From then on each
 decode step writes `tokens[-1]` (advance_decode) and appends the next output. A preemption frees
 the slot and blocks and forgets every computed key/value, keeping the outputs: re-admitted, the
-request prefills prompt + outputs again and resamples the same tokens (serving/sampling.py keys
+request prefills prompt + outputs again and resamples the same tokens (serving/loop/sampling.py keys
 on the position). The scheduler calls admit/reserve/release/preempt, the engine the rest.
 
 `snapshot`/`restore` put every field back (serve.overlap plans a step ahead on a copy of the
-state, serving/overlap.py): the lists in `_GROWN` only ever grow and are restored by length;
+state, serving/loop/overlap.py): the lists in `_GROWN` only ever grow and are restored by length;
 every other field is restored by value, so the methods below assign those, never mutate them.
 """
 import dataclasses
 
-from moe_serve.serving.request import Request
+from moe_serve.serving.stream.request import Request
 
 
 @dataclasses.dataclass(eq=False)
@@ -39,7 +39,7 @@ class Seq:
   finish_reason: str | None = None
   drops: list | None = None  # per MoE layer, when routing is recorded
   prompt_logprobs: list = dataclasses.field(default_factory=list)  # when serve.prompt_logprobs
-  # serve.prefix_cache (serving/prefix_cache.py): keys of the full blocks of `tokens` (a chain,
+  # serve.prefix_cache (serving/loop/prefix_cache.py): keys of the full blocks of `tokens` (a chain,
   # extended as tokens grow), the cached blocks this request holds (its first len(shared)
   # blocks; the rest of `blocks` is its own), and the tokens its first admission found cached.
   block_keys: list = dataclasses.field(default_factory=list)

@@ -1,5 +1,5 @@
 """Prompt sources for generated workloads and token-count traces: `source(domain, length, rng)`
--> token ids, BOS first (the `PromptSource` protocol of serving/workload.py).
+-> token ids, BOS first (the `PromptSource` protocol of serving/stream/workload.py).
 
 - `synthetic`: random bytes from a per-domain alphabet (workload.SyntheticPromptSource), exact
   length; for random-init models and speed runs, where only lengths matter;
@@ -14,7 +14,7 @@ then cut), which token-count traces (BurstGPT, Azure) need.
 from moe_serve import config as config_lib
 from moe_serve.data import corpus as corpus_lib
 from moe_serve.data import eval_prompts, tokenizer
-from moe_serve.serving import workload
+from moe_serve.serving.stream import workload
 
 KINDS = config_lib.PROMPT_SOURCES
 

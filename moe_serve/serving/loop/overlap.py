@@ -18,7 +18,7 @@ serve.prefix_cache is refused with overlap (config.py) for the device side, not 
 a step launched ahead could load a cached block that the step before registered but whose copy
 into the pool runs only once that step is read.
 
-The loop itself is Engine._overlapped_loop (serving/engine.py); this module holds its helpers.
+The loop itself is Engine._overlapped_loop (serving/loop/engine.py); this module holds its helpers.
 
 Axis letters: B decode rows, R sampled rows of the step before (parts: decode rows, then
 prefill rows).

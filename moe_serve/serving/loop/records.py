@@ -1,4 +1,4 @@
-"""The engine's records (serving/engine.py's module docstring lists them): what a finished step
+"""The engine's records (serving/loop/engine.py's module docstring lists them): what a finished step
 adds to its record and to its requests' records, and the request records at the end of a run.
 
 Every field here is deterministic (virtual time, never wall time): with the cost_model clock a
@@ -11,7 +11,7 @@ import numpy as np
 
 from moe_serve.metrics import routing as routing_metrics
 from moe_serve.model import parts
-from moe_serve.serving import sampling
+from moe_serve.serving.loop import sampling
 
 
 def routing_kept(aux):

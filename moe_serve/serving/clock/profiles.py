@@ -1,7 +1,7 @@
 """Clock profiles: the `cost_model` clock's coefficients for one model on one device, as a file.
 
 A profile (JSON, written by scripts/calibrate.py) holds the coefficients in seconds per unit of
-each step-cost feature (serving/step_cost.py), the identity of what was measured, the fit's
+each step-cost feature (serving/clock/step_cost.py), the identity of what was measured, the fit's
 statistics and the whole-run validation when one was run:
 - `model`: the model section minus what the features already describe (capacity scope and
   factors), plus the step options that change a step's work (routing records, prompt
@@ -31,8 +31,8 @@ import jax
 from moe_serve import config as config_lib
 from moe_serve import files
 from moe_serve import provenance
-from moe_serve.serving import clock as clock_lib
-from moe_serve.serving import step_cost
+from moe_serve.serving.clock import running as clock_lib
+from moe_serve.serving.clock import step_cost
 
 REPO_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "profiles")

@@ -14,7 +14,8 @@ Each step, in this order:
 Chunk boundaries depend only on the request (never on load), so a request's prefill is the
 same computation whatever else is running.
 
-With serve.prefix_cache (serving/prefix_cache.py) an admitted request first takes the longest run
+With serve.prefix_cache (serving/loop/prefix_cache.py) an admitted request first takes the longest
+run
 of its leading full blocks that is cached (never its last token: that one must run to give
 logits) and prefills from there: the plan lists the blocks to copy into its slot (`loads`);
 after a step the engine calls `computed` for each request in it, which registers its newly
@@ -28,9 +29,9 @@ import heapq
 from typing import NamedTuple
 
 from moe_serve import config as config_lib
-from moe_serve.serving import prefix_cache as prefix_lib
-from moe_serve.serving.request import Request
-from moe_serve.serving.sequence import Seq
+from moe_serve.serving.loop import prefix_cache as prefix_lib
+from moe_serve.serving.stream.request import Request
+from moe_serve.serving.loop.sequence import Seq
 
 POLICIES = config_lib.SERVE_POLICIES
 
@@ -231,7 +232,7 @@ class Scheduler:
     """Everything `add`, `schedule`, `computed` and `finish` change, for `restore`: free slots
     and blocks, the queues, each queued or running request's Seq, the prefix cache's table and
     its queued saves. (serve.overlap plans a step ahead on this state and puts it back,
-    serving/overlap.py; it still refuses serve.prefix_cache for the device side: a step
+    serving/loop/overlap.py; it still refuses serve.prefix_cache for the device side: a step
     launched ahead could load a block the step before registers but has not yet saved.)"""
     seqs = [(s, s.snapshot()) for s in (*self.waiting, *self.running)]
     cache = self.cache.snapshot() if self.cache is not None else None

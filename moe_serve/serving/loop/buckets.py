@@ -1,5 +1,5 @@
 """Step shapes and batches: the buckets a step's shape is picked from, and the fixed-shape
-batch built from a scheduler's plan (what serving/engine.py runs).
+batch built from a scheduler's plan (what serving/loop/engine.py runs).
 
 Step shapes come from a small set of buckets (rows, chunk length, and how many cache positions
 attention reads) so that `Engine.warmup` can compile them all and a warmed-up run never
@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from moe_serve.model import parts
-from moe_serve.serving import sampling
+from moe_serve.serving.loop import sampling
 
 
 class Buckets(NamedTuple):

@@ -4,14 +4,14 @@ A block is `kv_block_size` tokens at positions [i * block_size, (i + 1) * block_
 request's tokens (prompt + outputs so far). Once its keys and values are all computed it is
 *registered*: keyed by the hash of its tokens and of every token before it (a chain, as in
 vLLM's automatic prefix caching, so equal keys mean equal whole prefixes), and given a place in
-the device pool (serving/prefix_pool.py) that the engine copies it to. A later request whose
+the device pool (serving/loop/prefix_pool.py) that the engine copies it to. A later request whose
 tokens begin with the same blocks *hits*: the engine copies those blocks into its slot and it
 prefills only the rest.
 
 Memory is counted in blocks against serve.kv_num_blocks, each cached block once however many
 requests use it: a block held by running requests is *referenced* (refs > 0); one no request
 holds stays cached until room is needed, then the least recently released goes first (LRU).
-The scheduler (serving/scheduler.py) decides when; this table only keeps the books.
+The scheduler (serving/loop/scheduler.py) decides when; this table only keeps the books.
 
 What a hit reuses was computed inside another request's step, so with capacity scope `batch`
 it carries that step's drops; with model.batch_invariant and scope none/sequence it is bitwise

@@ -14,7 +14,7 @@ import numpy as np
 from moe_serve import config as config_lib
 from moe_serve import files
 from moe_serve.data import tokenizer
-from moe_serve.serving.request import Request, SamplingParams
+from moe_serve.serving.stream.request import Request, SamplingParams
 
 ARRIVALS = config_lib.ARRIVAL_KINDS
 LENGTHS = config_lib.LENGTH_KINDS

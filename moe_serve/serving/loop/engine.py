@@ -3,19 +3,19 @@
 The engine knows the model only through a step function `(params, cache, StepBatch) -> (logits,
 cache, aux)` with the cache donated (parallel/steps.py or a sharded variant with the same call);
 `run.build_engine` makes one from a config. Step shapes come from a small set of buckets
-(serving/buckets.py) and `warmup` compiles them all, so a warmed-up run never compiles again.
+(serving/loop/buckets.py) and `warmup` compiles them all, so a warmed-up run never compiles again.
 
 Records (plain dicts, written as JSONL by metrics/writers.py):
 - `steps`: one per step, only deterministic fields (virtual time, never wall time), among them
-  `cost`: the step-cost features the `cost_model` clock prices (serving/step_cost.py), logged
+  `cost`: the step-cost features the `cost_model` clock prices (serving/clock/step_cost.py), logged
   in both clock modes;
 - `wall`: one per step, wall seconds of the step and of the host work around it;
 - `requests`: one per request, finished or rejected, in id order.
-serving/records.py builds them.
+serving/loop/records.py builds them.
 
 Two loops serve a run, chosen once when the engine is built: `_plain_loop` (one step at a
 time) and, with serve.overlap, `_overlapped_loop` (each step planned and launched while the one
-before runs, serving/overlap.py); both give the same records.
+before runs, serving/loop/overlap.py); both give the same records.
 
 Axis letters: B decode rows, P prefill rows, C chunk length (a step's shape is (B, P, C)),
 R = B + P sampled rows, T flat tokens (parts.FlatOrder), K routing choices per token,
@@ -30,16 +30,16 @@ import numpy as np
 
 from moe_serve.model import parts
 from moe_serve.model import transformer
-from moe_serve.serving import buckets as buckets_lib
-from moe_serve.serving import overlap as overlap_lib
-from moe_serve.serving import prefix_pool
-from moe_serve.serving import records
-from moe_serve.serving import replay as replay_lib
-from moe_serve.serving import request as request_lib
-from moe_serve.serving import run_state
-from moe_serve.serving import sampling
-from moe_serve.serving import step_cost
-from moe_serve.serving.scheduler import Scheduler
+from moe_serve.serving.loop import buckets as buckets_lib
+from moe_serve.serving.loop import overlap as overlap_lib
+from moe_serve.serving.loop import prefix_pool
+from moe_serve.serving.loop import records
+from moe_serve.serving.loop import replay as replay_lib
+from moe_serve.serving.stream import request as request_lib
+from moe_serve.serving.loop import run_state
+from moe_serve.serving.loop import sampling
+from moe_serve.serving.clock import step_cost
+from moe_serve.serving.loop.scheduler import Scheduler
 
 
 class _Launched(NamedTuple):
@@ -86,7 +86,7 @@ class Engine:
     self.eos_id = None if s.ignore_eos else int(s.eos_id)
     self.record_routing = bool(s.record_routing)
     self.want_prompt_logprobs = bool(s.prompt_logprobs)
-    # Routing replay (serving/replay.py): every step then carries forced codes (0 = free).
+    # Routing replay (serving/loop/replay.py): every step then carries forced codes (0 = free).
     self.replay_routing, self._replay = bool(s.get("replay_routing", False)), {}
     m = cfg.model
     self._codes_shape = (transformer.num_moe_layers(m), m.router.k)
@@ -94,7 +94,7 @@ class Engine:
     self.step_cost = step_cost.StepCost(cfg)
     self.invariant = bool(m.get("batch_invariant", False))  # the sampler's rows tiled too
     # The loop, chosen once (as vLLM v1 picks `step` or `step_with_batch_queue`), and how it
-    # feeds a step's decode tokens (the overlapped loop: on the device, serving/overlap.py).
+    # feeds a step's decode tokens (the overlapped loop: on the device, serving/loop/overlap.py).
     if s.get("overlap", False):
       self._loop, self._feed = self._overlapped_loop, overlap_lib.Feed()
     else:
@@ -161,11 +161,11 @@ class Engine:
           warm_prefix_cache=False) -> RunLog:
     """Serves `requests` (any order) to completion; returns the records. `on_step(engine, rec)`.
 
-    `tracer` (serving/trace.py) records chosen requests' distributions and routing. With
+    `tracer` (experiments/probes/trace.py) records chosen requests' distributions and routing. With
     `stop_after` (request ids), the run ends as soon as those requests are finished or rejected;
     requests still in flight then are recorded with status "unfinished". `warm_prefix_cache`
     keeps the blocks the prefix cache held at the end of the last run (else every run starts
-    cold). `replay` ({request id: [U, Y, K] codes}, serving/replay.py; needs
+    cold). `replay` ({request id: [U, Y, K] codes}, serving/loop/replay.py; needs
     serve.replay_routing) forces those requests' recorded routing.
 
     Each run starts at virtual time 0 with an empty scheduler; the cache keeps whatever earlier
@@ -201,7 +201,7 @@ class Engine:
 
   @property
   def overlap_misses(self):
-    """Steps launched ahead in the last `run` and then dropped (serving/overlap.py)."""
+    """Steps launched ahead in the last `run` and then dropped (serving/loop/overlap.py)."""
     return self.state.misses if self.state else 0
 
   def _plain_loop(self, on_step, tracer):
@@ -221,7 +221,7 @@ class Engine:
 
   def _overlapped_loop(self, on_step, tracer):
     """Each step planned and launched while the one before runs (serve.overlap; the helpers
-    and why the records are the plain loop's: serving/overlap.py):
+    and why the records are the plain loop's: serving/loop/overlap.py):
     1. plan, build and launch the first step;
     2. while step N runs, plan step N+1 from N's placeholder outputs and launch it, its decode
        tokens fed on the device from N's (`_launch_ahead`; not when a prefill chunk needs N's

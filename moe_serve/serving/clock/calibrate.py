@@ -1,6 +1,7 @@
 """Fits the cost_model clock to measured steps and scores it on held-out steps and whole runs.
 
-A run in `measured` mode logs each step's features (`cost` in steps.jsonl, serving/step_cost.py)
+A run in `measured` mode logs each step's features (`cost` in steps.jsonl,
+serving/clock/step_cost.py)
 and its wall time in wall.jsonl. `fit_steps` fits the coefficients on steps (non-negative least
 squares, clock.fit) and scores every `holdout_every`-th step it did not see; `compare_to_rounds`
 scores a whole `cost_model` run against measured runs of the same workload on the metrics a
@@ -8,7 +9,7 @@ serving simulator is judged by (throughput, TTFT/TPOT/E2EL p50 and p99).
 """
 import numpy as np
 
-from moe_serve.serving import clock as clock_lib
+from moe_serve.serving.clock import running as clock_lib
 
 # (summary key, statistic, label) of the whole-run metrics compared; a p99 is allowed twice the
 # error of a median or a throughput (issue 17's targets; docs/serving.md, Clock profiles).

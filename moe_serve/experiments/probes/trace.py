@@ -6,7 +6,7 @@ Only requests named in `ids` are traced, so the cost is a few rows copied per st
 in (who else held an expert's slots when a traced token was dropped).
 
 Routing is kept as replay codes (model/routing.py: e + 1 = kept on expert e, -(e + 1) = chose e,
-dropped), so a recording can be replayed (serving/replay.py).
+dropped), so a recording can be replayed (serving/loop/replay.py).
 
 Axis letters: V vocabulary, Y MoE layers, K routing choices per token (routing.Routing), T flat
 step tokens (parts.FlatOrder).
