@@ -35,10 +35,17 @@ def _lines(ax, rows, x, y, title, ylabel, first=0):
   xs = sorted({p[0] for _, pts in series for p in pts})
   xlabel = _X_LABELS.get(x, x)
   if len(xs) == 1:
-    ax.bar(range(len(series)), [pts[0][1] for _, pts in series],
-           color=[f"C{i}" for i in range(len(series))])
-    ax.set_xticks(range(len(series)))
-    ax.set_xticklabels([name.replace(", ", "\n") for name, _ in series], fontsize=8)
+    bars = ax.bar(range(len(series)), [pts[0][1] for _, pts in series],
+                  color=[f"C{i}" for i in range(len(series))])
+    if len(series) <= 3:  # short enough to sit under their bars
+      ax.set_xticks(range(len(series)))
+      ax.set_xticklabels([name.replace(", ", "\n") for name, _ in series], fontsize=8)
+    else:  # more settings than a panel's width holds side by side: name each bar in a legend
+      ax.set_xticks(range(len(series)))
+      ax.set_xticklabels([str(i + 1) for i in range(len(series))], fontsize=8)
+      for i, (bar, (name, _)) in enumerate(zip(bars, series)):
+        bar.set_label(f"{i + 1}: {name}")
+      ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1))
     ax.set_title(f"{title}\n(one {xlabel}: {xs[0]:g})" if xs else title)
   else:
     # Lines "coincide" when equal to 4 significant digits (what a reader can tell apart): the

@@ -34,8 +34,9 @@ from moe_serve import provenance
 from moe_serve.serving.clock import running as clock_lib
 from moe_serve.serving.clock import step_cost
 
-REPO_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "profiles")
+# The repository's profiles/ (this file is moe_serve/serving/clock/profiles.py).
+REPO_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))), "profiles")
 FORMAT = 1
 _FEATURE_FREE_ROUTER_KEYS = ("capacity_scope", "capacity_factor_prefill", "capacity_factor_decode")
 
