@@ -27,13 +27,15 @@ from moe_serve.parallel import sharding, steps
 # not what it computes). The router's kind, k and top-k normalisation are the model's own and
 # come from the directory.
 SERVING_CHOICES = ("max_len", "dtype", "batch_invariant")
-ROUTER_FROM_MODEL = ("kind", "k", "renormalize")
+ROUTER_FROM_MODEL = ("kind", "k", "renormalize") + tuple(config_lib.ROUTER_OPTION_DEFAULTS)
 _SHARDED_INITS = {}
 
 
 def _architecture(model_cfg):
-  d = {k: v for k, v in model_cfg.to_dict().items() if k not in SERVING_CHOICES}
-  d["router"] = {k: d["router"][k] for k in ROUTER_FROM_MODEL}
+  """The model section minus the serving choices, as JSON would give it back (tuples as lists)."""
+  d = {k: list(v) if isinstance(v, tuple) else v for k, v in model_cfg.to_dict().items()
+       if k not in SERVING_CHOICES}
+  d["router"] = {k: d["router"].get(k) for k in ROUTER_FROM_MODEL}
   return d
 
 
