@@ -140,6 +140,39 @@ def test_replay_with_a_sigmoid_grouped_router_reproduces_the_recording(tiny_cfg)
     np.testing.assert_array_equal(np.asarray(got)[mine], np.asarray(want))
 
 
+@pytest.mark.parametrize("scope", ["batch", "group", "sequence"])
+def test_capacity_with_a_sigmoid_grouped_router(tiny_cfg, scope):
+  """Under every capped scope and priority, the V3 router's choices are the dropless ones, no
+  (instance, expert) keeps more than its capacity, and a real pair is dropped only where its
+  expert is full in its instance."""
+  keys = jax.random.split(jax.random.key(11), 2)
+  logits = jax.random.normal(keys[0], (T, E)) * 2.0
+  bias = jax.random.normal(keys[1], (E,)) * 0.5
+  seg = np.where(np.arange(T) % 7 == 6, -1, np.arange(T) // 10)  # 5 requests, some padding
+  free = routing.route(logits, jnp.asarray(seg), _router(tiny_cfg, **V3), selection_bias_E=bias)
+  for priority in ("position", "token", "score"):
+    r = _router(tiny_cfg, **V3)
+    r.update(capacity_scope=scope, priority=priority, capacity_factor_prefill=0.5, group_size=12)
+    rt = jax.jit(lambda x, s: routing.route(x, s, r, selection_bias_E=bias))(logits, seg)
+    index, kept = np.asarray(rt.expert_index), np.asarray(rt.kept)
+    np.testing.assert_array_equal(index, np.asarray(free.expert_index))
+    np.testing.assert_array_equal(np.asarray(rt.combine_weight),
+                                  np.where(kept, np.asarray(free.combine_weight), 0.0))
+    if scope == "sequence":
+      inst, cap = seg, {i: max(0, -(-4 * (seg == i).sum() * 500 // (E * 1000)))
+                        for i in np.unique(seg)}
+    else:
+      inst_T, cap_I, _ = routing.instance_capacities(r, E, T, 0)
+      inst, cap = inst_T, dict(enumerate(cap_I))
+    counts = {}
+    for t, e in zip(*np.nonzero(kept)):
+      counts[inst[t], index[t, e]] = counts.get((inst[t], index[t, e]), 0) + 1
+    assert all(n <= cap[i] for (i, _), n in counts.items()), priority
+    dropped = [(inst[t], index[t, j]) for t, j in zip(*np.nonzero(~kept)) if seg[t] >= 0]
+    assert dropped, (scope, priority)  # the case really drops
+    assert all(counts.get(key, 0) == cap[key[0]] for key in dropped), priority
+
+
 def test_selection_bias_is_required_when_configured(tiny_cfg):
   r = _router(tiny_cfg, **V3)
   with pytest.raises(ValueError, match="selection_bias_E"):
