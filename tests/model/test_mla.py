@@ -87,26 +87,52 @@ def test_latent_cache_holds_latent_and_rotary_key_only():
   assert expanded / latent == 60 / 16  # values per token per layer: 4 * (6 + 4 + 5) against 16
 
 
-@pytest.mark.parametrize("invariant", [False, True])
-def test_cached_decode_matches_full_forward_with_window_sinks_and_yarn(invariant):
-  m = _model(q_lora_rank=8, num_layers=2, max_len=64, sliding_window=4,
-             layer_types=("sliding", "full"), attn_sinks=True, batch_invariant=invariant,
-             **YARN)
+def _run_steps(m, params, toks, slots, prefill, num_slots=3, kv_len=None, idle_rows=0):
+  """Prefills toks[:, :prefill] into `slots`, then decodes the rest one token per step (plus
+  `idle_rows` padding decode rows); returns logits [B, L, V] and the decode logits per step."""
+  step = jax.jit(lambda p, c, b: api.step(m, p, c, b, kv_len=kv_len)[:2])
+  cache = api.init_cache(m, num_slots)
+  b = len(slots)
+  batch = parts.StepBatch(parts.decode_part(np.zeros(b), slots, np.zeros(b), -np.ones(b)),
+                          parts.chunk_part(toks[:, :prefill], slots, np.zeros(b),
+                                           np.full(b, prefill), np.arange(b)))
+  logits, cache = step(params, cache, batch)
+  got = [np.asarray(logits["prefill"])]
+  pad = lambda a, v: np.concatenate([a, np.full(idle_rows, v)])
+  for t in range(prefill, toks.shape[1]):
+    batch = parts.StepBatch(
+        parts.decode_part(pad(toks[:, t], 0), pad(slots, 0), pad(np.full(b, t), 0),
+                          pad(np.arange(b), -1)), parts.empty_part(0, 4))
+    logits, cache = step(params, cache, batch)
+    got.append(np.asarray(logits["decode"])[:b, None])
+  return np.concatenate(got, 1)
+
+
+# One dense layer (first_dense): the attention is under test, the MoE has its own tests.
+SMALL = dict(num_layers=1, first_dense=1, max_len=64, vocab_size=64, sliding_window=4,
+             attn_sinks=True)
+
+
+@pytest.mark.parametrize("kind", ["mla", "gqa"])
+def test_cached_decode_matches_full_forward_with_window_and_sinks(kind):
+  m = _model(q_lora_rank=8, **SMALL, **YARN) if kind == "mla" else base.get_config(
+      "size=tiny").model
+  m.update(SMALL, attn_out_bias=True)
   rng = np.random.default_rng(1)
   params = _randomise(api.init_params(m, jax.random.key(0)), rng)
   toks = np.asarray(rng.integers(3, m.vocab_size, (2, 10)), np.int32)
   full, _ = api.forward(m, params, toks)
-  step = jax.jit(lambda p, c, b: api.step(m, p, c, b)[:2])
-  cache = api.init_cache(m, 3)
-  slots = np.array([2, 0])
-  batch = parts.StepBatch(parts.decode_part(np.zeros(2), slots, np.zeros(2), -np.ones(2)),
-                          parts.chunk_part(toks[:, :6], slots, np.zeros(2), np.full(2, 6),
-                                           np.arange(2)))
-  logits, cache = step(params, cache, batch)
-  got = [np.asarray(logits["prefill"])]
-  for t in range(6, 10):  # the window (4) slides past the prefill
-    batch = parts.StepBatch(parts.decode_part(toks[:, t], slots, np.full(2, t), np.arange(2)),
-                            parts.empty_part(0, 4))
-    logits, cache = step(params, cache, batch)
-    got.append(np.asarray(logits["decode"])[:, None])
-  np.testing.assert_allclose(np.concatenate(got, 1), full, atol=LOGITS_ATOL, rtol=0)
+  got = _run_steps(m, params, toks, np.array([2, 0]), prefill=6)  # the window slides on
+  np.testing.assert_allclose(got, full, atol=LOGITS_ATOL, rtol=0)
+
+
+def test_batch_invariant_latent_row_bits_ignore_step_shape_and_kv_len():
+  m = _model(q_lora_rank=8, batch_invariant=True, **SMALL, **YARN)
+  rng = np.random.default_rng(2)
+  params = _randomise(api.init_params(m, jax.random.key(0)), rng)
+  toks = np.asarray(rng.integers(3, m.vocab_size, (3, 7)), np.int32)
+  alone = _run_steps(m, params, toks[:1], np.array([1]), prefill=5, num_slots=4, kv_len=32)
+  # The row again in a crowd: second of three rows plus idle ones (slot order), a longer bucket.
+  crowd = _run_steps(m, params, toks[[1, 0, 2]], np.array([3, 1, 0]), prefill=5, num_slots=4,
+                     kv_len=64, idle_rows=2)
+  np.testing.assert_array_equal(crowd[1], alone[0])
