@@ -1,5 +1,6 @@
 """Latent attention (model.attention="mla"): the absorbed form against HF's expanded form (numpy,
-tests/model/attention_reference.py), its latent cache, and cached decode against the full forward.
+tests/model/attention_reference.py), its latent cache, cached decode against the full forward
+with a sliding window and sinks (grouped-query attention too), and batch-invariant bits.
 
 Tolerance: 1e-5 absolute on O(1) outputs, float32 against a float64 reference: the absorbed form
 multiplies q_nope by wk_b before the keys (HF: the latent by wk_b), the same products summed in
@@ -131,6 +132,14 @@ def test_cached_decode_matches_full_forward_with_window_and_sinks_gqa():
   full = _forward(m, params, toks)
   got = _run_steps(m, params, toks, np.array([2, 0]), prefill=6)  # the window slides on
   np.testing.assert_allclose(got, full, atol=LOGITS_ATOL, rtol=0)
+  # The Block passes the options on: sinks and bias are params, and the window (4) bites only
+  # from position 4 on.
+  assert {"sinks", "bo"} <= set(params["block_0"]["attn"])
+  unwindowed = m.copy_and_resolve_references()
+  unwindowed.sliding_window = 0
+  everything = _forward(unwindowed, params, toks)
+  np.testing.assert_allclose(everything[:, :4], full[:, :4], atol=LOGITS_ATOL, rtol=0)
+  assert np.abs(everything[:, 4:] - full[:, 4:]).max() > 1e-2
 
 
 def test_latent_decode_matches_forward_and_invariant_bits_ignore_step_shape_and_kv_len():
