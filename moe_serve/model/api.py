@@ -29,7 +29,15 @@ def init_params(model_cfg, rng):
   params = nn.meta.unbox(variables["params"])
   if model_cfg.param_dtype == "float32":  # created in float32: nothing to cast
     return params
-  return jax.tree.map(lambda x: x.astype(layers.dtype_of(model_cfg.param_dtype)), params)
+  dt = layers.dtype_of(model_cfg.param_dtype)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: x if path[-1].key in FLOAT32_PARAMS else x.astype(dt), params)
+
+
+# Parameters kept in float32 whatever model.param_dtype: DeepSeek-V3's selection bias decides
+# which experts a token takes by differences far below bf16's resolution (its checkpoints ship
+# it in float32 beside bf16 weights, and transformers keeps it so).
+FLOAT32_PARAMS = ("e_score_bias",)
 
 
 def param_axes(model_cfg):

@@ -90,6 +90,7 @@ def test_batch_invariant_requests_match_solo_at_any_step_shape():
   cfg.serve.buckets.update(decode_rows=(2, 6), prefill_rows=(0, 3), chunk_lens=(4, 8),
                            kv_lens=(32,))
   cfg.model.batch_invariant = True
+  cfg.model.update(num_layers=1, moe_every=1)  # one attention + MoE layer: half the compile time
   cfg.model.router.update(capacity_scope="none", dispatch="gather")
   model = (steps.make_step_fn(cfg.model), api.init_params(cfg.model, jax.random.key(0)))
   rng = np.random.default_rng(7)
