@@ -86,7 +86,7 @@ def main(argv):
                    f"{statistics.median(on):.2f}",
                    f"{statistics.median(b / a for a, b in zip(off, on)):.2f}x"])
   common.report("Cost of model.batch_invariant",
-                f"bundled model, dropless (`none`), busy steps (B, P, C) of the serving and "
+                f"bundled model, dropless (`none`), busy steps (B, P, L) of the serving and "
                 f"study buckets; {_REPEATS.value} interleaved rounds; engine step = model step + "
                 "sampler + copy of tokens to the host.",
                 ["setting", "step", "shape", "off ms (median)", "on ms (median)",

@@ -127,8 +127,8 @@ MUTATIONS = [
     _m("S9", S, "return token, logprobs_V[token]",
        "return token, jax.nn.log_softmax(scaled_V)[token]", SAMPLING_TESTS,
        "logprob after temperature"),
-    _m("S10", S, "pre_PxV = jnp.take_along_axis(prefill_PxCxV, batch.last_P[:, None, None], "
-       "axis=1)[:, 0]", "pre_PxV = prefill_PxCxV[:, -1]", SAMPLING_TESTS + FAKE_ENGINE_TESTS,
+    _m("S10", S, "pre_PxV = jnp.take_along_axis(prefill_PxLxV, batch.last_P[:, None, None], "
+       "axis=1)[:, 0]", "pre_PxV = prefill_PxLxV[:, -1]", SAMPLING_TESTS + FAKE_ENGINE_TESTS,
        "prefill token from the chunk's last position, padding or not"),
     _m("S11", S, "probs_desc_V = jax.nn.softmax(jnp.where(jnp.arange(v) < k, desc_V, -jnp.inf))",
        "probs_desc_V = jax.nn.softmax(desc_V)", SAMPLING_TESTS,

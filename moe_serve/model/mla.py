@@ -45,6 +45,11 @@ def _per_head(x_BxLxNxA, w, spec, invariant_mode):
   return y_TxNxC.reshape((b, length, n) + y_TxNxC.shape[2:])
 
 
+# The latent RMSNorms' epsilon: DeepSeek's reference code and transformers build q_a_layernorm and
+# kv_a_layernorm with their default 1e-6 whatever rms_norm_eps says (Moonlight's says 1e-5; with
+# it a reduced Moonlight's logits differ from transformers' by 1.04e-4, with 1e-6 by 3.6e-6).
+LATENT_NORM_EPS = 1e-6
+
 class LatentAttention(nn.Module):
   """DeepSeek's latent attention of a step's parts over the latent slot cache (module docstring).
   `window` > 0: this layer attends within that many positions (model.sliding_window)."""
@@ -65,12 +70,12 @@ class LatentAttention(nn.Module):
     param = lambda name, shape, axes, init: layers.param_with_axes(self, name, shape, axes, init)
     if rq:
       wq_a = param("wq_a", (d, rq), ("embed", "q_lora"), normal(d))
-      q_norm = layers.RMSNorm(m.norm_eps, inv, name="q_norm")
+      q_norm = layers.RMSNorm(LATENT_NORM_EPS, inv, name="q_norm")
       wq_b = param("wq_b", (rq, n, hn + hr), ("q_lora", "q_heads", "head_dim"), normal(rq))
     else:
       wq = param("wq", (d, n, hn + hr), ("embed", "q_heads", "head_dim"), normal(d))
     wkv_a = param("wkv_a", (d, r + hr), ("embed", "kv_lora"), normal(d))
-    kv_norm = layers.RMSNorm(m.norm_eps, inv, name="kv_norm")
+    kv_norm = layers.RMSNorm(LATENT_NORM_EPS, inv, name="kv_norm")
     wk_b = param("wk_b", (r, n, hn), ("kv_lora", "q_heads", "head_dim"), normal(r))
     wv_b = param("wv_b", (r, n, hv), ("kv_lora", "q_heads", "head_dim"), normal(r))
     wo = param("wo", (n, hv, d), ("q_heads", "head_dim", "embed"), normal(n * hv))

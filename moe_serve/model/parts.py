@@ -1,13 +1,13 @@
 """The model's input unit: a `Part` is a block of rows of tokens that attend the same way.
 
 A full forward pass is one part without a cache. An engine step is two parts against the slot KV
-cache: decode rows `[B, 1]` and prefill chunk rows `[P, C]`. Each row belongs to one slot; tokens
+cache: decode rows `[B, 1]` and prefill chunk rows `[P, L]`. Each row belongs to one slot; tokens
 with a negative segment id are padding: they write nothing to the cache and never take an
 expert's capacity. After attention the parts' tokens meet in one flat token set `[T]` whose order
-`FlatOrder` defines (decode rows first, then the P x C prefill tokens).
+`FlatOrder` defines (decode rows first, then the P x L prefill tokens).
 
 Axis letters: B rows of a part (decode rows in a step), L tokens per row, P prefill rows,
-C chunk length, T flat tokens (sum of rows x length over the parts).
+L chunk length, T flat tokens (sum of rows x length over the parts).
 """
 import collections
 from typing import NamedTuple
@@ -28,14 +28,14 @@ class StepBatch(NamedTuple):
   """An engine step's input: decode rows, then prefill chunk rows (the flat token order), and
   optionally routing replay codes per flat token and MoE layer (model/routing.py)."""
   decode: Part  # [B, 1]
-  prefill: Part  # [P, C]
+  prefill: Part  # [P, L]
   forced_TxYxK: jnp.ndarray | None = None  # int32; None = every token routed freely
 
 
 class FlatOrder(NamedTuple):
   """Where each part's tokens sit in the flat token set `[T]` that the FFN/MoE sees.
 
-  Parts in list order (an engine step: decode rows `[B, 1]`, then prefill rows `[P, C]`), each
+  Parts in list order (an engine step: decode rows `[B, 1]`, then prefill rows `[P, L]`), each
   part row-major, padding included: T = sum of rows x length. The model (transformer.py), the
   engine's step cost and drop records, and the tracer all index tokens through this.
   """
@@ -48,7 +48,7 @@ class FlatOrder(NamedTuple):
 
   @classmethod
   def of_step(cls, decode_rows, prefill_rows, chunk_len):
-    """The order of an engine step of shape (B, P, C)."""
+    """The order of an engine step of shape (B, P, L)."""
     return cls(((decode_rows, 1), (prefill_rows, chunk_len)))
 
   @property
@@ -94,18 +94,18 @@ def empty_part(rows, length):
   return Part(z, z, z - 1, np.zeros((rows,), np.int32))
 
 
-def chunk_part(tokens_PxC, slots_P, starts_P, lengths_P, segment_ids_P):
+def chunk_part(tokens_PxL, slots_P, starts_P, lengths_P, segment_ids_P):
   """Prefill chunks: row p holds `lengths_P[p]` real tokens at positions starts_P[p] + i.
 
   Host-side (numpy) builder; positions past a row's length are padding (segment id -1).
   """
-  tokens_PxC = np.asarray(tokens_PxC, np.int32)
-  p, c = tokens_PxC.shape
-  offs_C = np.arange(c, dtype=np.int32)
-  positions_PxC = np.asarray(starts_P, np.int32)[:, None] + offs_C
-  valid_PxC = offs_C < np.asarray(lengths_P, np.int32)[:, None]
-  seg_PxC = np.where(valid_PxC, np.asarray(segment_ids_P, np.int32)[:, None], -1).astype(np.int32)
-  return Part(tokens_PxC, positions_PxC, seg_PxC, np.asarray(slots_P, np.int32).reshape(p))
+  tokens_PxL = np.asarray(tokens_PxL, np.int32)
+  p, c = tokens_PxL.shape
+  offs_L = np.arange(c, dtype=np.int32)
+  positions_PxL = np.asarray(starts_P, np.int32)[:, None] + offs_L
+  valid_PxL = offs_L < np.asarray(lengths_P, np.int32)[:, None]
+  seg_PxL = np.where(valid_PxL, np.asarray(segment_ids_P, np.int32)[:, None], -1).astype(np.int32)
+  return Part(tokens_PxL, positions_PxL, seg_PxL, np.asarray(slots_P, np.int32).reshape(p))
 
 
 def decode_part(tokens_B, slots_B, positions_B, segment_ids_B):

@@ -26,13 +26,13 @@ def _toks(cfg, shape, seed=1):
   return np.asarray(jax.random.randint(jax.random.key(seed), shape, 3, cfg.model.vocab_size))
 
 
-def _prefill_batch(toks_PxC, segs, slots=None, decode_rows=1):
-  p, c = toks_PxC.shape
+def _prefill_batch(toks_PxL, segs, slots=None, decode_rows=1):
+  p, c = toks_PxL.shape
   slots = np.arange(p) if slots is None else np.asarray(slots)
   idle = parts.decode_part(np.zeros(decode_rows), np.arange(decode_rows), np.zeros(decode_rows),
                            -np.ones(decode_rows))
   lens = np.where(np.asarray(segs) >= 0, c, 0)
-  return parts.StepBatch(idle, parts.chunk_part(toks_PxC, slots, np.zeros(p), lens, segs))
+  return parts.StepBatch(idle, parts.chunk_part(toks_PxL, slots, np.zeros(p), lens, segs))
 
 
 @pytest.mark.parametrize("scope", ["none", "batch", "sequence"])

@@ -46,7 +46,7 @@ def test_step_cost_features_step_times_ttft_and_tpot_by_hand():
   # Then outputs 2-4 come from decode rows feeding positions 10, 11, 12. A token at position q
   # attends to q + 1 keys.
   attended_kv = [1 + 2 + 3 + 4, 5 + 6 + 7 + 8, 9 + 10, 11, 12, 13]
-  # Step shapes (B, P, C): one decode row always (padding while prefilling), one prefill row of
+  # Step shapes (B, P, L): one decode row always (padding while prefilling), one prefill row of
   # 4 positions while prefilling (the 2-token chunk computes 4 too), none after. Attention reads
   # the smallest kv bucket (8 or max_len 64) holding the step's longest row: 4, 8, 10, ... 13.
   # The tiny config is dropless (no capacity ranking) and the fake model reports no expert

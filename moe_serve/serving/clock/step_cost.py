@@ -1,8 +1,8 @@
 """What a compiled engine step computes, as the `cost_model` clock's features (one dict per step).
 
-A step of shape (B, P, C) reading `kv_len` cache positions computes, whatever its rows hold:
-- `decode_rows`: B decode tokens; `prefill_tokens`: P * C chunk tokens (padding included);
-- `decode_kv`: B * kv_len and `prefill_kv`: P * C * kv_len query-key pairs of attention;
+A step of shape (B, P, L) reading `kv_len` cache positions computes, whatever its rows hold:
+- `decode_rows`: B decode tokens; `prefill_tokens`: P * L chunk tokens (padding included);
+- `decode_kv`: B * kv_len and `prefill_kv`: P * L * kv_len query-key pairs of attention;
 - `capacity_pairs`: the (token, choice) pairs that capacity routing ranks (sorts by priority and
   counts per expert and instance), T * K per MoE layer with padding, for every scope but
   dropless `none` (which ranks nothing): what makes a `batch` step dearer than a `none` step of
@@ -56,7 +56,7 @@ class StepCost:
     return self.num_moe_layers * self.num_experts * min(capacity, t)
 
   def features(self, shape, kv_len, kept_pairs_YxE):
-    """{feature: value} for a step of `shape` (B, P, C) reading `kv_len` positions, whose MoE
+    """{feature: value} for a step of `shape` (B, P, L) reading `kv_len` positions, whose MoE
     layers kept `kept_pairs_YxE` pairs per expert (an empty array when the step reports none)."""
     b, p, c = shape
     kept_YxE = np.asarray(kept_pairs_YxE, np.int64).reshape(-1, self.num_experts)

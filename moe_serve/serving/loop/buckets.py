@@ -5,7 +5,7 @@ Step shapes come from a small set of buckets (rows, chunk length, and how many c
 attention reads) so that `Engine.warmup` can compile them all and a warmed-up run never
 compiles again.
 
-Axis letters: B decode rows, P prefill rows, C chunk length (a step's shape is (B, P, C)).
+Axis letters: B decode rows, P prefill rows, L chunk length (a step's shape is (B, P, L)).
 """
 from typing import NamedTuple
 
@@ -16,7 +16,7 @@ from moe_serve.serving.loop import sampling
 
 
 class Buckets(NamedTuple):
-  """Allowed step shapes: decode rows B, prefill rows P, chunk length C, and the cache
+  """Allowed step shapes: decode rows B, prefill rows P, chunk length L, and the cache
   positions attention reads, kv_len (each sorted; kv_lens always ends with the model's max_len)."""
   decode_rows: tuple
   prefill_rows: tuple
@@ -36,21 +36,21 @@ class Buckets(NamedTuple):
     return next(o for o in self.kv_lens if o >= positions_needed)
 
   def pick(self, n_decode, n_prefill, longest_chunk):
-    """The smallest (B, P, C) holding that many decode rows, prefill rows and chunk tokens."""
+    """The smallest (B, P, L) holding that many decode rows, prefill rows and chunk tokens."""
     first_fit = lambda opts, n: next(o for o in opts if o >= n)
     return (first_fit(self.decode_rows, n_decode), first_fit(self.prefill_rows, n_prefill),
             first_fit(self.chunk_lens, longest_chunk))
 
   def all(self):
-    """Every step shape (B, P, C) a run may use, each once (what `Engine.warmup` compiles)."""
+    """Every step shape (B, P, L) a run may use, each once (what `Engine.warmup` compiles)."""
     return [(b, p, c) for b in self.decode_rows for p in self.prefill_rows for c in self.chunk_lens
-            if p > 0 or c == self.chunk_lens[0]]  # with no prefill rows C is irrelevant
+            if p > 0 or c == self.chunk_lens[0]]  # with no prefill rows L is irrelevant
 
 
 class Step(NamedTuple):
   """A planned step: its plan, what `build` made of it, and the scheduler's state then."""
   plan: object  # scheduler.Plan
-  shape: tuple  # (B, P, C)
+  shape: tuple  # (B, P, L)
   batch: parts.StepBatch  # numpy
   samp: sampling.SamplingBatch
   kv: int  # attended_kv
@@ -62,7 +62,7 @@ class Step(NamedTuple):
 
 
 def build(plan, buckets):
-  """(shape (B, P, C), StepBatch, SamplingBatch, attended_kv, kv_len) of a plan (scheduler.Plan),
+  """(shape (B, P, L), StepBatch, SamplingBatch, attended_kv, kv_len) of a plan (scheduler.Plan),
   its rows in the plan's order and padded to the smallest bucket that holds them."""
   # One request per row is what the step's `sequence`-scope expert buffers are sized by; each
   # row below is filled from one request, so only a request in two rows could break it.

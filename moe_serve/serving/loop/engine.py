@@ -17,7 +17,7 @@ Two loops serve a run, chosen once when the engine is built: `_plain_loop` (one 
 time) and, with serve.overlap, `_overlapped_loop` (each step planned and launched while the one
 before runs, serving/loop/overlap.py); both give the same records.
 
-Axis letters: B decode rows, P prefill rows, C chunk length (a step's shape is (B, P, C)),
+Axis letters: B decode rows, P prefill rows, L chunk length (a step's shape is (B, P, L)),
 R = B + P sampled rows, T flat tokens (parts.FlatOrder), K routing choices per token,
 V vocabulary.
 """

@@ -4,7 +4,7 @@ adds to its record and to its requests' records, and the request records at the 
 Every field here is deterministic (virtual time, never wall time): with the cost_model clock a
 run's records are the same bytes on every run and in both loops (serve.overlap or not).
 
-Axis letters: B decode rows, P prefill rows, C chunk length (a step's shape is (B, P, C)),
+Axis letters: B decode rows, P prefill rows, L chunk length (a step's shape is (B, P, L)),
 T flat tokens (parts.FlatOrder), K routing choices per token.
 """
 import numpy as np

@@ -5,7 +5,7 @@ will have in its sequence: the same request at the same position samples the sam
 else is in the batch, and a preempted request that recomputes its prefix resamples identically.
 The logprob kept is the model's: log_softmax of the raw logits (before temperature and filters).
 
-Axis letters: B decode rows, P prefill rows, C chunk length, R = B + P sampled rows (decode rows
+Axis letters: B decode rows, P prefill rows, L chunk length, R = B + P sampled rows (decode rows
 first), V vocabulary.
 """
 import functools
@@ -61,7 +61,7 @@ def _sample_row(logits_V, seed, position, temperature, top_k, top_p):
 
 
 @functools.partial(jax.jit, static_argnames="invariant")
-def sample(decode_BxV, prefill_PxCxV, batch: SamplingBatch, invariant=False):
+def sample(decode_BxV, prefill_PxLxV, batch: SamplingBatch, invariant=False):
   """Samples one token per row, R = B + P: decode rows, then each chunk's token `last_P[p]`.
 
   Returns (tokens [R] int32, logprobs [R] float32). Callers ignore rows they do not need.
@@ -69,7 +69,7 @@ def sample(decode_BxV, prefill_PxCxV, batch: SamplingBatch, invariant=False):
   (model/invariant.py), so a row's log-prob does not depend on R (measured: a greedy row's
   log_softmax over [R, V] changed its last bit between R = 10 and 18).
   """
-  pre_PxV = jnp.take_along_axis(prefill_PxCxV, batch.last_P[:, None, None], axis=1)[:, 0]
+  pre_PxV = jnp.take_along_axis(prefill_PxLxV, batch.last_P[:, None, None], axis=1)[:, 0]
   logits_RxV = jnp.concatenate([decode_BxV, pre_PxV], axis=0).astype(jnp.float32)
   if invariant:
     def tile(xs):  # [ROW_TILE] rows: tokens as _sample_row draws them, the model's logprob
@@ -96,8 +96,8 @@ def sample(decode_BxV, prefill_PxCxV, batch: SamplingBatch, invariant=False):
 
 
 @jax.jit
-def prompt_logprobs(prefill_PxCxV, targets_PxC):
-  """log p(targets_PxC[p, i] | tokens up to chunk position i) [P, C]; target < 0 gives 0."""
-  logprobs_PxCxV = jax.nn.log_softmax(prefill_PxCxV.astype(jnp.float32), axis=-1)
-  picked = jnp.take_along_axis(logprobs_PxCxV, jnp.maximum(targets_PxC, 0)[..., None], axis=-1)
-  return jnp.where(targets_PxC >= 0, picked[..., 0], 0.0)
+def prompt_logprobs(prefill_PxLxV, targets_PxL):
+  """log p(targets_PxL[p, i] | tokens up to chunk position i) [P, L]; target < 0 gives 0."""
+  logprobs_PxLxV = jax.nn.log_softmax(prefill_PxLxV.astype(jnp.float32), axis=-1)
+  picked = jnp.take_along_axis(logprobs_PxLxV, jnp.maximum(targets_PxL, 0)[..., None], axis=-1)
+  return jnp.where(targets_PxL >= 0, picked[..., 0], 0.0)
