@@ -24,10 +24,10 @@ from moe_serve.parallel import sharding, steps
 # What the config decides even when the parameters come from a directory: how the router is
 # served (scope, capacity factors, priority, dispatch: what studies vary), the context length
 # the KV cache holds, the compute dtype, and whether the step is batch invariant (how it computes,
-# not what it computes). The router's kind, k and top-k normalisation are the model's own and
-# come from the directory.
+# not what it computes). The router's kind, k, top-k normalisation, scores, biases, groups and
+# scale are the model's own and come from the directory.
 SERVING_CHOICES = ("max_len", "dtype", "batch_invariant")
-ROUTER_FROM_MODEL = ("kind", "k", "renormalize")
+ROUTER_FROM_MODEL = ("kind", "k", "renormalize", *config_lib.ROUTER_OPTION_DEFAULTS)
 _SHARDED_INITS = {}
 
 
