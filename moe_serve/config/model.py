@@ -122,6 +122,11 @@ def validate_router(r, num_experts):
     raise ConfigError(f"model.router.expert_groups={r.expert_groups} must divide "
                       f"model.num_experts={num_experts} and be >= model.router.topk_groups="
                       f"{r.topk_groups}")
+  if (r.group_score == "top2_sum" and r.topk_groups < r.expert_groups
+      and num_experts // r.expert_groups < 2):
+    raise ConfigError(f"model.router.group_score='top2_sum' sums a group's two best scores and "
+                      f"needs >= 2 experts per group, got {num_experts // r.expert_groups}; use "
+                      f"group_score='max' or fewer expert_groups")
   if r.k > r.topk_groups * (num_experts // r.expert_groups):
     raise ConfigError(f"model.router.k={r.k} exceeds the experts of topk_groups={r.topk_groups} "
                       f"groups of {num_experts // r.expert_groups}")
@@ -130,6 +135,10 @@ def validate_router(r, num_experts):
   if r.kind != "topk" and (r.score != "softmax" or r.expert_groups > 1 or r.selection_bias):
     raise ConfigError(f"model.router.kind={r.kind!r} uses the softmax router without groups or "
                       "selection bias; score, expert_groups and selection_bias need kind='topk'")
+  if r.kind == "soft" and (r.bias or r.scale != 1.0):
+    raise ConfigError("model.router.kind='soft' has its own router (phi, scale): router.bias and "
+                      f"router.scale={r.scale!r} apply to the top-k, hash and expert-choice "
+                      "routers only; use bias=False, scale=1.0")
   validate_routing_rules(r)
   if r.dispatch == "ragged" and r.capacity_scope != "none":
     raise ConfigError(

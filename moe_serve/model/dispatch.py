@@ -1,4 +1,5 @@
-"""Dispatch backends: execute a `Routing` with the experts' SwiGLU weights. All must agree.
+"""Dispatch backends: execute a `Routing` with the experts (experts.py: weights, biases,
+activation). All must agree.
 
 - `einsum`: one-hot dispatch/combine tensors [T, E, C] into [E, C, D] expert buffers (GShard
   style). When C >= T (`none`, or `sequence` outside an engine step: no smaller static bound)
@@ -22,31 +23,16 @@ Axis letters (docs/design.md section 2): T flat tokens, D model, F expert FFN hi
 K choices per token, C capacity (buffer rows per expert), A = T * K (token, choice) pairs,
 R = E * C flat buffer rows (+1: an appended zero row).
 """
-from typing import NamedTuple
-
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from moe_serve.model import dispatch_grouped, dispatch_sorted, layers
+from moe_serve.model import dispatch_grouped, dispatch_sorted, experts, layers
 
 BUFFER_AXES = ("exp", None, "embed_moe")
 TOKEN_AXES = ("activation_tokens", "activation_embed")
 
 
-class ExpertWeights(NamedTuple):
-  """The E experts' SwiGLU weights (float32 parameters, cast to the compute dtype on use)."""
-  w_gate_ExDxF: jnp.ndarray
-  w_up_ExDxF: jnp.ndarray
-  w_down_ExFxD: jnp.ndarray
-
-
-def _cast(w, dt):
-  return ExpertWeights(*(a.astype(dt) for a in w))
-
-
-def _swiglu(x_CxD, w_gate_DxF, w_up_DxF, w_down_FxD):
-  return (nn.silu(x_CxD @ w_gate_DxF) * (x_CxD @ w_up_DxF)) @ w_down_FxD
+ExpertWeights = experts.ExpertWeights  # the one definition is experts.py's
 
 
 def experts_sharded():
@@ -73,28 +59,27 @@ def runs(backend, sharded, invariant=False):
 
 
 def expert_buffers(w, x_ExCxD, loop=None):
-  """Applies expert e's SwiGLU to buffer row block e: [E, C, D] -> [E, C, D].
+  """Applies expert e's FFN (experts.ffn) to buffer row block e: [E, C, D] -> [E, C, D].
 
   `loop=None` picks: one expert after the other (`lax.map`) on CPU with unsharded experts, where
   XLA's batched matmul is ~1.3-1.5x slower than E plain ones (benchmarks/RESULTS.md); batched
   einsums otherwise, so that SPMD can split the expert axis over the mesh.
   """
-  w = _cast(w, x_ExCxD.dtype)
+  w = experts.cast(w, x_ExCxD.dtype)
   if loop is None:
     loop = jax.default_backend() == "cpu" and not experts_sharded()
-  if loop:
-    return jax.lax.map(lambda a: _swiglu(*a), (x_ExCxD, *w))
-  gate_ExCxF = jnp.einsum("ecd,edf->ecf", x_ExCxD, w.w_gate_ExDxF)
-  up_ExCxF = jnp.einsum("ecd,edf->ecf", x_ExCxD, w.w_up_ExDxF)
-  return jnp.einsum("ecf,efd->ecd", nn.silu(gate_ExCxF) * up_ExCxF, w.w_down_ExFxD)
+  if loop:  # one expert's [C, D] rows against its [D, F], [F, D] matrices, [F] and [D] biases
+    return jax.lax.map(lambda a: experts.ffn(a[1], a[0], jnp.matmul), (x_ExCxD, w))
+  return experts.ffn(w, x_ExCxD, lambda x, m: jnp.einsum("eci,eio->eco", x, m),
+                     bias=lambda b_ExF: b_ExF[:, None, :])
 
 
 def all_experts(w, x_TxD):
   """Every expert on every token: [T, D] -> [T, E, D]."""
-  w = _cast(w, x_TxD.dtype)
-  gate_TxExF = jnp.einsum("td,edf->tef", x_TxD, w.w_gate_ExDxF)
-  up_TxExF = jnp.einsum("td,edf->tef", x_TxD, w.w_up_ExDxF)
-  return jnp.einsum("tef,efd->ted", nn.silu(gate_TxExF) * up_TxExF, w.w_down_ExFxD)
+  return experts.ffn(experts.cast(w, x_TxD.dtype), x_TxD,
+                     lambda x_TxD, m_ExDxF: jnp.einsum("td,edf->tef", x_TxD, m_ExDxF),
+                     lambda h_TxExF, m_ExFxD: jnp.einsum("tef,efd->ted", h_TxExF, m_ExFxD),
+                     bias=lambda b_ExF: b_ExF[None])
 
 
 def combine_dense(routing, num_experts):
@@ -105,7 +90,7 @@ def combine_dense(routing, num_experts):
 
 def dense_reference(x_TxD, routing, w):
   """Every expert evaluated on every token, mixed with the kept weights: the exact reference."""
-  combine_TxE = combine_dense(routing, w.w_gate_ExDxF.shape[0])
+  combine_TxE = combine_dense(routing, w.num_experts)
   y_TxExD = all_experts(w, x_TxD)
   y_TxD = jnp.einsum("ted,te->td", y_TxExD.astype(jnp.float32), combine_TxE)
   return layers.constrain(y_TxD.astype(x_TxD.dtype), TOKEN_AXES)
@@ -124,7 +109,7 @@ def buffer_slots(routing, num_experts):
 
 def einsum_dispatch(x_TxD, routing, w, capacity):
   """One-hot dispatch [T, E, C] and combine tensors; `capacity` = buffer rows per expert."""
-  e = w.w_gate_ExDxF.shape[0]
+  e = w.num_experts
   slot_TxK = buffer_slots(routing, e)
   kept_TxK = routing.kept & (slot_TxK < capacity)
   expert_TxKxE = jax.nn.one_hot(routing.expert_index, e, dtype=jnp.float32)
@@ -142,7 +127,7 @@ def einsum_dispatch(x_TxD, routing, w, capacity):
 def gather_dispatch(x_TxD, routing, w, capacity):
   """Kept pairs fill rows of [E, C, D] buffers by index; outputs are gathered back per pair."""
   t, d = x_TxD.shape
-  e = w.w_gate_ExDxF.shape[0]
+  e = w.num_experts
   slot_TxK = buffer_slots(routing, e)
   kept_TxK = routing.kept & (slot_TxK < capacity)
   # Flat buffer row of each kept pair; dropped pairs point past the end and are not written.
@@ -167,15 +152,14 @@ def ragged_dispatch(x_TxD, routing, w):
   Every pair is computed, so any Routing runs; pairs not kept get weight zero.
   """
   t, k = routing.expert_index.shape
-  e = w.w_gate_ExDxF.shape[0]
-  w = _cast(w, x_TxD.dtype)
+  e = w.num_experts
+  w = experts.cast(w, x_TxD.dtype)
   expert_A = routing.expert_index.reshape(-1)
   perm_A = jnp.argsort(expert_A, stable=True)
   sizes_E = jnp.bincount(expert_A, length=e).astype(jnp.int32)
   x_AxD = x_TxD[perm_A // k]
-  gate_AxF = jax.lax.ragged_dot(x_AxD, w.w_gate_ExDxF, sizes_E)
-  up_AxF = jax.lax.ragged_dot(x_AxD, w.w_up_ExDxF, sizes_E)
-  y_sorted_AxD = jax.lax.ragged_dot(nn.silu(gate_AxF) * up_AxF, w.w_down_ExFxD, sizes_E)
+  y_sorted_AxD = experts.ffn(w, x_AxD, lambda x, m: jax.lax.ragged_dot(x, m, sizes_E),
+                             bias=lambda b_ExF: b_ExF[expert_A[perm_A]])
   y_AxD = jnp.zeros_like(y_sorted_AxD).at[perm_A].set(y_sorted_AxD)
   y_TxD = jnp.einsum("tkd,tk->td", y_AxD.reshape(t, k, -1).astype(jnp.float32),
                      routing.combine_weight)
@@ -198,7 +182,7 @@ def run(backend, x_TxD, routing, w, capacity, router_cfg=None, num_decode=0, row
   x_TxD = layers.constrain(x_TxD, TOKEN_AXES)
   if backend == "sorted":  # invariant: the one layout whose rows do not depend on the step
     y_TxD = dispatch_sorted.sorted_dispatch(x_TxD, routing, w, buffer_slots(
-        routing, w.w_gate_ExDxF.shape[0]), invariant=invariant)
+        routing, w.num_experts), invariant=invariant)
     return layers.constrain(y_TxD, TOKEN_AXES)
   if backend == "ragged":
     return ragged_dispatch(x_TxD, routing, w)
@@ -208,7 +192,7 @@ def run(backend, x_TxD, routing, w, capacity, router_cfg=None, num_decode=0, row
   if not dense and groups > 1 and experts_sharded():
     # Experts on other devices: move each group's buffer rows to them by all-to-all.
     group_cap = dispatch_grouped.group_capacity(t, groups, capacity, router_cfg,
-                                                w.w_gate_ExDxF.shape[0], num_decode, row_shapes)
+                                                w.num_experts, num_decode, row_shapes)
     y_TxD = dispatch_grouped.grouped_dispatch(backend, x_TxD, routing, w, groups, group_cap)
     return layers.constrain(y_TxD, TOKEN_AXES)
   if backend == "gather":

@@ -24,12 +24,11 @@ K choices per token, C capacity (here: buffer rows per expert and group), G disp
 W tokens per group, A = W * K (token, choice) pairs of a group, I scope instances, R = E * C
 flat buffer rows of a group (+1 zero row).
 """
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from moe_serve.model import layers, routing
+from moe_serve.model import experts, layers, routing
 
 GROUP_TOKEN_AXES = ("exp_groups", None, "activation_embed")  # [G, W, D]
 GROUP_PAIR_AXES = ("exp_groups", None, None)  # [G, W, K] routing tensors
@@ -81,12 +80,11 @@ def group_slots(index_GxWxK, kept_GxWxK, num_experts):
 
 
 def _experts(w, x_ExGxCxD):
-  """Expert e's SwiGLU on its rows of every group: batched einsums, split over `exp` by SPMD."""
-  dt = x_ExGxCxD.dtype
-  gate_ExGxCxF = jnp.einsum("egcd,edf->egcf", x_ExGxCxD, w.w_gate_ExDxF.astype(dt))
-  up_ExGxCxF = jnp.einsum("egcd,edf->egcf", x_ExGxCxD, w.w_up_ExDxF.astype(dt))
-  return jnp.einsum("egcf,efd->egcd", nn.silu(gate_ExGxCxF) * up_ExGxCxF,
-                    w.w_down_ExFxD.astype(dt))
+  """Expert e's FFN (experts.ffn) on its rows of every group: batched einsums, split over `exp`
+  by SPMD."""
+  return experts.ffn(experts.cast(w, x_ExGxCxD.dtype), x_ExGxCxD,
+                     lambda x, m: jnp.einsum("egci,eio->egco", x, m),
+                     bias=lambda b_ExF: b_ExF[:, None, None, :])
 
 
 def _exchange_and_run(w, x_GxExCxD):
@@ -98,7 +96,7 @@ def _exchange_and_run(w, x_GxExCxD):
 
 
 def _einsum_groups(x_GxWxD, index_GxWxK, weight_GxWxK, kept_GxWxK, w, capacity):
-  e = w.w_gate_ExDxF.shape[0]
+  e = w.num_experts
   expert_GxWxKxE = jax.nn.one_hot(index_GxWxK, e, dtype=jnp.float32)
   slot_GxWxKxC = jax.nn.one_hot(
       jnp.where(kept_GxWxK, group_slots(index_GxWxK, kept_GxWxK, e), capacity), capacity,
@@ -128,7 +126,7 @@ def _combine_one_group(y_ExCxD, row_WxK, weight_WxK):
 
 
 def _gather_groups(x_GxWxD, index_GxWxK, weight_GxWxK, kept_GxWxK, w, capacity):
-  e = w.w_gate_ExDxF.shape[0]
+  e = w.num_experts
   slot_GxWxK = group_slots(index_GxWxK, kept_GxWxK, e)
   fill = jax.vmap(lambda *a: _gather_one_group(*a, e, capacity))
   x_GxExCxD, row_GxWxK, weight_GxWxK = fill(x_GxWxD, index_GxWxK, weight_GxWxK, kept_GxWxK,

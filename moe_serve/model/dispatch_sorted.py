@@ -3,7 +3,8 @@
 Every kept pair gets a row of a flat buffer `[N * M, D]` in which each expert's pairs are
 contiguous and start at a block boundary (its rank among the expert's kept pairs, as in the
 `gather` backend, after the blocks of the experts before it). A loop over the experts that have
-kept pairs picks each one's weights once and runs its blocks through its SwiGLU in an inner loop:
+kept pairs picks each one's weights once and runs its blocks through its FFN (experts.ffn) in an
+inner loop:
 the work follows the routed pairs (about K / E of evaluating every expert on every token, plus
 at most one part-filled block per expert), while every array keeps a static shape (N is the
 bound for T * K pairs), so a step compiles once. Picking the weights per expert rather than per
@@ -21,10 +22,10 @@ Axis letters (docs/design.md section 2): T flat tokens, D model, F expert FFN hi
 K choices per token, A = T * K (token, choice) pairs, N blocks, M rows per block,
 R = N * M buffer rows (+1: an appended zero row).
 """
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from moe_serve.model import experts as experts_lib
 from moe_serve.model import invariant as invariant_lib
 from moe_serve.model import routing as routing_lib
 
@@ -62,11 +63,11 @@ def layout(expert_index_TxK, slot_TxK, kept_TxK, num_experts, block_rows=BLOCK_R
 
 def sorted_dispatch(x_TxD, routing, w, slot_TxK, block_rows=BLOCK_ROWS, invariant=False):
   """Executes `routing` expert by expert, block by block (see the module docstring): [T, D] ->
-  [T, D] float32 sums cast back to x's dtype. `w`: dispatch.ExpertWeights; `slot_TxK`:
+  [T, D] float32 sums cast back to x's dtype. `w`: experts.ExpertWeights; `slot_TxK`:
   dispatch.buffer_slots; `invariant` (model.batch_invariant): a token's K outputs are added in
   choice order as elementwise ops (invariant.sum_terms) rather than by a contraction."""
   t, d = x_TxD.shape
-  e, m = w.w_gate_ExDxF.shape[0], block_rows
+  e, m = w.num_experts, block_rows
   src_R, row_TxK, first_E, end_E = layout(routing.expert_index, slot_TxK, routing.kept, e, m)
   n = num_blocks(routing.kept.size, e, m)
   x_padded = jnp.concatenate([x_TxD, jnp.zeros((1, d), x_TxD.dtype)], axis=0)
@@ -78,14 +79,11 @@ def sorted_dispatch(x_TxD, routing, w, slot_TxK, block_rows=BLOCK_ROWS, invarian
 
   def expert(j, y_NxMxD):
     i = experts_in_use_E[j]
-    pick = lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False).astype(dt)
-    w_gate_DxF, w_up_DxF, w_down_FxD = pick(w.w_gate_ExDxF), pick(w.w_up_ExDxF), pick(
-        w.w_down_ExFxD)
+    # Expert i's [D, F], [F, D] matrices and [F], [D] biases, picked once.
+    w_i = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False).astype(dt), w)
 
     def block(b, y_NxMxD):
-      x_MxD = x_NxMxD[b]
-      h_MxF = nn.silu(x_MxD @ w_gate_DxF) * (x_MxD @ w_up_DxF)
-      return y_NxMxD.at[b].set(h_MxF @ w_down_FxD)
+      return y_NxMxD.at[b].set(experts_lib.ffn(w_i, x_NxMxD[b], jnp.matmul))
 
     return jax.lax.fori_loop(first_E[i], end_E[i], block, y_NxMxD)
 

@@ -1,7 +1,8 @@
 """The MoE FFN layer on a flat token axis T, with segment ids (request id, negative = padding).
 
-router (float32 logits) -> routing.route (choice + capacity by scope and priority) -> a dispatch
-backend (dispatch.py, chosen by `model.router.dispatch`). `dispatch.dense_reference` (every expert
+router (float32 logits x w_router, + b_router with `router.bias`) -> routing.route (choice +
+capacity by scope and priority) -> a dispatch backend (dispatch.py, chosen by
+`model.router.dispatch`) running the experts (experts.py). `dispatch.dense_reference` (every expert
 on every token, mixed with the kept weights) is the exact reference the backends are tested
 against. Sown into the "aux" collection when it is mutable (training, api.forward; a serving step
 never asks, so it computes no router losses): lb_loss, z_loss, expert_load, drop_rate; into
@@ -16,21 +17,28 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from moe_serve.model import dispatch, dispatch_soft, layers, routing
+from moe_serve.model import dispatch, dispatch_soft, experts, layers, routing
 from moe_serve.model import invariant as invariant_lib
 
 _warned_non_causal = set()
 
 
-def router_losses(logits_TxE, expert_index_TxK, valid_T):
+def router_losses(logits_TxE, expert_index_TxK, valid_T, score="softmax"):
   """Switch load-balancing loss E * sum_e f_e * p_e and router z-loss, over real tokens only.
 
-  f_e counts the router's top-k choices before capacity, as in Switch.
+  f_e counts the router's top-k choices before capacity, as in Switch. p_e is the mean router
+  probability: the softmax, or for `score="sigmoid"` (router.score) each token's sigmoid scores
+  divided by their sum, as DeepSeek-V3's sequence-wise balance loss normalises them. The z-loss
+  is the mean squared logsumexp of the logits for either score.
   """
   e = logits_TxE.shape[-1]
   w_T = valid_T.astype(jnp.float32)
   n = jnp.maximum(w_T.sum(), 1.0)
-  probs_TxE = jax.nn.softmax(logits_TxE, axis=-1)
+  if score == "sigmoid":
+    sig_TxE = jax.nn.sigmoid(logits_TxE)
+    probs_TxE = sig_TxE / sig_TxE.sum(-1, keepdims=True)
+  else:
+    probs_TxE = jax.nn.softmax(logits_TxE, axis=-1)
   chosen_TxE = jax.nn.one_hot(expert_index_TxK, e, dtype=jnp.float32).sum(axis=1)
   frac_E = (chosen_TxE * w_T[:, None]).sum(0) / (n * expert_index_TxK.shape[1])
   prob_E = (probs_TxE * w_T[:, None]).sum(0) / n
@@ -52,19 +60,27 @@ def warn_if_non_causal(router_cfg):
 
 
 class Experts(nn.Module):
-  """The E SwiGLU experts' weights (applied by the dispatch backends)."""
-  num_experts: int
-  d_model: int
-  d_ff: int
+  """The E experts' parameters (applied by the dispatch backends, experts.ffn): w_gate, w_up
+  [E, D, F], w_down [E, F, D]; with `model.expert_bias` also b_gate, b_up [E, F] and b_down
+  [E, D] (zeros at init). The activation is `model.expert_act`."""
+  cfg: "ml_collections.ConfigDict"  # the model section  # noqa: F821
 
   @nn.compact
   def __call__(self):
-    e, d, f = self.num_experts, self.d_model, self.d_ff
+    m = self.cfg
+    e, d, f = m.num_experts, m.d_model, m.d_ff_expert
     axes_in = ("exp", "embed_moe", "mlp_moe")
-    return dispatch.ExpertWeights(
-        layers.param_with_axes(self, "w_gate", (e, d, f), axes_in),
+    biases = (None, None, None)
+    if m.expert_bias:
+      zeros = nn.initializers.zeros
+      biases = (layers.param_with_axes(self, "b_gate", (e, f), ("exp", "mlp_moe"), zeros),
+                layers.param_with_axes(self, "b_up", (e, f), ("exp", "mlp_moe"), zeros),
+                layers.param_with_axes(self, "b_down", (e, d), ("exp", "embed_moe"), zeros))
+    return experts.from_model(
+        m, layers.param_with_axes(self, "w_gate", (e, d, f), axes_in),
         layers.param_with_axes(self, "w_up", (e, d, f), axes_in),
-        layers.param_with_axes(self, "w_down", (e, f, d), ("exp", "mlp_moe", "embed_moe")))
+        layers.param_with_axes(self, "w_down", (e, f, d), ("exp", "mlp_moe", "embed_moe")),
+        biases)
 
 
 class MoE(nn.Module):
@@ -94,10 +110,17 @@ class MoE(nn.Module):
                                           minval=1.0 - r.jitter, maxval=1.0 + r.jitter)
     invariant = m.get("batch_invariant", False)
     logits_TxE = invariant_lib.matmul(router_in_TxD, w_router_DxE, invariant)
+    if r.bias:  # gpt-oss: part of the logits (choice, weights and losses all see it)
+      logits_TxE = logits_TxE + layers.param_with_axes(
+          self, "b_router", (m.num_experts,), ("router_exp",), nn.initializers.zeros)
+    selection_bias_E = None
+    if r.selection_bias:  # DeepSeek-V3's e_score_correction_bias: choosing only (routing.py)
+      selection_bias_E = layers.param_with_axes(
+          self, "e_score_bias", (m.num_experts,), ("router_exp",), nn.initializers.zeros)
     rt = routing.route(logits_TxE, segment_ids_T, r, num_decode, token_ids_T, forced_TxK,
-                       invariant)
+                       invariant, selection_bias_E)
 
-    w = Experts(m.num_experts, m.d_model, m.d_ff_expert, name="experts")()
+    w = Experts(m, name="experts")()
     x = x_TxD.astype(layers.dtype_of(m.dtype))
     capacity = routing.buffer_capacity(r, m.num_experts, t, num_decode, row_shapes)
     y_TxD = dispatch.run(r.dispatch, x, rt, w, capacity, r, num_decode,
@@ -112,7 +135,7 @@ class MoE(nn.Module):
       choice_TxK = rt.expert_index
       if r.kind == "expert_choice":  # its record has K = E: balance the router's own top-k
         choice_TxK = jax.lax.top_k(logits_TxE, r.k)[1]
-      lb_loss, z_loss, load_E = router_losses(logits_TxE, choice_TxK, valid_T)
+      lb_loss, z_loss, load_E = router_losses(logits_TxE, choice_TxK, valid_T, r.score)
       self.sow("aux", "lb_loss", lb_loss)
       self.sow("aux", "z_loss", z_loss)
       self.sow("aux", "expert_load", load_E)
@@ -144,7 +167,7 @@ class MoE(nn.Module):
     lb_loss, z_loss and drop_rate are sown as zeros (the trainer's sums stay valid)."""
     m, r = self.cfg, self.cfg.router
     phi, scale = dispatch_soft.SoftRouter(m.num_experts, r.k, name="soft_router")(m.d_model)
-    w = Experts(m.num_experts, m.d_model, m.d_ff_expert, name="experts")()
+    w = Experts(m, name="experts")()
     group = x_TxD.shape[0] if r.capacity_scope == "batch" else r.group_size
     x = x_TxD.astype(layers.dtype_of(m.dtype))
     y_TxD, rt = dispatch_soft.soft_moe(x, segment_ids_T, phi, scale, w, max(group, 1))

@@ -26,7 +26,7 @@ its forced kept pairs fit the expert's capacity (they did when recorded under th
 
 Axis letters (docs/design.md section 2): T flat tokens, E experts, K choices per token, I scope
 instances, A elements ranked together (the T * K (token, choice) pairs, or T * E for expert
-choice).
+choice), O expert groups of a group-limited router (`router.expert_groups`).
 """
 from typing import NamedTuple
 
@@ -181,12 +181,49 @@ def _hash_experts(token_ids_T, k, num_experts):
   return (first_T[:, None] + jnp.arange(k, dtype=jnp.int32)) % num_experts
 
 
+def scores(logits_TxE, cfg):
+  """The router's scores [T, E] float32: softmax over experts (`router.score="softmax"`) or a
+  sigmoid per expert ("sigmoid", DeepSeek-V3), of the float32 logits (which include b_router)."""
+  logits_TxE = logits_TxE.astype(jnp.float32)
+  if cfg.score == "sigmoid":
+    return jax.nn.sigmoid(logits_TxE)
+  return jax.nn.softmax(logits_TxE, axis=-1)
+
+
+def _select(scores_TxE, cfg, selection_bias_E):
+  """Top-k expert ids [T, K] by the selection scores: `scores_TxE` plus the selection bias, and
+  with `expert_groups` > `topk_groups` only among the experts of each token's `topk_groups` best
+  groups (a group's score: the sum of its two best selection scores, `top2_sum`, DeepSeek-V3; or
+  its best, `max`, DeepSeek-V2's group_limited_greedy). Ties: lower index first."""
+  choice_TxE = scores_TxE if selection_bias_E is None else (
+      scores_TxE + selection_bias_E.astype(jnp.float32))
+  g = cfg.expert_groups
+  if cfg.topk_groups < g:
+    t, e = choice_TxE.shape
+    grouped_TxOxE = choice_TxE.reshape(t, g, e // g)  # last axis: the E / O experts of a group
+    if cfg.group_score == "top2_sum":
+      group_TxO = jax.lax.top_k(grouped_TxOxE, 2)[0].sum(-1)
+    else:
+      group_TxO = grouped_TxOxE.max(-1)
+    # A group's rank among the token's groups, best first (ties: lower index first, as top_k).
+    rank_TxO = jnp.argsort(jnp.argsort(-group_TxO, axis=-1, stable=True), axis=-1)
+    allowed_TxO = rank_TxO < cfg.topk_groups
+    choice_TxE = jnp.where(jnp.repeat(allowed_TxO, e // g, axis=1), choice_TxE, -jnp.inf)
+  return jax.lax.top_k(choice_TxE, cfg.k)[1]
+
+
 def _choose(logits_TxE, cfg, token_ids_T, forced_T=None, forced_index_TxK=None,
-            invariant=False):
-  """Top-k (or hashed) experts and weights before capacity, and each token's top-1 router
-  probability (the `score` priority, taken before renormalisation): [T, K], [T, K], [T].
-  Tokens with `forced_T` take the experts `forced_index_TxK` instead. `invariant`
-  (model.batch_invariant): on fixed row tiles, so the softmax's sums have one shape."""
+            invariant=False, selection_bias_E=None):
+  """Experts and weights before capacity, and each token's `score` priority: [T, K], [T, K], [T].
+
+  Top-k routers choose by the selection scores (`_select`); hash routers by the token id. A
+  choice's weight is the router's unbiased score of that expert (`scores`), renormalised over the
+  k with `router.renormalize` (a sigmoid's sum gets + 1e-20, as DeepSeek-V3), times
+  `router.scale`. The priority is the token's best unbiased score among its chosen experts,
+  before renormalisation and scale (hash routers: its best over every expert; docs/routing.md).
+  Tokens with `forced_T` take the experts `forced_index_TxK` instead, with this router's weights
+  for them. `invariant` (model.batch_invariant): on fixed row tiles, so that no reduction here
+  has a shape that follows the step."""
   if invariant:
     args = (logits_TxE, token_ids_T, forced_T, forced_index_TxK)
     given = tuple(a for a in args if a is not None)
@@ -194,22 +231,30 @@ def _choose(logits_TxE, cfg, token_ids_T, forced_T=None, forced_index_TxK=None,
     def tile(xs):
       it = iter(xs)
       logits, *rest = [None if a is None else next(it) for a in args]
-      return _choose(logits, cfg, *rest)
+      return _choose(logits, cfg, *rest, selection_bias_E=selection_bias_E)
 
     return invariant_lib.row_tiled(tile, given)
-  probs_TxE = jax.nn.softmax(logits_TxE.astype(jnp.float32), axis=-1)
+  probs_TxE = scores(logits_TxE, cfg)
   if cfg.kind == "hash":
     index_TxK = _hash_experts(token_ids_T, cfg.k, logits_TxE.shape[-1])
     weight_TxK = jnp.take_along_axis(probs_TxE, index_TxK, axis=1)
-  else:
+    top1_T = probs_TxE.max(axis=-1)
+  elif selection_bias_E is None and cfg.topk_groups == cfg.expert_groups:
     weight_TxK, index_TxK = jax.lax.top_k(probs_TxE, cfg.k)  # ties: lower expert index first
+    top1_T = weight_TxK[:, 0]
+  else:
+    index_TxK = _select(probs_TxE, cfg, selection_bias_E)
+    weight_TxK = jnp.take_along_axis(probs_TxE, index_TxK, axis=1)
+    top1_T = weight_TxK.max(axis=-1)
   if forced_T is not None:
     index_TxK = jnp.where(forced_T[:, None], forced_index_TxK, index_TxK)
     weight_TxK = jnp.where(forced_T[:, None],
                            jnp.take_along_axis(probs_TxE, index_TxK, axis=1), weight_TxK)
-  top1_T = probs_TxE.max(axis=-1)
   if cfg.renormalize:
-    weight_TxK = weight_TxK / weight_TxK.sum(-1, keepdims=True)
+    total_T = weight_TxK.sum(-1, keepdims=True)
+    weight_TxK = weight_TxK / (total_T + 1e-20 if cfg.score == "sigmoid" else total_T)
+  if cfg.scale != 1.0:
+    weight_TxK = weight_TxK * jnp.float32(cfg.scale)
   return index_TxK.astype(jnp.int32), weight_TxK, top1_T
 
 
@@ -222,21 +267,22 @@ def _priority_order(cfg, index_TxK, top1_T):
     return (tok_TxK, choice_TxK)
   if cfg.priority == "position":
     return (choice_TxK, tok_TxK)
-  # score: choice-major over tokens sorted by their top-1 weight, descending (stable: token order)
+  # score: choice-major over tokens sorted by their priority score (_choose), descending (stable:
+  # token order)
   rank_T = jnp.zeros((t,), jnp.int32).at[jnp.argsort(-top1_T, stable=True)].set(
       jnp.arange(t, dtype=jnp.int32))
   return (choice_TxK, jnp.broadcast_to(rank_T[:, None], (t, k)))
 
 
 def _route_topk(logits_TxE, segment_ids_T, cfg, num_decode, token_ids_T, forced_TxK=None,
-                invariant=False):
+                invariant=False, selection_bias_E=None):
   forced_T = forced_kept_TxK = forced_index_TxK = None
   if forced_TxK is not None:
     forced_TxK = jnp.asarray(forced_TxK, jnp.int32)
     forced_T = (forced_TxK != 0).any(-1)
     forced_index_TxK, forced_kept_TxK = jnp.abs(forced_TxK) - 1, forced_TxK > 0
   index_TxK, weight_TxK, top1_T = _choose(logits_TxE, cfg, token_ids_T, forced_T,
-                                          forced_index_TxK, invariant)
+                                          forced_index_TxK, invariant, selection_bias_E)
   valid_TxK = jnp.broadcast_to((segment_ids_T >= 0)[:, None], index_TxK.shape)
   if cfg.capacity_scope == "none":
     kept_TxK = valid_TxK
@@ -257,7 +303,8 @@ def _route_topk(logits_TxE, segment_ids_T, cfg, num_decode, token_ids_T, forced_
 
 
 def _route_expert_choice(logits_TxE, segment_ids_T, cfg, num_decode):
-  """Each expert takes the `capacity` most probable tokens of each scope instance; K = E."""
+  """Each expert takes the `capacity` most probable tokens of each scope instance; K = E. Weights:
+  the softmax probabilities times `router.scale`."""
   t, e = logits_TxE.shape
   probs_TxE = jax.nn.softmax(logits_TxE.astype(jnp.float32), axis=-1)
   valid_TxE = jnp.broadcast_to((segment_ids_T >= 0)[:, None], (t, e))
@@ -269,11 +316,12 @@ def _route_expert_choice(logits_TxE, segment_ids_T, cfg, num_decode):
       (flat(jnp.broadcast_to(inst_T[:, None], (t, e))), flat(expert_TxE)),
       (flat(~valid_TxE), flat(-probs_TxE), flat(tok_TxE))).reshape(t, e)
   kept_TxE = valid_TxE & (rank_TxE < cap_T[:, None])
-  return Routing(expert_TxE, jnp.where(kept_TxE, probs_TxE, 0.0), kept_TxE)
+  weight_TxE = probs_TxE if cfg.scale == 1.0 else probs_TxE * jnp.float32(cfg.scale)
+  return Routing(expert_TxE, jnp.where(kept_TxE, weight_TxE, 0.0), kept_TxE)
 
 
 def route(logits_TxE, segment_ids_T, cfg, num_decode=0, token_ids_T=None, forced_TxK=None,
-          invariant=False):
+          invariant=False, selection_bias_E=None):
   """Routes a flat token set. Returns a `Routing`.
 
   Args:
@@ -285,15 +333,22 @@ def route(logits_TxE, segment_ids_T, cfg, num_decode=0, token_ids_T=None, forced
     forced_TxK: replay codes (module docstring), topk/hash routers only; None = none forced.
     invariant: model.batch_invariant (a topk/hash token's choice and weights on fixed row
       tiles; model/invariant.py).
+    selection_bias_E: float32 [E], added to the scores to choose the experts only (the weights
+      stay the unbiased scores); required with `router.selection_bias`, else ignored.
   """
   segment_ids_T = jnp.asarray(segment_ids_T, jnp.int32)
+  if cfg.selection_bias and selection_bias_E is None:
+    raise ValueError("model.router.selection_bias=True needs the bias: pass selection_bias_E "
+                     "(the MoE layer's e_score_bias parameter)")
+  if not cfg.selection_bias:
+    selection_bias_E = None
   if cfg.kind == "expert_choice":
     if forced_TxK is not None:
       raise ValueError("routing replay (forced_TxK) needs a topk or hash router")
     return _route_expert_choice(logits_TxE, segment_ids_T, cfg, num_decode)
   if cfg.kind in ("topk", "hash"):
     return _route_topk(logits_TxE, segment_ids_T, cfg, num_decode, token_ids_T, forced_TxK,
-                       invariant)
+                       invariant, selection_bias_E)
   raise ValueError(f"model.router.kind={cfg.kind!r} has no routing here; use topk, hash or "
                    "expert_choice (soft goes through dispatch_soft.soft_moe)")
 

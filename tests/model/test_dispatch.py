@@ -35,7 +35,8 @@ def _inputs(seed=0):
 def _numpy_reference(x_TxD, index_TxK, weight_TxK, w):
   """float64 numpy: y_t = sum_j weight_tj * SwiGLU_{e_tj}(x_t), independent of the library."""
   x = np.asarray(x_TxD, np.float64)
-  g, u, dn = (np.asarray(a, np.float64) for a in w)
+  g, u, dn = (np.asarray(a, np.float64)
+               for a in (w.w_gate_ExDxF, w.w_up_ExDxF, w.w_down_ExFxD))
   out = np.zeros_like(x)
   for t in range(x.shape[0]):
     for e, wt in zip(np.asarray(index_TxK[t]), np.asarray(weight_TxK[t])):

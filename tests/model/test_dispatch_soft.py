@@ -28,7 +28,8 @@ def _setup(seed=0):
 
 def _reference(x, seg, phi, scale, w):
   x, phi = np.asarray(x, np.float64), np.asarray(phi, np.float64)
-  g, u, dn = (np.asarray(a, np.float64) for a in w)
+  g, u, dn = (np.asarray(a, np.float64)
+               for a in (w.w_gate_ExDxF, w.w_up_ExDxF, w.w_down_ExFxD))
   nx = x / np.sqrt((x * x).sum(-1, keepdims=True) + 1e-6)
   nphi = float(scale) * phi / np.sqrt((phi * phi).sum(0, keepdims=True) + 1e-6)
   out = np.zeros_like(x)
