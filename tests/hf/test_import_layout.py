@@ -8,18 +8,20 @@ partial FP8 blocks included.
 """
 import json
 import os
+import shutil
 
 import jax
 import ml_dtypes
 import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
 from moe_serve import hf
 from moe_serve.hf import quant
 from moe_serve.hf import weights as hf_weights
+from moe_serve.model.transformer import is_moe_layer
 from tests.hf import layout_oracle
 from tests.hf.test_families import FIXTURES, LOGIT_ATOL
-from moe_serve.model.transformer import is_moe_layer
 
 NEWER = ("deepseek_v2", "deepseek_v3", "gpt_oss")
 
@@ -108,3 +110,44 @@ def test_mxfp4_dequantisation_by_hand():
   assert out.shape == (1, 32, 2)
   assert (out[0, 0, 0], out[0, 1, 0], out[0, 31, 1]) == (6.0, -4.0, 3.0)
   assert np.count_nonzero(out) == 3
+
+
+def _indexed_copy(tmp_path, family, edit):
+  """A copy of a fixture whose single file is listed by a model.safetensors.index.json, after
+  `edit(weight_map, directory)`."""
+  directory = tmp_path / family
+  shutil.copytree(os.path.join(FIXTURES, family), directory)
+  names = list(hf_weights.index(str(directory)))
+  os.rename(directory / "model.safetensors", directory / "part-1.safetensors")
+  weight_map = {n: "part-1.safetensors" for n in names}
+  edit(weight_map, directory)
+  (directory / hf_weights.INDEX_FILE).write_text(json.dumps({"weight_map": weight_map}))
+  return str(directory)
+
+
+def _read(directory):
+  m = hf.model_config(directory)
+  return hf_weights.read(directory, m, hf.read_config(directory), _shapes(m),
+                         lambda path, host: host)
+
+
+def test_mtp_layers_are_skipped_and_other_extra_layers_refused(tmp_path):
+  def add(layer):
+    def edit(weight_map, directory):
+      save_file({f"model.layers.{layer}.eh_proj.weight": np.ones((2, 2), np.float32)},
+                str(directory / "part-2.safetensors"))
+      weight_map[f"model.layers.{layer}.eh_proj.weight"] = "part-2.safetensors"
+    return edit
+  _read(_indexed_copy(tmp_path / "a", "deepseek_v3", add(2)))  # num_nextn_predict_layers = 1
+  with pytest.raises(hf_weights.HFCheckpointError, match=r"model.layers.3.eh_proj.weight'\] "
+                                                         r"are not used"):
+    _read(_indexed_copy(tmp_path / "b", "deepseek_v3", add(3)))
+
+
+def test_fp8_weight_without_its_scale_is_refused(tmp_path):
+  name = "model.layers.1.mlp.experts.3.up_proj.weight"
+  directory = _indexed_copy(tmp_path, "deepseek_v3",
+                            lambda weight_map, _: weight_map.pop(name + "_scale_inv"))
+  with pytest.raises(hf_weights.HFCheckpointError, match=rf"tensor {name} is stored as "
+                                                         r"float8_e4m3fn without the scales"):
+    _read(directory)
