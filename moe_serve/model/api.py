@@ -2,17 +2,18 @@
 
 `params` are plain (unboxed) arrays; `param_axes` gives their logical axis names for sharding.
 The cache is `{"layers": [{"k": [S, M, H, J], "v": [S, M, J, H]}] * num_layers, "lengths": [S]}`
-(attention.CACHE_AXES).
+(attend.CACHE_AXES); with model.attention="mla" each layer is the latent `{"k": [S, 1, R+Hr, J]}`
+(attend.LATENT_CACHE_AXES: the latent R and the rotary key Hr per position, nothing per head).
 
 Axis letters (docs/design.md section 2): S cache slots, J key positions (= max_len), M KV heads,
-H head dim, B rows of a part (a step's decode rows), P a step's prefill rows, L tokens per row of
+H head dim, R latent width and Hr rotary key width (MLA), B rows of a part (a step's decode rows), P a step's prefill rows, L tokens per row of
 a part (1 for decode rows, the chunk length for prefill rows), V vocabulary, E experts.
 """
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from moe_serve.model import attention, layers
+from moe_serve.model import attend, layers
 from moe_serve.model.parts import Part, StepBatch, full_part
 from moe_serve.model.transformer import Decoder, is_moe_layer
 
@@ -112,8 +113,8 @@ def _apply(model_cfg, params, parts, cache, num_decode_parts=0, record_routing=F
 def init_cache(model_cfg, num_slots):
   """An empty KV cache of `num_slots` slots in the model's dtype (layout in the module doc)."""
   m = model_cfg
-  layer = lambda: attention.init_cache_layer(num_slots, m.max_len, m.num_kv_heads, m.head_dim,
-                                             jnp.dtype(m.dtype))
+  shapes = attend.cache_layer_shapes(m, num_slots)
+  layer = lambda: {c: jnp.zeros(shape, jnp.dtype(m.dtype)) for c, shape in shapes.items()}
   return {"layers": [layer() for _ in range(m.num_layers)],
           "lengths": jnp.zeros((num_slots,), jnp.int32)}
 

@@ -12,9 +12,12 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from moe_serve.config.architecture import is_sliding_layer
 from moe_serve.model import invariant as invariant_lib
 from moe_serve.model import layers
+from moe_serve.model import rope as rope_lib
 from moe_serve.model.attention import Attention
+from moe_serve.model.mla import LatentAttention
 from moe_serve.model.moe import MoE
 from moe_serve.model.parts import FlatOrder, Part
 
@@ -31,9 +34,11 @@ def num_moe_layers(model_cfg):
 
 
 class Block(nn.Module):
-  """One pre-norm layer: attention per part, then the FFN or MoE on the flat token set."""
+  """One pre-norm layer: attention per part (grouped-query, or latent with model.attention="mla";
+  windowed on sliding layers), then the FFN or MoE on the flat token set."""
   cfg: "ml_collections.ConfigDict"  # the model section  # noqa: F821
   use_moe: bool
+  layer: int = 0  # this layer's index (sliding or full attention: model.layer_types)
 
   @nn.compact
   def __call__(self, xs, parts: Sequence[Part], cache_layer, num_decode_parts=0,
@@ -41,8 +46,14 @@ class Block(nn.Module):
                forced_TxK=None):
     m = self.cfg
     invariant = m.get("batch_invariant", False)
-    attn = Attention(m.num_heads, m.num_kv_heads, m.head_dim, m.rope_theta, m.dtype,
-                     m.attn_bias, m.qk_norm, m.norm_eps, invariant, name="attn")
+    window = m.sliding_window if is_sliding_layer(m, self.layer) else 0
+    if m.get("attention", "gqa") == "mla":
+      attn = LatentAttention(m, window, name="attn")
+    else:
+      rope = rope_lib.Rope.of(m, m.head_dim)
+      attn = Attention(m.num_heads, m.num_kv_heads, m.head_dim, m.rope_theta, m.dtype,
+                       m.attn_bias, m.qk_norm, m.norm_eps, invariant, rope, window,
+                       m.get("attn_sinks", False), m.get("attn_out_bias", False), name="attn")
     norm_attn = layers.RMSNorm(m.norm_eps, invariant, name="norm_attn")
     ys, cache_layer = attn([norm_attn(x) for x in xs], parts, cache_layer, kv_len)
     new_xs = [x + y for x, y in zip(xs, ys)]
@@ -94,7 +105,7 @@ class Decoder(nn.Module):
       forced_TxK = None
       if forced_TxYxK is not None and is_moe_layer(m, i):
         forced_TxK, moe_layer = forced_TxYxK[:, moe_layer], moe_layer + 1
-      xs, cache_layer = Block(m, is_moe_layer(m, i), name=f"block_{i}")(
+      xs, cache_layer = Block(m, is_moe_layer(m, i), i, name=f"block_{i}")(
           xs, parts, cache_layer, num_decode_parts, record_routing, rows_are_requests, kv_len,
           forced_TxK)
       new_layers.append(cache_layer)

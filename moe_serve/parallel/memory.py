@@ -62,7 +62,8 @@ def planned(model_cfg, mesh_shape, rules, num_slots):
   shapes = jax.eval_shape(lambda: api.init_params(model_cfg, jax.random.key(0)))
   specs = nn.logical_to_mesh(api.param_axes(model_cfg), rules)
   cache = jax.eval_shape(lambda: api.init_cache(model_cfg, num_slots))
-  kv = {c: nn.logical_to_mesh_axes(axes, rules) for c, axes in attention.CACHE_AXES.items()}
+  kv = {c: nn.logical_to_mesh_axes(axes, rules)
+        for c, axes in attention.cache_axes(model_cfg).items()}
   cache_specs = {"layers": [dict(kv) for _ in range(model_cfg.num_layers)],
                  "lengths": nn.logical_to_mesh_axes(sharding.CACHE_LENGTHS_AXES, rules)}
   out = {}

@@ -1,8 +1,9 @@
 """Prefix caching on the device: the pool of cached KV blocks and the copies in and out of slots.
 
 The model's cache keeps each request's keys and values in its slot (model/api.py: k [S, M, H, J],
-v [S, M, J, H]), so a cached block lives in a pool beside it, per layer [N, P, M, H] for keys and
-values, N = serve.kv_num_blocks places, P = kv_block_size positions. After a step, every block a
+v [S, M, J, H]; with model.attention="mla" only the latent k [S, 1, R+Hr, J]), so a cached block
+lives in a pool beside it, per layer [N, P, M, H] for each of the layer's cache arrays (the
+latent: [N, P, 1, R+Hr]), N = serve.kv_num_blocks places, P = kv_block_size positions. After a step, every block a
 request completed and the prefix cache registered is copied out (`save`); at admission, the
 blocks a request found cached are copied into its slot (`load`). The copies are exact (gathers
 and scatters), so a hit gives the slot the bits the block's computing request wrote.
@@ -19,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from moe_serve.model import attend
+
 MIN_COPIES = 8
 
 
@@ -26,20 +29,30 @@ def _positions_NxP(starts_N, block_size):
   return starts_N[:, None] + jnp.arange(block_size, dtype=jnp.int32)[None, :]
 
 
-def _read(layer, slots_N, pos_NxP):
-  """Keys and values of the listed blocks, each [N, P, M, H]."""
-  k_NxPxMxH = layer["k"][slots_N[:, None], :, :, pos_NxP]  # advanced axes first
-  v_NxPxMxH = layer["v"][slots_N[:, None], :, pos_NxP, :]
-  return k_NxPxMxH, v_NxPxMxH
+def _read(cache_array, which, slots_N, pos_NxP):
+  """Keys ("k" [S, M, H, J]) or values ("v" [S, M, J, H]) of the listed blocks, [N, P, M, H]."""
+  if attend.position_axis(which) == 3:
+    return cache_array[slots_N[:, None], :, :, pos_NxP]  # advanced axes first
+  return cache_array[slots_N[:, None], :, pos_NxP, :]
+
+
+def _write(cache_array, which, slots_N, pos_NxP, blocks_NxPxMxH):
+  """`cache_array` with the blocks [N, P, M, H] written at (slot, positions); slots past the end
+  are dropped."""
+  if attend.position_axis(which) == 3:
+    at = cache_array.at[slots_N[:, None], :, :, pos_NxP]
+  else:
+    at = cache_array.at[slots_N[:, None], :, pos_NxP, :]
+  return at.set(blocks_NxPxMxH, mode="drop")
 
 
 def _save(cache, pool, slots_N, starts_N, places_N):
   pos_NxP = _positions_NxP(starts_N, pool[0]["k"].shape[1])
   out = []
   for layer, held in zip(cache["layers"], pool):
-    k, v = _read(layer, jnp.clip(slots_N, 0, layer["k"].shape[0] - 1), pos_NxP)
-    out.append({"k": held["k"].at[places_N].set(k, mode="drop"),
-                "v": held["v"].at[places_N].set(v, mode="drop")})
+    slots = jnp.clip(slots_N, 0, layer["k"].shape[0] - 1)
+    out.append({c: held[c].at[places_N].set(_read(layer[c], c, slots, pos_NxP), mode="drop")
+                for c in layer})
   return out
 
 
@@ -47,10 +60,9 @@ def _load(cache, pool, slots_N, starts_N, places_N):
   pos_NxP = _positions_NxP(starts_N, pool[0]["k"].shape[1])
   layers = []
   for layer, held in zip(cache["layers"], pool):
-    k = held["k"][jnp.clip(places_N, 0, held["k"].shape[0] - 1)]
-    v = held["v"][jnp.clip(places_N, 0, held["v"].shape[0] - 1)]
-    layers.append({"k": layer["k"].at[slots_N[:, None], :, :, pos_NxP].set(k, mode="drop"),
-                   "v": layer["v"].at[slots_N[:, None], :, pos_NxP, :].set(v, mode="drop")})
+    layers.append({c: _write(layer[c], c, slots_N, pos_NxP,
+                             held[c][jnp.clip(places_N, 0, held[c].shape[0] - 1)])
+                   for c in layer})
   return dict(cache, layers=layers)
 
 
@@ -63,9 +75,12 @@ class Pool:
     self.num_blocks = num_blocks
 
     def place(layer):
-      _, m, h, _ = layer["k"].shape
-      zeros = lambda: jnp.zeros((num_blocks, block_size, m, h), layer["k"].dtype)
-      return {"k": zeros(), "v": zeros()}
+      """Zeroed pool arrays [N, P, M, H] for each of the layer's cache arrays."""
+      out = {}
+      for c, a in layer.items():
+        m, h = (a.shape[1], a.shape[2]) if attend.position_axis(c) == 3 else a.shape[1::2]
+        out[c] = jnp.zeros((num_blocks, block_size, m, h), a.dtype)
+      return out
     self.pool = [place(layer) for layer in cache["layers"]]
     keep = jax.tree.map(lambda a: a.sharding, cache)  # the step expects the cache where it was
     self._save = jax.jit(_save, donate_argnums=(1,))
