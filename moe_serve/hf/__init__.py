@@ -57,14 +57,17 @@ def read_config(directory):
 
 def model_config(directory, max_len=None):
   """The moe_serve model section for the HF model in `directory` (param_dtype = the files'; a
-  directory with config.json alone: its `torch_dtype` / `dtype` field, else float32)."""
+  directory with config.json alone: its `torch_dtype` / `dtype` field, else bfloat16 for a
+  quantised checkpoint (what its dequantised weights are loaded as), else float32)."""
   raw = read_config(directory)
   m = hf_config.model_config(raw, max_len)
   if _has_weights(directory):
     m.param_dtype = hf_weights.stored_dtype(hf_weights.index(directory))
   else:
-    m.param_dtype = {"bfloat16": "bfloat16", "float16": "float16"}.get(
-        raw.get("torch_dtype") or raw.get("dtype"), "float32")
+    named = raw.get("torch_dtype") or raw.get("dtype")
+    if named is None and raw.get("quantization_config"):
+      named = "bfloat16"
+    m.param_dtype = {"bfloat16": "bfloat16", "float16": "float16"}.get(named, "float32")
   return m
 
 
