@@ -32,7 +32,9 @@ _SHARDED_INITS = {}
 
 
 def _architecture(model_cfg):
-  d = {k: v for k, v in model_cfg.to_dict().items() if k not in SERVING_CHOICES}
+  # Sequences compare as tuples: a model section read back from JSON holds lists (layer_types).
+  d = {k: tuple(v) if isinstance(v, list) else v for k, v in model_cfg.to_dict().items()
+       if k not in SERVING_CHOICES}
   d["router"] = {k: d["router"][k] for k in ROUTER_FROM_MODEL}
   return d
 

@@ -11,8 +11,6 @@
   transformers.integrations.mxfp4.convert_moe_packed_tensors gives it).
 safetensors' numpy reader has no float8 type, so FP8 tensors are read from the file's bytes
 (`read_raw`) and viewed as ml_dtypes.float8_e4m3fn.
-
-Axis letters: E experts, G 32-value groups along a row.
 """
 import json
 import struct
@@ -71,16 +69,17 @@ def fp8_dequantize(q, scale_inv, block, dtype):
   return out
 
 
-def mxfp4_dequantize(blocks_ExOxGx16, scales_ExOxG, dtype):
-  """MXFP4 experts -> [E, in, out] in `dtype`, one expert at a time."""
-  e, rows, groups, width = blocks_ExOxGx16.shape
-  if width != 16 or scales_ExOxG.shape != (e, rows, groups):
-    raise ValueError(f"MXFP4 blocks {blocks_ExOxGx16.shape} and scales {scales_ExOxG.shape} "
-                     "must be [E, out, G, 16] and [E, out, G]")
+def mxfp4_dequantize(blocks, scales, dtype):
+  """MXFP4 experts (blocks [experts, out, groups, 16], scales [experts, out, groups]) ->
+  [experts, in = 32 groups, out] in `dtype`, one expert at a time."""
+  e, rows, groups, width = blocks.shape
+  if width != 16 or scales.shape != (e, rows, groups):
+    raise ValueError(f"MXFP4 blocks {blocks.shape} and scales {scales.shape} must be "
+                     "[experts, out, groups, 16] and [experts, out, groups]")
   out = np.empty((e, groups * 32, rows), dtype)
   for i in range(e):
-    b = blocks_ExOxGx16[i]
+    b = blocks[i]
     vals = np.stack([FP4_VALUES[b & 0x0F], FP4_VALUES[b >> 4]], -1).reshape(rows, groups, 32)
-    vals *= _scales(scales_ExOxG[i])[..., None]
+    vals *= _scales(scales[i])[..., None]
     out[i] = vals.reshape(rows, groups * 32).T
   return out
