@@ -238,7 +238,7 @@ FAMILIES = {
         v_head_dim=8,
         routed_scaling_factor=1.5,
         norm_topk_prob=False,
-        rms_norm_eps=1e-6,
+        rms_norm_eps=1e-5,  # Moonlight's; the latent norms keep transformers' fixed 1e-6
         tie_word_embeddings=False,
         rope=dict(rope_type="yarn", rope_theta=10000.0, factor=8.0, original_max_position_embeddings=32,
                   mscale=0.707, mscale_all_dim=0.707, beta_fast=32.0, beta_slow=1.0),
