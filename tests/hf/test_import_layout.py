@@ -4,7 +4,8 @@ tests/hf/layout_oracle.py (a numpy forward in moe_serve's layouts driven by the 
 logits within 1e-4 of transformers' and its greedy first tokens. This checks the tensor layouts,
 the dequantisation and the config mapping without the JAX model (tests/hf/test_families.py
 runs the model on the same fixtures). Also: the dequantisers against hand-written references,
-partial FP8 blocks included.
+partial FP8 blocks included; DeepSeek's multi-token-prediction layers skipped; an FP8 weight
+without its scale refused; fused DeepSeek experts read as the per-expert ones.
 """
 import json
 import os
@@ -14,7 +15,7 @@ import jax
 import ml_dtypes
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
+from safetensors.numpy import load_file, save_file
 
 from moe_serve import hf
 from moe_serve.hf import quant
@@ -151,3 +152,25 @@ def test_fp8_weight_without_its_scale_is_refused(tmp_path):
   with pytest.raises(hf_weights.HFCheckpointError, match=rf"tensor {name} is stored as "
                                                          r"float8_e4m3fn without the scales"):
     _read(directory)
+
+
+def test_fused_deepseek_experts_read_as_per_expert_ones(tmp_path):
+  """transformers holds DeepSeek experts fused (experts.gate_up_proj [E, 2F, D], gate rows
+  first; experts.down_proj [E, D, F]); a checkpoint written that way imports to the same
+  parameters as the per-expert one."""
+  source = os.path.join(FIXTURES, "deepseek_v2")
+  directory = tmp_path / "fused"
+  shutil.copytree(source, directory)
+  tensors = load_file(str(directory / "model.safetensors"))
+  m = hf.model_config(source)
+  prefix = "model.layers.1.mlp.experts"
+  per = lambda e, n: tensors.pop(f"{prefix}.{e}.{n}_proj.weight")
+  experts = range(m.num_experts)
+  tensors[f"{prefix}.gate_up_proj"] = np.stack(
+      [np.concatenate([per(e, "gate"), per(e, "up")]) for e in experts])
+  tensors[f"{prefix}.down_proj"] = np.stack([per(e, "down") for e in experts])
+  save_file(tensors, str(directory / "model.safetensors"))
+  fused, plain = _read(str(directory)), _read(source)
+  for name in ("w_gate", "w_up", "w_down"):
+    np.testing.assert_array_equal(fused["block_1"]["moe"]["experts"][name],
+                                  plain["block_1"]["moe"]["experts"][name])
