@@ -280,8 +280,13 @@ QUANT_NOTES = {
     ),
 }
 NEWER = ("deepseek_v3", "deepseek_v2", "gpt_oss")
-FP8_QUANTIZED = re.compile(r"self_attn\.(q_a|q_b|q|kv_a|kv_b|o)_proj(_with_mqa)?\.weight$|mlp\.(experts\.\d+\.|shared_experts\.)?(gate|up|down)_proj\.weight$")
-FP8_CONFIG = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8", "weight_block_size": [128, 128]}
+FP8_QUANTIZED = re.compile(  # DeepSeek-V3's FP8 Linear weights: attention, dense MLP, experts
+    r"self_attn\.(q_a|q_b|q|kv_a|kv_b|o)_proj(_with_mqa)?\.weight$"
+    r"|mlp\.(experts\.\d+\.|shared_experts\.)?(gate|up|down)_proj\.weight$"
+)
+FP8_CONFIG = {
+    "activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8", "weight_block_size": [128, 128]
+}
 MXFP4_CONFIG = {"quant_method": "mxfp4", "modules_to_not_convert": [
     "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}
 
