@@ -71,6 +71,10 @@ _MODEL = [  # the model section and its router (config/model.py)
     ({"model.router.min_capacity": -1}, "model.router.min_capacity=-1 must be an integer >= 0"),
     ({"model.router.dispatch": "ragged", "model.router.capacity_scope": "batch"},
      "dispatch='ragged' is dropless and needs capacity_scope='none'"),
+    ({"model.attention": "mla", "model.kv_lora_rank": 8, "model.qk_nope_head_dim": 4,
+      "model.qk_rope_head_dim": 4, "model.v_head_dim": 4, "model.qk_norm": "head"},
+     "model.attention='mla' has no q/k/v projections for model.attn_bias=False or "
+     "model.qk_norm='head'"),
 ]
 
 

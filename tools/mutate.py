@@ -1,6 +1,7 @@
 r"""Mutation testing for the core: one-line mutations, each run against the tests that should see it.
 
-Mutated: model/routing.py, model.batch_invariant (model/invariant.py, model/attention.py),
+Mutated: model/routing.py, model.batch_invariant (model/invariant.py, model/attend.py),
+attention windows and sinks (model/attend.py),
 serving/sampling.py, serving/scheduler.py, the engine's bookkeeping (serving/engine.py,
 serving/buckets.py, serving/records.py, serving/sequence.py), the overlapped loop
 (serving/overlap.py and the snapshot/restore it relies on: serving/sequence.py,
@@ -44,6 +45,7 @@ INVARIANT_TESTS = (  # not the --xla_cpu_max_isa reruns: the same tests, three t
     _INV + "test_tiled_matmul_row_bits_do_not_depend_on_rows_or_place",
     _INV + "test_chunked_attention_matches_softmax_attention_and_ignores_kv_len_and_company",
     _INV + "test_a_request_gets_its_solo_bits_at_any_step_shape_slot_and_company")
+ATTENTION_OPTION_TESTS = ("tests/model/test_attention_options.py", "tests/model/test_mla.py")
 LATENCY_TESTS = ("tests/metrics/test_latency.py", "tests/metrics/test_latency_edges.py",
                  "tests/serving/test_virtual_time.py")
 
@@ -68,7 +70,7 @@ B, RC = "moe_serve/serving/buckets.py", "moe_serve/serving/records.py"
 O = "moe_serve/serving/overlap.py"
 Q, L = "moe_serve/serving/sequence.py", "moe_serve/metrics/latency.py"
 N = "moe_serve/metrics/quality.py"
-I, A = "moe_serve/model/invariant.py", "moe_serve/model/attention.py"
+I, A = "moe_serve/model/invariant.py", "moe_serve/model/attend.py"
 
 MUTATIONS = [
     # ------------------------------------------------------------------ routing
@@ -240,11 +242,17 @@ MUTATIONS = [
     # ------------------------------------------------------------------ model.batch_invariant
     _m("I1", I, "g = max(-(-t // tile), 2)", "g = max(-(-t // tile), 1)", INVARIANT_TESTS,
        "a one-tile loop is inlined and may fuse with its neighbours"),
-    _m("I2", A, "read = attend_cache_chunked if self.invariant else attend_cache",
+    _m("I2", A, "read = attend_cache_chunked if invariant_mode else attend_cache",
        "read = attend_cache", INVARIANT_TESTS, "the cache read over kv_len in one reduction"),
-    _m("I3", A, "jnp.full(q_BxMxQxLxH.shape[:-1], -jnp.inf, jnp.float32)",
-       "jnp.zeros(q_BxMxQxLxH.shape[:-1], jnp.float32)", INVARIANT_TESTS,
+    _m("I3", A, "jnp.full(state_shape, -jnp.inf, jnp.float32)",
+       "jnp.zeros(state_shape, jnp.float32)", INVARIANT_TESTS,
        "online softmax starts from max 0 (overflow-prone, not exact)"),
+    _m("I5", A, "    init_sum = jnp.ones(state_shape, jnp.float32)",
+       "    init_sum = jnp.zeros(state_shape, jnp.float32)", ATTENTION_OPTION_TESTS,
+       "the chunked softmax leaves the sink's own term out of the sum"),
+    _m("I6", A, "mask &= key_pos_xJ[..., None, :] > query_pos_xL[..., :, None] - window",
+       "mask &= key_pos_xJ[..., None, :] >= query_pos_xL[..., :, None] - window",
+       ATTENTION_OPTION_TESTS, "a window one key wider than HF's"),
     _m("I4", I, "  if not invariant:\n    return jnp.tensordot(x, w, axes)",
        "  if True:\n    return jnp.tensordot(x, w, axes)", INVARIANT_TESTS,
        "projections and LM head as one matmul over the step's rows"),

@@ -33,7 +33,7 @@ ARCH_OPTION_DEFAULTS = dict(
     rope_beta_fast=32.0,  # yarn
     rope_beta_slow=1.0,  # yarn
     rope_mscale=0.0,  # yarn (DeepSeek): 0 = not given
-    rope_mscale_all_dim=0.0,  # yarn (DeepSeek): 0 = not given; also scales MLA's softmax
+    rope_mscale_all_dim=0.0,  # yarn (DeepSeek): 0 = not given; MLA softmax x mscale^2 (as HF)
     rope_attention_factor=0.0,  # yarn: 0 = derived from factor / mscale (as HF does)
     rope_truncate=True,  # yarn: round the correction range to whole dims (gpt-oss: False)
     expert_act="silu",  # silu: silu(g) * u | clamped: gpt-oss's clamped SwiGLU (limit, alpha)
@@ -64,6 +64,10 @@ def validate_architecture(m):
     if m.qk_rope_head_dim % 2:
       raise ConfigError(f"model.qk_rope_head_dim={m.qk_rope_head_dim} must be even for rotary "
                         "embeddings")
+    if m.get("attn_bias", False) or m.get("qk_norm", "none") != "none":
+      raise ConfigError(f"model.attention='mla' has no q/k/v projections for model.attn_bias="
+                        f"{m.get('attn_bias')!r} or model.qk_norm={m.get('qk_norm')!r}; set "
+                        "attn_bias=False and qk_norm='none'")
   for key in ("attn_out_bias", "attn_sinks", "rope_truncate", "expert_bias"):
     boolean(m[key], f"model.{key}")
   types = tuple(m.layer_types)

@@ -2,12 +2,13 @@
 
 `params` are plain (unboxed) arrays; `param_axes` gives their logical axis names for sharding.
 The cache is `{"layers": [{"k": [S, M, H, J], "v": [S, M, J, H]}] * num_layers, "lengths": [S]}`
-(attend.CACHE_AXES); with model.attention="mla" each layer is the latent `{"k": [S, 1, R+Hr, J]}`
-(attend.LATENT_CACHE_AXES: the latent R and the rotary key Hr per position, nothing per head).
+(attend.CACHE_AXES); with model.attention="mla" each layer is the latent `{"k": [S, 1, Hc+Hr, J]}`
+(attend.LATENT_CACHE_AXES: the latent Hc and the rotary key Hr per position, nothing per head).
 
 Axis letters (docs/design.md section 2): S cache slots, J key positions (= max_len), M KV heads,
-H head dim, R latent width and Hr rotary key width (MLA), B rows of a part (a step's decode rows), P a step's prefill rows, L tokens per row of
-a part (1 for decode rows, the chunk length for prefill rows), V vocabulary, E experts.
+H head dim, Hc latent width and Hr rotary key width (MLA), B rows of a part (a step's decode
+rows), P a step's prefill rows, L tokens per row of a part (1 for decode rows, the chunk length
+for prefill rows), V vocabulary, E experts.
 """
 import flax.linen as nn
 import jax

@@ -16,8 +16,8 @@ attention per layer at 64 rows and kv_len 128 took 1.7 ms this way against 2.6 m
 with H innermost. On XLA:CPU that is one fused pass over the keys, where a batched matmul per
 (row, head) of [Q x H] x [H x J] ran as hundreds of tiny dots (benchmarks/RESULTS.md, "Speed").
 
-A latent cache (model.attention="mla") has keys only, `{"k": [S, 1, R+Hr, J]}`: one key head
-whose first R dims are also the values (`value_dim`), so the reads below take values either from
+A latent cache (model.attention="mla") has keys only, `{"k": [S, 1, Hc+Hr, J]}`: one key head
+whose first Hc dims are also the values (`value_dim`), so the reads below take values either from
 a "v" array or from the keys' first `value_dim` dims; the value width may differ from the key
 width. Options every read takes: `scale` (the softmax scale, default Hk^-0.5), `window`
 (model.sliding_window: a query at p attends keys p - window + 1 .. p; 0 = all of 0..p) and
@@ -28,7 +28,7 @@ window; that is later work), and its kv buckets still cover every row's last pos
 Axis letters (docs/design.md section 2): B rows of the part, L tokens per row (query positions),
 N query heads, M KV heads, Q = N / M query heads per KV head, H head dim (Hk key width, Hv value
 width where they differ), S cache slots, J key positions (a cache row's first `kv_len` positions,
-or L without a cache), R latent width (MLA's kv_lora_rank), Hr rotary key width.
+or L without a cache), Hc latent width (MLA's kv_lora_rank), Hr rotary key width.
 """
 import jax
 import jax.numpy as jnp
@@ -41,7 +41,7 @@ _MASKED = -1e30  # finite, so fully masked (padding) rows give a uniform softmax
 # Logical axis names of one layer's cache arrays (parallel/sharding.py maps them to the mesh).
 CACHE_AXES = {"k": ("decode_batch", "cache_heads", "cache_kv", "cache_seq"),  # [S, M, H, J]
               "v": ("decode_batch", "cache_heads", "cache_seq", "cache_kv")}  # [S, M, J, H]
-# The latent cache of model.attention="mla": one key head [S, 1, R+Hr, J], never split over heads
+# The latent cache of model.attention="mla": one key head [S, 1, Hc+Hr, J], never split over heads
 # (one head): on a mesh its slots follow decode_batch and each tensor shard holds the whole latent
 # of its slots, as the queries' heads are what the tensor axis splits.
 LATENT_CACHE_AXES = {"k": ("decode_batch", None, "cache_kv", "cache_seq")}
@@ -63,7 +63,7 @@ def position_axis(which):
 
 def cache_layer_shapes(model_cfg, num_slots):
   """{name: shape} of one zeroed cache layer: GQA keys [S, M, H, J] and values [S, M, J, H], or
-  the latent keys [S, 1, R+Hr, J]; J = model.max_len."""
+  the latent keys [S, 1, Hc+Hr, J]; J = model.max_len."""
   m = model_cfg
   if m.get("attention", "gqa") == "mla":
     return {"k": (num_slots, 1, m.kv_lora_rank + m.qk_rope_head_dim, m.max_len)}
@@ -310,7 +310,7 @@ def attend_cache(q_BxLxNxH, cache_layer, part: Part, kv_len=None, scale=None, wi
 def attend_parts(qkv, parts, cache_layer, kv_len, invariant_mode, scale=None, window=0,
                  sinks_N=None, value_dim=None):
   """Every part's attention: `qkv` {part index: (queries [B, L, N, Hk], new {"k": [B, L, M, Hk],
-  "v": [B, L, M, Hv]} or latent {"k": [B, L, 1, R+Hr]})} for the parts with tokens. Returns
+  "v": [B, L, M, Hv]} or latent {"k": [B, L, 1, Hc+Hr]})} for the parts with tokens. Returns
   ({part index: [B, L, N, Hv]}, updated cache layer or None).
 
   Without a cache each part attends within itself (causal, per segment). With one, every part

@@ -9,20 +9,21 @@ HF's DeepseekV3Attention (V2 the same, with its rotary always interleaved) compu
   out = softmax(q_n . k_n * scale) v_n, then wo; scale = (Hn + Hr)^-0.5 * mscale^2
 (mscale = yarn_mscale(rope_factor, rope_mscale_all_dim) when given: rope.softmax_mscale).
 Since q_nope . (c wk_b[:, n]) = (q_nope wk_b[:, n]^T) . c, the query is absorbed into latent
-space, q_lat = q_nope wk_b^T [R], and the scores are q_lat . c + q_rope . k_rope: MQA with one
-key head [c | k_rope] of width R + Hr whose first R dims are also its values, so
-out_n = (probs . c) wv_b[:, n]. attend.py runs that with value_dim = R; the cache layer is
-{"k": [S, 1, R+Hr, J]} (attend.LATENT_CACHE_AXES). The no-cache forward uses the same form.
+space, q_lat = q_nope wk_b^T [Hc], and the scores are q_lat . c + q_rope . k_rope: MQA with one
+key head [c | k_rope] of width Hc + Hr whose first Hc dims are also its values, so
+out_n = (probs . c) wv_b[:, n]. attend.py runs that with value_dim = Hc; the cache layer is
+{"k": [S, 1, Hc+Hr, J]} (attend.LATENT_CACHE_AXES). The no-cache forward uses the same form.
 
 Rotary slices use the halves layout of `layers.rotary` (DeepSeek checkpoints interleave them; the
 importer permutes the weight columns, exact since q . k is invariant under one permutation of
-both). Parameters: wq_a [D, Rq], q_norm scale [Rq], wq_b [Rq, N, Hn+Hr] (or wq [D, N, Hn+Hr]),
-wkv_a [D, R+Hr], kv_norm scale [R], wk_b [R, N, Hn], wv_b [R, N, Hv], wo [N, Hv, D]; bo [D]
+both). Parameters: wq_a [D, Hq], q_norm scale [Hq], wq_b [Hq, N, Hn+Hr] (or wq [D, N, Hn+Hr]),
+wkv_a [D, Hc+Hr], kv_norm scale [Hc], wk_b [Hc, N, Hn], wv_b [Hc, N, Hv], wo [N, Hv, D]; bo [D]
 (attn_out_bias) and sinks [N] (attn_sinks) as in attention.py.
 
 Axis letters (docs/design.md section 2): B rows of the part, L tokens per row, D model, N query
-heads, Rq query latent width (q_lora_rank), R kv latent width (kv_lora_rank), Hn / Hr / Hv the
-non-rotary, rotary and value head dims, T flat rows (B * L), S cache slots, J key positions.
+heads, Hq query latent width (q_lora_rank), Hc kv latent width (kv_lora_rank), Hn / Hr / Hv the
+non-rotary, rotary and value head dims, Hk = Hc + Hr the key width, H = Hn + Hr a query head,
+T flat rows (B * L), S cache slots, J key positions.
 """
 from typing import Sequence
 
@@ -83,16 +84,16 @@ class LatentAttention(nn.Module):
     mm = lambda x, w: invariant.matmul(x, w.astype(dt), inv)
 
     def project(x_BxLxD, part):
-      """(absorbed queries [B, L, N, R+Hr], the latent cache entries {"k": [B, L, 1, R+Hr]})."""
+      """(absorbed queries [B, L, N, Hc+Hr], the latent cache entries {"k": [B, L, 1, Hc+Hr]})."""
       x = x_BxLxD.astype(dt)
       q_BxLxNxH = mm(q_norm(mm(x, wq_a)), wq_b) if rq else mm(x, wq)
-      kv_BxLxRh = mm(x, wkv_a)
-      c_BxLxR = kv_norm(kv_BxLxRh[..., :r])
-      k_rope_BxLx1xHr = rope_lib.apply(kv_BxLxRh[:, :, None, r:], part.positions_BxL, rope)
+      kv_BxLxHk = mm(x, wkv_a)
+      c_BxLxHc = kv_norm(kv_BxLxHk[..., :r])
+      k_rope_BxLx1xHr = rope_lib.apply(kv_BxLxHk[:, :, None, r:], part.positions_BxL, rope)
       q_rope_BxLxNxHr = rope_lib.apply(q_BxLxNxH[..., hn:], part.positions_BxL, rope)
-      q_lat_BxLxNxR = _per_head(q_BxLxNxH[..., :hn], wk_b.astype(dt), "tnh,rnh->tnr", inv)
-      query = jnp.concatenate([q_lat_BxLxNxR, q_rope_BxLxNxHr.astype(q_lat_BxLxNxR.dtype)], -1)
-      key = jnp.concatenate([c_BxLxR[:, :, None], k_rope_BxLx1xHr.astype(c_BxLxR.dtype)], -1)
+      q_lat_BxLxNxHc = _per_head(q_BxLxNxH[..., :hn], wk_b.astype(dt), "tnh,rnh->tnr", inv)
+      query = jnp.concatenate([q_lat_BxLxNxHc, q_rope_BxLxNxHr.astype(q_lat_BxLxNxHc.dtype)], -1)
+      key = jnp.concatenate([c_BxLxHc[:, :, None], k_rope_BxLx1xHr.astype(c_BxLxHc.dtype)], -1)
       return query, {"k": key}
 
     live = [i for i, x in enumerate(xs_BxLxD) if x.shape[0] * x.shape[1]]

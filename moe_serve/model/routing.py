@@ -19,10 +19,11 @@ router's claim order (`model.router.priority`), not a request's priority in the 
 Routing replay (topk/hash routers): `forced_TxK` codes force a recorded routing on chosen tokens,
 0 = route freely, e + 1 = choice goes to expert e and is kept, -(e + 1) = it chose e and is dropped
 (`encode_forced`). A forced token's kept pairs claim their slots before every free pair of their
-(instance, expert), and its dropped pairs take none; its weights are the router's probabilities of
-the forced experts (renormalised like top-k's). Replaying a request's own recorded routing with
-the same inputs therefore reproduces its computation whatever else shares the step, as long as
-its forced kept pairs fit the expert's capacity (they did when recorded under the same scope).
+(instance, expert), and its dropped pairs take none; its weights are the router's unbiased scores
+of the forced experts (renormalised and scaled like top-k's). Replaying a request's own recorded
+routing with the same inputs therefore reproduces its computation whatever else shares the step,
+as long as its forced kept pairs fit the expert's capacity (they did when recorded under the same
+scope).
 
 Axis letters (docs/design.md section 2): T flat tokens, E experts, K choices per token, I scope
 instances, A elements ranked together (the T * K (token, choice) pairs, or T * E for expert

@@ -1,12 +1,13 @@
 """Prefix caching on the device: the pool of cached KV blocks and the copies in and out of slots.
 
 The model's cache keeps each request's keys and values in its slot (model/api.py: k [S, M, H, J],
-v [S, M, J, H]; with model.attention="mla" only the latent k [S, 1, R+Hr, J]), so a cached block
+v [S, M, J, H]; with model.attention="mla" only the latent k [S, 1, Hc+Hr, J]), so a cached block
 lives in a pool beside it, per layer [N, P, M, H] for each of the layer's cache arrays (the
-latent: [N, P, 1, R+Hr]), N = serve.kv_num_blocks places, P = kv_block_size positions. After a step, every block a
-request completed and the prefix cache registered is copied out (`save`); at admission, the
-blocks a request found cached are copied into its slot (`load`). The copies are exact (gathers
-and scatters), so a hit gives the slot the bits the block's computing request wrote.
+latent: [N, P, 1, Hc+Hr]), N = serve.kv_num_blocks places, P = kv_block_size positions. After
+a step, every block a request completed and the prefix cache registered is copied out (`save`);
+at admission, the blocks a request found cached are copied into its slot (`load`). The copies
+are exact (gathers and scatters), so a hit gives the slot the bits the block's computing request
+wrote.
 
 This costs device memory a paged cache would not need (a block in use sits in the pool and in a
 slot) and two small copies per step that the cost model does not price (docs/serving.md).
@@ -14,7 +15,7 @@ slot) and two small copies per step that the cost model does not price (docs/ser
 Each copy list is padded to a power of two (at least MIN_COPIES) so a run compiles a few
 copy shapes; `warm` compiles them all. Padding copies point past the end and are dropped.
 Axis letters: N pool places (or copies), P positions in a block, M kv heads, H head dim,
-S slots, J cache positions.
+S slots, J cache positions, Hc latent width and Hr rotary key width (MLA).
 """
 import jax
 import jax.numpy as jnp

@@ -1,5 +1,6 @@
 """Latent attention (model.attention="mla"): the absorbed form against HF's expanded form (numpy,
-tests/model/attention_reference.py), its latent cache, and cached decode against the full forward.
+tests/model/attention_reference.py), its latent cache, cached decode against the full forward
+with a sliding window and sinks (grouped-query attention too), and batch-invariant bits.
 
 Tolerance: 1e-5 absolute on O(1) outputs, float32 against a float64 reference: the absorbed form
 multiplies q_nope by wk_b before the keys (HF: the latent by wk_b), the same products summed in
@@ -32,6 +33,15 @@ def _model(**options):
   return m
 
 
+def _init(m):
+  return jax.jit(lambda: api.init_params(m, jax.random.key(0)))()
+
+
+def _forward(m, params, toks):
+  """The full forward's logits [B, L, V] (jitted: eager op-by-op runs slower than a compile)."""
+  return np.asarray(jax.jit(lambda p, t: api.forward(m, p, t)[0])(params, toks))
+
+
 def _randomise(params, rng):
   """Random norm scales, sinks and output bias (init leaves them at 1 or 0)."""
   def one(path, x):
@@ -56,9 +66,9 @@ def test_absorbed_latent_attention_matches_hf_expanded_form(options):
   seg[1, 6:] = -1  # row 1: 6 tokens, then padding
   part = full_part(jnp.zeros((2, 9), jnp.int32), jnp.asarray(seg))
   module = LatentAttention(m, window)
-  params = nn.meta.unbox(module.init(jax.random.key(0), [x_BxLxD], [part])["params"])
+  params = nn.meta.unbox(jax.jit(module.init)(jax.random.key(0), [x_BxLxD], [part])["params"])
   params = _randomise(params, rng)
-  (got,), cache = module.apply({"params": params}, [x_BxLxD], [part])
+  (got,), cache = jax.jit(module.apply)({"params": params}, [x_BxLxD], [part])
   assert cache is None
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
   freq, att = ref.inv_freq(m.rope_type, m.qk_rope_head_dim, m.rope_theta, m.rope_factor,
@@ -113,26 +123,37 @@ SMALL = dict(num_layers=1, first_dense=1, max_len=64, vocab_size=64, sliding_win
              attn_sinks=True)
 
 
-@pytest.mark.parametrize("kind", ["mla", "gqa"])
-def test_cached_decode_matches_full_forward_with_window_and_sinks(kind):
-  m = _model(q_lora_rank=8, **SMALL, **YARN) if kind == "mla" else base.get_config(
-      "size=tiny").model
+def test_cached_decode_matches_full_forward_with_window_and_sinks_gqa():
+  m = base.get_config("size=tiny").model
   m.update(SMALL, attn_out_bias=True)
   rng = np.random.default_rng(1)
-  params = _randomise(api.init_params(m, jax.random.key(0)), rng)
+  params = _randomise(_init(m), rng)
   toks = np.asarray(rng.integers(3, m.vocab_size, (2, 10)), np.int32)
-  full, _ = api.forward(m, params, toks)
+  full = _forward(m, params, toks)
   got = _run_steps(m, params, toks, np.array([2, 0]), prefill=6)  # the window slides on
   np.testing.assert_allclose(got, full, atol=LOGITS_ATOL, rtol=0)
+  # The Block passes the options on: sinks and bias are params, and the window (4) bites only
+  # from position 4 on.
+  assert {"sinks", "bo"} <= set(params["block_0"]["attn"])
+  unwindowed = m.copy_and_resolve_references()
+  unwindowed.sliding_window = 0
+  everything = _forward(unwindowed, params, toks)
+  np.testing.assert_allclose(everything[:, :4], full[:, :4], atol=LOGITS_ATOL, rtol=0)
+  assert np.abs(everything[:, 4:] - full[:, 4:]).max() > 1e-2
 
 
-def test_batch_invariant_latent_row_bits_ignore_step_shape_and_kv_len():
-  m = _model(q_lora_rank=8, batch_invariant=True, **SMALL, **YARN)
+def test_latent_decode_matches_forward_and_invariant_bits_ignore_step_shape_and_kv_len():
+  """Batch-invariant mode: cached decode (prefill 5, then one token per step; the window of 4
+  slides on) equals the full forward, and a row's bits are the same alone (one row, kv bucket 32)
+  and in a crowd (second of three rows plus idle ones, slot order, kv bucket 64)."""
+  m = _model(q_lora_rank=8, batch_invariant=True, attn_out_bias=True, **SMALL, **YARN)
   rng = np.random.default_rng(2)
-  params = _randomise(api.init_params(m, jax.random.key(0)), rng)
-  toks = np.asarray(rng.integers(3, m.vocab_size, (3, 7)), np.int32)
+  params = _randomise(_init(m), rng)
+  toks = np.asarray(rng.integers(3, m.vocab_size, (3, 9)), np.int32)
   alone = _run_steps(m, params, toks[:1], np.array([1]), prefill=5, num_slots=4, kv_len=32)
-  # The row again in a crowd: second of three rows plus idle ones (slot order), a longer bucket.
+  plain = m.copy_and_resolve_references()
+  plain.batch_invariant = False  # the forward in the default mode: fewer loops to compile
+  np.testing.assert_allclose(alone, _forward(plain, params, toks[:1]), atol=LOGITS_ATOL, rtol=0)
   crowd = _run_steps(m, params, toks[[1, 0, 2]], np.array([3, 1, 0]), prefill=5, num_slots=4,
                      kv_len=64, idle_rows=2)
   np.testing.assert_array_equal(crowd[1], alone[0])

@@ -1,7 +1,7 @@
 """The DeepSeek-V3, DeepSeek-V2 and gpt-oss routers (router.score, selection_bias, expert groups,
 scale; docs/routing.md "Routers"): choice and weights against numpy references written from HF
-transformers' semantics, what `score` priority ranks by (hand-worked), replay and batch
-invariance with a sigmoid grouped router.
+transformers' semantics, what `score` priority ranks by (hand-worked), replay with a sigmoid
+grouped router (its batch invariance: test_experts.py, at the layer).
 
 Tolerance: weights agree with the float64 references to 1e-6 relative (float32 sigmoid/softmax
 and one division; a wrong expert or a missed renormalisation moves them by O(0.1)).
@@ -127,29 +127,50 @@ def test_replay_with_a_sigmoid_grouped_router_reproduces_the_recording(tiny_cfg)
   bias = jax.random.normal(keys[1], (E,)) * 0.5
   seg = np.arange(T) % 3  # request 0 = every third token
   mine = np.flatnonzero(seg == 0)
-  alone = routing.route(logits[mine], jnp.zeros(len(mine), jnp.int32), r, selection_bias_E=bias)
+  route = jax.jit(lambda x, s, codes: routing.route(x, s, r, forced_TxK=codes,
+                                                     selection_bias_E=bias))
+  alone = route(logits[mine], jnp.zeros(len(mine), jnp.int32), None)
   assert not np.asarray(alone.kept).all()  # the recording has drops
   codes = np.zeros((T, 4), np.int32)
   codes[mine] = routing.encode_forced(alone.expert_index, alone.kept)
   # Request 0's tokens see other logits ordering around them; change the others to make sure.
   mixed = jnp.where(jnp.asarray(seg != 0)[:, None], -logits, logits)
-  rt = routing.route(mixed, jnp.asarray(seg), r, forced_TxK=jnp.asarray(codes),
-                     selection_bias_E=bias)
+  rt = route(mixed, jnp.asarray(seg), jnp.asarray(codes))
   for got, want in zip(rt, alone):
     np.testing.assert_array_equal(np.asarray(got)[mine], np.asarray(want))
 
 
-def test_sigmoid_grouped_choice_is_row_invariant(tiny_cfg):
-  """model.batch_invariant: a token's experts and weights have the same bits at 3 and 45 rows."""
-  r = _router(tiny_cfg, **V3)
-  keys = jax.random.split(jax.random.key(5), 2)
-  logits = jax.random.normal(keys[0], (45, E)) * 2.0
+@pytest.mark.parametrize("scope", ["batch", "group", "sequence"])
+def test_capacity_with_a_sigmoid_grouped_router(tiny_cfg, scope):
+  """Under every capped scope and priority, the V3 router's choices are the dropless ones, no
+  (instance, expert) keeps more than its capacity, and a real pair is dropped only where its
+  expert is full in its instance."""
+  keys = jax.random.split(jax.random.key(11), 2)
+  logits = jax.random.normal(keys[0], (T, E)) * 2.0
   bias = jax.random.normal(keys[1], (E,)) * 0.5
-  f = jax.jit(lambda x, s: routing.route(x, s, r, invariant=True, selection_bias_E=bias))
-  big = f(logits, jnp.zeros(45, jnp.int32))
-  small = f(logits[17:20], jnp.zeros(3, jnp.int32))
-  for a, b in zip(big, small):
-    np.testing.assert_array_equal(np.asarray(a)[17:20], np.asarray(b))
+  seg = np.where(np.arange(T) % 7 == 6, -1, np.arange(T) // 10)  # 5 requests, some padding
+  free = routing.route(logits, jnp.asarray(seg), _router(tiny_cfg, **V3), selection_bias_E=bias)
+  for priority in ("position", "token", "score"):
+    r = _router(tiny_cfg, **V3)
+    r.update(capacity_scope=scope, priority=priority, capacity_factor_prefill=0.5, group_size=12)
+    rt = jax.jit(lambda x, s: routing.route(x, s, r, selection_bias_E=bias))(logits, seg)
+    index, kept = np.asarray(rt.expert_index), np.asarray(rt.kept)
+    np.testing.assert_array_equal(index, np.asarray(free.expert_index))
+    np.testing.assert_array_equal(np.asarray(rt.combine_weight),
+                                  np.where(kept, np.asarray(free.combine_weight), 0.0))
+    if scope == "sequence":
+      inst, cap = seg, {i: max(0, -(-4 * (seg == i).sum() * 500 // (E * 1000)))
+                        for i in np.unique(seg)}
+    else:
+      inst_T, cap_I, _ = routing.instance_capacities(r, E, T, 0)
+      inst, cap = inst_T, dict(enumerate(cap_I))
+    counts = {}
+    for t, e in zip(*np.nonzero(kept)):
+      counts[inst[t], index[t, e]] = counts.get((inst[t], index[t, e]), 0) + 1
+    assert all(n <= cap[i] for (i, _), n in counts.items()), priority
+    dropped = [(inst[t], index[t, j]) for t, j in zip(*np.nonzero(~kept)) if seg[t] >= 0]
+    assert dropped, (scope, priority)  # the case really drops
+    assert all(counts.get(key, 0) == cap[key[0]] for key in dropped), priority
 
 
 def test_selection_bias_is_required_when_configured(tiny_cfg):

@@ -30,3 +30,14 @@ def test_largest_fitting_is_the_largest_that_fits(tiny_cfg):
   assert _used(m, num_experts=experts) <= budget < _used(m, num_experts=experts + MESH["expert"])
   used = fit["params_bytes_per_device"] + fit["cache_bytes_per_device"]
   assert 4 * used == budget and fit["params_bytes_per_device"] < fit["params_bytes"]
+
+
+def test_latent_cache_is_planned_whole_per_tensor_shard(tiny_cfg):
+  rules, m = tiny_cfg.logical_axis_rules, tiny_cfg.model
+  m.update(attention="mla", q_lora_rank=16, kv_lora_rank=24, qk_nope_head_dim=8,
+           qk_rope_head_dim=8, v_head_dim=8)
+  p = memory.planned(m, MESH, rules, SLOTS)
+  per_layer = SLOTS * (24 + 8) * m.max_len * 4  # [S, 1, Hc+Hr, J] float32
+  assert p["cache_bytes"] == m.num_layers * per_layer + SLOTS * 4  # + lengths [S] int32
+  # Slots split over data (2); one latent head: whole on every tensor shard.
+  assert p["cache_bytes_per_device"] == m.num_layers * per_layer // 2 + SLOTS // 2 * 4

@@ -9,7 +9,7 @@ import pytest
 
 from configs import serve_default
 from moe_serve import config as config_lib
-from moe_serve.model import api
+from moe_serve.model import api, attend
 from moe_serve.parallel import mesh as mesh_lib
 from moe_serve.parallel import sharding
 from moe_serve.serving import clock as clock_lib
@@ -186,12 +186,17 @@ def test_records_have_no_prefix_fields_with_the_cache_off():
 
 
 # ------------------------------------------------------------------ the device pool
-@pytest.mark.parametrize("mesh_shape", [None, (2, 2, 2)])
-def test_pool_copies_blocks_between_slots_exactly(mesh_shape):
-  """On one device and on a mesh (slots over data, kv heads over tensor): the loaded cache keeps
-  the sharding the step expects."""
+@pytest.mark.parametrize("mesh_shape,kind", [(None, "gqa"), ((2, 2, 2), "gqa"),
+                                             ((2, 2, 2), "mla")])
+def test_pool_copies_blocks_between_slots_exactly(mesh_shape, kind):
+  """On one device and on a mesh (slots over data, kv heads over tensor; the one-head latent
+  cache of model.attention="mla" whole on each tensor shard): the loaded cache keeps the sharding
+  the step expects."""
   cfg = serve_default.get_config("size=tiny")
   m, slots = cfg.model, 4
+  if kind == "mla":
+    m.update(attention="mla", kv_lora_rank=12, qk_nope_head_dim=4, qk_rope_head_dim=4,
+             v_head_dim=4)
   rng = np.random.default_rng(0)
   want = jax.tree.map(lambda a: rng.standard_normal(a.shape).astype(a.dtype),
                       api.init_cache(m, slots))
@@ -207,7 +212,9 @@ def test_pool_copies_blocks_between_slots_exactly(mesh_shape):
   assert jax.tree.map(lambda a: a.sharding, cache) == placed
   got = jax.tree.map(np.asarray, cache)
   for w, g in zip(want["layers"], got["layers"]):
-    for c, axis in (("k", 3), ("v", 2)):
+    assert set(g) == ({"k"} if kind == "mla" else {"k", "v"})
+    for c in g:
+      axis = attend.position_axis(c)
       span = lambda b: np.arange(b * BS, (b + 1) * BS)
       np.testing.assert_array_equal(np.take(g[c][1], span(0), axis - 1),
                                     np.take(w[c][2], span(1), axis - 1))
