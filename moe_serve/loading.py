@@ -24,18 +24,18 @@ from moe_serve.parallel import sharding, steps
 # What the config decides even when the parameters come from a directory: how the router is
 # served (scope, capacity factors, priority, dispatch: what studies vary), the context length
 # the KV cache holds, the compute dtype, and whether the step is batch invariant (how it computes,
-# not what it computes). The router's kind, k, top-k normalisation, scores, biases, groups and
-# scale are the model's own and come from the directory.
+# not what it computes). The router's kind, k and top-k normalisation are the model's own and
+# come from the directory.
 SERVING_CHOICES = ("max_len", "dtype", "batch_invariant")
-ROUTER_FROM_MODEL = ("kind", "k", "renormalize", *config_lib.ROUTER_OPTION_DEFAULTS)
+ROUTER_FROM_MODEL = ("kind", "k", "renormalize") + tuple(config_lib.ROUTER_OPTION_DEFAULTS)
 _SHARDED_INITS = {}
 
 
 def _architecture(model_cfg):
-  # Sequences compare as tuples: a model section read back from JSON holds lists (layer_types).
-  d = {k: tuple(v) if isinstance(v, list) else v for k, v in model_cfg.to_dict().items()
+  """The model section minus the serving choices, as JSON would give it back (tuples as lists)."""
+  d = {k: list(v) if isinstance(v, tuple) else v for k, v in model_cfg.to_dict().items()
        if k not in SERVING_CHOICES}
-  d["router"] = {k: d["router"][k] for k in ROUTER_FROM_MODEL}
+  d["router"] = {k: d["router"].get(k) for k in ROUTER_FROM_MODEL}
   return d
 
 
