@@ -12,7 +12,7 @@ holds them in memory). The hows:
   stack_T   per-expert Linear weights, transposed and stacked -> [E, ...]
   *_rope    the same, then the last Hr columns of each head (q) or of the row (kv_a)
             de-interleaved: DeepSeek rotates pairs (2i, 2i+1), moe_serve the halves (i, i+Hr/2)
-  kv_b_k / kv_b_v   kv_b_proj [N*(Hn+Hv), R] -> [R, N, Hn+Hv], its key or value part
+  kv_b_k / kv_b_v   kv_b_proj [N*(Hn+Hv), Hc] -> [Hc, N, Hn+Hv], its key or value part
   fused_gate / fused_up / fused_T   transformers' fused experts: gate_up_proj [E, 2F, D]
             (gate rows first) and down_proj [E, D, F]
   even / odd   gpt-oss's gate_up_proj [E, D, 2F] (and bias [E, 2F]): gate = even columns,

@@ -10,9 +10,9 @@ tensor in the files must be used: a leftover one (an output bias, say) is a feat
 implement, and an error; only DeepSeek's multi-token-prediction layers (after the last layer,
 never run by the next-token forward) are skipped.
 
-Axis letters: D model width, E experts, F expert hidden width, N heads, H head width, R the KV
-latent (kv_lora_rank), Rq the query latent, Hn / Hr / Hv the non-rotary, rotary and value head
-widths of latent attention.
+Axis letters (docs/design.md section 2): D model width, E experts, F expert hidden width, N
+heads, H head width; latent attention: Hc the KV latent (kv_lora_rank), Hq the query latent
+(q_lora_rank), Hn / Hr / Hv the non-rotary, rotary and value head widths.
 """
 import json
 import os
@@ -188,9 +188,9 @@ def _assemble(how, path, names, shape, dtype, read_one, m):
     x = x.reshape(shape)
   elif how in ("T_heads", "T_heads_rope"):  # [N*H, D] -> [D, N, H]; o [D, N*H] -> [N, H, D]
     x = x.T.reshape(shape)
-  elif how == "T_rope":  # kv_a_proj_with_mqa [R+Hr, D] -> [D, R+Hr]
+  elif how == "T_rope":  # kv_a_proj_with_mqa [Hc+Hr, D] -> [D, Hc+Hr]
     x = x.T
-  elif how in ("kv_b_k", "kv_b_v"):  # [N*(Hn+Hv), R] -> [R, N, Hn+Hv] -> key or value part
+  elif how in ("kv_b_k", "kv_b_v"):  # [N*(Hn+Hv), Hc] -> [Hc, N, Hn+Hv] -> key or value part
     r, n = shape[0], shape[1]
     x = x.T.reshape(r, n, m.qk_nope_head_dim + m.v_head_dim)
     x = x[..., :m.qk_nope_head_dim] if how == "kv_b_k" else x[..., m.qk_nope_head_dim:]
@@ -253,7 +253,7 @@ def _source_shapes(how, path, shape, m):
     return (shape[0] * shape[1],)
   if how == "row":
     return (1, shape[0])
-  if how in ("kv_b_k", "kv_b_v"):  # [N*(Hn+Hv), R]
+  if how in ("kv_b_k", "kv_b_v"):  # [N*(Hn+Hv), Hc]
     return (shape[1] * (m.qk_nope_head_dim + m.v_head_dim), shape[0])
   if how in ("fused_gate", "fused_up"):
     return (shape[0], 2 * shape[2], shape[1])
