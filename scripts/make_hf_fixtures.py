@@ -25,20 +25,30 @@ greedy token wins by a logit margin > MARGIN_MIN. Last, an independent float32 n
 saved tensors (numpy_forward below, which spells out each family's semantics) must give HF's logits within
 1e-4 and HF's greedy tokens.
 
-Usage: make_hf_fixtures.py [FAMILY ...]   (default: all four)
+Newer families (issue 27): deepseek_v3 (FP8 block-scaled weights), deepseek_v2, gpt_oss (MXFP4 experts);
+their numpy forward is scripts/hf_fixture_numpy.py, their quantisers scripts/hf_fixture_quant.py. Quantised
+fixtures are written as the real checkpoints ship and the reference is transformers' own dequantisation of
+those files (reference.json "quantization"). Their router gaps: DeepSeek's group choice and its biased
+selection inside the chosen groups (see _deepseek_gap); gpt-oss's top-k of the router's softmax.
+
+Usage: make_hf_fixtures.py [FAMILY ...]   (default: all seven)
 """
 
 import datetime
 import json
 import os
+import re
 import shutil
 import sys
 
+import hf_fixture_numpy  # scripts/: the newer families' numpy forward
+import hf_fixture_quant  # scripts/: FP8 and MXFP4 quantisers
 import numpy as np
 import safetensors
 import tokenizers
 import torch
 import transformers
+from safetensors.torch import load_file, save_file
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "hf")
@@ -177,7 +187,108 @@ FAMILIES = {
         rms_norm_eps=4e-3,
         tie_word_embeddings=True,
     ),
+    # DeepSeek-V3: MLA with a query LoRA, YaRN with mscale_all_dim (the softmax scale too), one dense first
+    # layer (two 128-wide FP8 blocks), shared experts, sigmoid router with a selection bias and 2 of 4
+    # groups, FP8 block-scaled weights. num_key_value_heads = heads, as MLA in transformers needs.
+    "deepseek_v3": dict(
+        cls="DeepseekV3Config",
+        vocab_size=TOKENIZER_VOCAB,
+        num_key_value_heads=4,
+        intermediate_size=256,
+        moe_intermediate_size=32,
+        n_routed_experts=8,
+        n_group=4,
+        topk_group=2,
+        num_experts_per_tok=2,
+        n_shared_experts=2,
+        first_k_dense_replace=1,
+        q_lora_rank=24,
+        kv_lora_rank=16,
+        qk_nope_head_dim=8,
+        qk_rope_head_dim=8,
+        v_head_dim=12,
+        routed_scaling_factor=2.5,
+        norm_topk_prob=True,
+        rope_interleave=True,
+        rms_norm_eps=1e-6,  # = the latent norms' fixed eps, as in every DeepSeek checkpoint
+        tie_word_embeddings=False,
+        rope=dict(rope_type="yarn", rope_theta=3000.0, factor=4.0, original_max_position_embeddings=64,
+                  mscale=1.0, mscale_all_dim=0.8, beta_fast=32.0, beta_slow=1.0),
+        quant="fp8",
+    ),
+    # DeepSeek-V2: plain query projection, softmax router, group-limited greedy (2 of 4 groups by their best
+    # expert), routed weights scaled and not renormalised, YaRN as V2-Lite has it (mscale = mscale_all_dim).
+    "deepseek_v2": dict(
+        cls="DeepseekV2Config",
+        vocab_size=TOKENIZER_VOCAB,
+        num_key_value_heads=4,
+        intermediate_size=64,
+        moe_intermediate_size=24,
+        n_routed_experts=8,
+        n_group=4,
+        topk_group=2,
+        topk_method="group_limited_greedy",
+        num_experts_per_tok=2,
+        n_shared_experts=1,
+        first_k_dense_replace=1,
+        q_lora_rank=None,
+        kv_lora_rank=16,
+        qk_nope_head_dim=8,
+        qk_rope_head_dim=8,
+        v_head_dim=8,
+        routed_scaling_factor=1.5,
+        norm_topk_prob=False,
+        rms_norm_eps=1e-5,  # Moonlight's; the latent norms keep transformers' fixed 1e-6
+        tie_word_embeddings=False,
+        rope=dict(rope_type="yarn", rope_theta=10000.0, factor=8.0, original_max_position_embeddings=32,
+                  mscale=0.707, mscale_all_dim=0.707, beta_fast=32.0, beta_slow=1.0),
+    ),
+    # gpt-oss: a sliding (window 6, shorter than the prompts) and a full layer, sinks, q/k/v/o biases, router
+    # bias, clamped SwiGLU experts with biases (limit 1.5 so the clamp bites), YaRN without truncation,
+    # experts in MXFP4.
+    "gpt_oss": dict(
+        cls="GptOssConfig",
+        vocab_size=TOKENIZER_VOCAB,
+        head_dim=16,
+        intermediate_size=64,
+        num_local_experts=4,
+        sliding_window=6,
+        layer_types=["sliding_attention", "full_attention"],
+        swiglu_limit=1.5,
+        attention_bias=True,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        rope=dict(rope_type="yarn", rope_theta=15000.0, factor=4.0, beta_fast=32.0, beta_slow=1.0,
+                  truncate=False, original_max_position_embeddings=64),
+        quant="mxfp4",
+    ),
 }
+QUANT_NOTES = {
+    "fp8": (
+        "The files hold the attention, dense-MLP, shared- and routed-expert Linear weights as float8_e4m3fn "
+        "with a float32 weight_scale_inv per 128x128 block (powers of two, so value * scale is exact in "
+        "bfloat16), quantised by this script from the random bf16 model; the reference model is what "
+        "transformers loads from these FP8 files itself (FineGrainedFP8Config(dequantize=True), float32), and "
+        "the script checks transformers' dequantisation (Fp8Dequantize) equals its own numpy one bit for bit."
+    ),
+    "mxfp4": (
+        "The files hold the experts' gate_up_proj and down_proj as MXFP4 (_blocks uint8: two E2M1 codes per "
+        "byte, low nibble first, 32 values per E8M0 _scales byte), quantised by this script from the random "
+        "bf16 model (nearest code, scale 2**(floor(log2(amax)) - 2)); the reference model is what transformers "
+        "loads from these files itself (Mxfp4Config(dequantize=True), float32), and the script checks "
+        "transformers' convert_moe_packed_tensors equals its own numpy dequantisation bit for bit."
+    ),
+}
+NEWER = ("deepseek_v3", "deepseek_v2", "gpt_oss")
+FP8_QUANTIZED = re.compile(  # DeepSeek-V3's FP8 Linear weights: attention, dense MLP, experts
+    r"self_attn\.(q_a|q_b|q|kv_a|kv_b|o)_proj(_with_mqa)?\.weight$"
+    r"|mlp\.(experts\.\d+\.|shared_experts\.)?(gate|up|down)_proj\.weight$"
+)
+FP8_CONFIG = {
+    "activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8", "weight_block_size": [128, 128]
+}
+MXFP4_CONFIG = {"quant_method": "mxfp4", "modules_to_not_convert": [
+    "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}
 
 
 def build_tokenizer():
@@ -202,9 +313,12 @@ def build_tokenizer():
 def make_config(family):
     spec = dict(FAMILIES[family])
     cls = getattr(transformers, spec.pop("cls"))
-    theta = spec.pop("rope_theta")
-    spec["rope_parameters"] = {"rope_type": "default", "rope_theta": theta}
-    return cls(**COMMON, **spec)
+    spec.pop("quant", None)
+    if "rope" in spec:
+        spec["rope_parameters"] = dict(spec.pop("rope"))
+    else:
+        spec["rope_parameters"] = {"rope_type": "default", "rope_theta": spec.pop("rope_theta")}
+    return cls(**{**COMMON, **spec})
 
 
 def randomize(model, std, seed):
@@ -213,27 +327,63 @@ def randomize(model, std, seed):
     with torch.no_grad():
         for name, p in model.named_parameters():  # tied parameters appear once
             r = torch.randn(p.shape, generator=g, dtype=torch.float32)
-            if name.endswith(".bias"):
+            if name.endswith(".sinks"):  # large enough to take a real share of each softmax
+                p.copy_(1.0 + r)
+            elif name.endswith(".bias"):
                 p.copy_(0.2 * r)
             elif "norm" in name:
                 p.copy_(1.0 + 0.2 * r)
             else:
                 p.copy_(std * r)
+        for name, b in model.named_buffers():  # DeepSeek-V3's selection bias is a buffer
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(0.1 * torch.randn(b.shape, generator=g, dtype=torch.float32))
 
 
-def router_gaps(model, ids):
-    """Smallest (k-th - (k+1)-th) router probability over tokens and MoE layers, for one sequence."""
+def _gap(x, k):
+    """Smallest gap between the k-th and (k+1)-th largest entry of each row of x (finite entries)."""
+    top = torch.topk(x, k + 1, dim=-1).values
+    return float((top[:, k - 1] - top[:, k]).min())
+
+
+def _deepseek_gap(mod, logits, k, family):
+    """Gaps of a DeepSeek router's two choices: the topk_group-th vs the next group score, and the k-th vs
+    the (k+1)-th selection score inside the chosen groups (V3: sigmoid + bias, group = sum of its best two;
+    V2: softmax, group = its best)."""
+    groups, top_groups = mod.num_group or 1, mod.topk_group or 1
+    scores = logits.float().sigmoid() if family == "deepseek_v3" else logits.float().softmax(-1)
+    choice = scores + mod.e_score_correction_bias.float() if family == "deepseek_v3" else scores
+    grouped = choice.view(-1, groups, choice.shape[-1] // groups)
+    limited = family == "deepseek_v3" or mod.topk_method == "group_limited_greedy"
+    if not limited or top_groups == groups:
+        return _gap(choice, k)
+    gscore = grouped.topk(2, -1).values.sum(-1) if family == "deepseek_v3" else grouped.max(-1).values
+    gap = _gap(gscore, top_groups)
+    keep = torch.zeros_like(gscore).scatter_(1, gscore.topk(top_groups, -1).indices, 1).bool()
+    masked = choice.masked_fill(~keep.repeat_interleave(choice.shape[-1] // groups, -1), -1e9)
+    return min(gap, _gap(masked, k))
+
+
+def router_gaps(model, ids, family):
+    """Smallest margin of any router decision over tokens and MoE layers, for one sequence: the gap
+    between the k-th and (k+1)-th router probability (gpt-oss: of the softmax over all logits, whose order
+    is the logits'), and for DeepSeek also the group choice's gap (_deepseek_gap)."""
     k = model.config.num_experts_per_tok
     gaps = []
     hooks = []
     for name, mod in model.named_modules():
-        if type(mod).__name__.endswith("TopKRouter"):
+        kind = type(mod).__name__
+        if kind.endswith("TopKRouter"):
             def hook(mod, args, out):
-                probs = torch.softmax(out[0].float(), dim=-1)
-                top = torch.topk(probs, k + 1, dim=-1).values
-                gaps.append(float((top[:, k - 1] - top[:, k]).min()))
-            hooks.append(mod.register_forward_hook(hook))
-    assert len(hooks) == model.config.num_hidden_layers, len(hooks)
+                gaps.append(_gap(torch.softmax(out[0].float(), dim=-1), k))
+        elif kind.endswith("TopkRouter"):  # DeepSeek
+            def hook(mod, args, out):
+                gaps.append(_deepseek_gap(mod, out[0], k, family))
+        else:
+            continue
+        hooks.append(mod.register_forward_hook(hook))
+    dense = getattr(model.config, "first_k_dense_replace", 0)
+    assert len(hooks) == model.config.num_hidden_layers - dense, len(hooks)
     with torch.no_grad():
         model(torch.tensor([ids]))
     for h in hooks:
@@ -241,10 +391,22 @@ def router_gaps(model, ids):
     return min(gaps)
 
 
-def reference(family, out_dir, tok):
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        out_dir, dtype=torch.float32, attn_implementation="eager"
+def load_reference_model(family, out_dir):
+    """The model HF loads from the saved files in float32, eager attention. Quantised fixtures are
+    dequantised by transformers itself (its FP8 / MXFP4 quantizers with dequantize=True)."""
+    kwargs = {}
+    quant = FAMILIES[family].get("quant")
+    if quant == "fp8":
+        kwargs["quantization_config"] = transformers.FineGrainedFP8Config(dequantize=True)
+    elif quant == "mxfp4":
+        kwargs["quantization_config"] = transformers.Mxfp4Config(dequantize=True)
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        out_dir, dtype=torch.float32, attn_implementation="eager", **kwargs
     )
+
+
+def reference(family, out_dir, tok):
+    model = load_reference_model(family, out_dir)
     model.eval()
     model.generation_config.eos_token_id = None  # else generate() falls back to it and stops at <|eos|>
     gen_cfg = transformers.GenerationConfig(
@@ -271,7 +433,7 @@ def reference(family, out_dir, tok):
         assert step_logits.argmax(-1).tolist() == completion, (family, i)
         top2 = torch.topk(step_logits, 2, dim=-1).values
         margin = float((top2[:, 0] - top2[:, 1]).min())
-        gap = router_gaps(model, full)
+        gap = router_gaps(model, full, family)
         min_gap, min_margin = min(min_gap, gap), min(min_margin, margin)
         logits_npz[f"p{i}"] = logits.astype(np.float32)
         records.append(
@@ -316,6 +478,8 @@ def numpy_forward(fam, c, W, ids):
 
     c: config.json as a dict; W: tensor name -> float32 array; returns logits [T, vocab_size].
     """
+    if fam in NEWER:
+        return hf_fixture_numpy.forward(fam, c, W, ids)
     H, KV, D = c["num_attention_heads"], c["num_key_value_heads"], c["hidden_size"]
     hd = c.get("head_dim") or D // H
     eps, theta = c["rms_norm_eps"], c["rope_parameters"]["rope_theta"]
@@ -362,17 +526,41 @@ def numpy_forward(fam, c, W, ids):
     head = W["model.embed_tokens.weight"] if c["tie_word_embeddings"] else W["lm_head.weight"]
     return x @ head.T
 
-def numpy_check(family, out_dir, records, logits_npz):
-    """Largest |numpy logits - HF logits| over the prompts; asserts numpy's greedy tokens are HF's."""
+def numpy_weights(out_dir):
+    """Every tensor of the saved files as float32 numpy, FP8 and MXFP4 ones dequantised by this script's own
+    numpy code (hf_fixture_quant), each checked against transformers' own dequantisation."""
     import glob
 
-    from safetensors.torch import load_file
+    from transformers.integrations.finegrained_fp8 import Fp8Dequantize
+    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
 
+    raw = {}
+    for path in sorted(glob.glob(os.path.join(out_dir, "*.safetensors"))):
+        raw.update(load_file(path))
+    W = {}
+    for name, t in raw.items():
+        if name.endswith(("weight_scale_inv", "_scales")):
+            continue
+        if name.endswith("_blocks"):
+            base = name[: -len("_blocks")]
+            W[base] = hf_fixture_quant.mxfp4_dequantize_numpy(t.numpy(), raw[base + "_scales"].numpy())
+            theirs = convert_moe_packed_tensors(t, raw[base + "_scales"], dtype=torch.float32).numpy()
+            assert np.array_equal(W[base], theirs), base
+        elif t.dtype == torch.float8_e4m3fn:
+            scale = raw[name + "_scale_inv"]
+            W[name] = hf_fixture_quant.fp8_dequantize_numpy(t.view(torch.uint8).numpy(), scale.numpy())
+            theirs = Fp8Dequantize(None)._dequantize_one(t, scale, output_dtype=torch.float32).numpy()
+            assert np.array_equal(W[name], theirs), name
+        else:
+            W[name] = t.float().numpy()
+    return W
+
+
+def numpy_check(family, out_dir, records, logits_npz):
+    """Largest |numpy logits - HF logits| over the prompts; asserts numpy's greedy tokens are HF's."""
     with open(os.path.join(out_dir, "config.json")) as f:
         c = json.load(f)
-    W = {}
-    for path in sorted(glob.glob(os.path.join(out_dir, "*.safetensors"))):
-        W.update({n: t.float().numpy() for n, t in load_file(path).items()})
+    W = numpy_weights(out_dir)
     worst = 0.0
     for r in records:
         lg = numpy_forward(family, c, W, r["prompt_ids"])
@@ -383,6 +571,37 @@ def numpy_check(family, out_dir, records, logits_npz):
         assert seq[len(r["prompt_ids"]):] == r["greedy_ids"], (family, r["prompt"])
     assert worst < 1e-4, (family, worst)
     return worst
+
+
+def quantize_files(family, out_dir):
+    """Rewrites the saved bf16 files of a quantised family as its checkpoints ship: DeepSeek-V3's attention,
+    dense and expert Linear weights as FP8 with 128x128 block scales (weight_scale_inv, float32), its
+    selection bias in float32 (bf16 values: what the model was saved with); gpt-oss's experts as MXFP4
+    blocks and scales. config.json gains the quantization_config those checkpoints have."""
+    quant = FAMILIES[family].get("quant")
+    if not quant:
+        return
+    path = os.path.join(out_dir, "model.safetensors")
+    tensors, out = load_file(path), {}
+    for name, t in tensors.items():
+        if quant == "fp8" and FP8_QUANTIZED.search(name):
+            q, scale = hf_fixture_quant.fp8_quantize(t)
+            out[name], out[name + "_scale_inv"] = q, scale
+        elif quant == "fp8" and name.endswith("e_score_correction_bias"):
+            out[name] = t.float()
+        elif quant == "mxfp4" and name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+            out[name + "_blocks"], out[name + "_scales"] = hf_fixture_quant.mxfp4_quantize(t)
+        else:
+            out[name] = t
+    save_file(out, path, metadata={"format": "pt"})
+    os.chmod(path, 0o644)
+    cfg_path = os.path.join(out_dir, "config.json")
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    cfg["quantization_config"] = FP8_CONFIG if quant == "fp8" else MXFP4_CONFIG
+    with open(cfg_path, "w") as f:
+        json.dump(cfg, f, indent=2, sort_keys=True)
+        f.write("\n")
 
 
 def build_family(family, tok, hf_tok, root):
@@ -402,6 +621,7 @@ def build_family(family, tok, hf_tok, root):
             nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
             kwargs["max_shard_size"] = int(nbytes * 0.6)
         model.save_pretrained(out_dir, **kwargs)
+        quantize_files(family, out_dir)
         hf_tok.save_pretrained(out_dir)
         records, logits_npz, gap, margin = reference(family, out_dir, tok)
         print(f"{family} seed {seed}: min router gap {gap:.3g}, min greedy margin {margin:.3g}", flush=True)
@@ -428,6 +648,7 @@ def build_family(family, tok, hf_tok, root):
             "thresholds. numpy_forward_max_abs_diff: largest |logit| difference of this script's independent "
             "numpy forward pass (numpy_forward) from HF's, whose greedy tokens are also HF's."
         ),
+        quantization=QUANT_NOTES.get(FAMILIES[family].get("quant")),
         min_router_gap=gap,
         min_greedy_margin=margin,
         router_gap_threshold=ROUTER_GAP_MIN,

@@ -89,6 +89,9 @@ def _largest(model_cfg, field, step, start, mesh_shape, rules, num_slots, budget
   for n in (start, start + step):
     m = model_cfg.copy_and_resolve_references()
     m[field] = n
+    types = tuple(m.get("layer_types", ()))
+    if field == "num_layers" and types:  # per-layer attention kinds: the pattern, repeated
+      m.layer_types = tuple(types[i % len(types)] for i in range(n))
     sizes.append(_total(m, mesh_shape, rules, num_slots))
   slope = sizes[1] - sizes[0]
   if slope <= 0:
@@ -102,8 +105,16 @@ def largest_fitting(model_cfg, mesh_shape, rules, num_slots, budget_bytes):
   plan = planned(model_cfg, mesh_shape, rules, num_slots)
   used = plan["params_bytes_per_device"] + plan["cache_bytes_per_device"]
   every, ex, k = model_cfg.moe_every, mesh_shape["expert"], model_cfg.router.k
+  # Layers are measured past the dense first ones; experts in whole router groups (of at least
+  # two experts, and enough of them in the topk_groups groups for k).
+  groups = model_cfg.router.get("expert_groups", 1)
+  step = math.lcm(ex, groups)
+  fewest = max(k, 2 * groups if groups > 1 else 1,
+               groups * -(-k // model_cfg.router.get("topk_groups", 1)))
+  first = model_cfg.get("first_dense", 0)
   return dict(plan, budget_bytes=int(budget_bytes), fits=used <= budget_bytes,
-              largest_num_layers=_largest(model_cfg, "num_layers", every, every, mesh_shape,
-                                          rules, num_slots, budget_bytes),
-              largest_num_experts=_largest(model_cfg, "num_experts", ex, ex * -(-k // ex),
-                                           mesh_shape, rules, num_slots, budget_bytes))
+              largest_num_layers=_largest(model_cfg, "num_layers", every, first + every,
+                                          mesh_shape, rules, num_slots, budget_bytes),
+              largest_num_experts=_largest(model_cfg, "num_experts", step,
+                                           step * -(-fewest // step), mesh_shape, rules,
+                                           num_slots, budget_bytes))

@@ -3,8 +3,12 @@ scripts/make_hf_fixtures.py) matches transformers: full-forward logits within 1e
 the same 16 greedy tokens through the serving engine (dropless), and cached decode equal to a
 full forward (contract 1). Also: the model's own tokenizer gives HF's prompt ids.
 
-The fixtures store bf16 weights; the reference logits are HF's float32 forward of those weights
-upcast, and moe_serve keeps the weights in bf16 (param_dtype) and computes in float32.
+The fixtures store bf16 weights (DeepSeek-V3: FP8 block-scaled ones, gpt-oss: MXFP4 experts,
+dequantised on load); the reference logits are HF's float32 forward of those weights upcast (of
+transformers' own dequantisation), and moe_serve keeps the weights in bf16 (param_dtype) and
+computes in float32. A newer family whose parameters the JAX model does not create yet (latent
+attention, sinks, windows: the model side of issue 27) is skipped with the missing names;
+tests/hf/test_import_layout.py checks its import without the model.
 """
 import json
 import os
@@ -14,7 +18,11 @@ import numpy as np
 import pytest
 
 from moe_serve import hf, loading
+from moe_serve.hf import config as hf_config
+from moe_serve.hf import tensors
 from moe_serve.hf import tokenizer as hf_tokenizer
+from moe_serve.hf import weights as hf_weights
+from moe_serve.model import api
 from moe_serve.parallel import steps
 from moe_serve.serving.stream import request
 from moe_serve.serving import run as run_lib
@@ -23,7 +31,10 @@ from tests.serving.conftest import tiny_serve_cfg
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures",
                         "hf")
-FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
+FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3",
+            "gpt_oss")
+NEWER = ("deepseek_v2", "deepseek_v3", "gpt_oss")
+OWN_DTYPE = ("sinks", "e_score_bias")  # the model may keep these in float32
 LOGIT_ATOL = 1e-4  # the issue's bound; float32 both sides, different summation orders
 
 
@@ -35,9 +46,32 @@ def _reference(family):
   return directory, ref, logits
 
 
+def _missing_in_model(name, directory):
+  """The agreed parameters of a newer family the JAX model does not create (or why it cannot
+  build the family at all); empty when the model side is there."""
+  m = hf.model_config(directory)
+  try:
+    shapes = jax.eval_shape(lambda: api.init_params(m, jax.random.key(0)))
+  except Exception as e:  # noqa: BLE001  (the model side of issue 27 not merged yet)
+    return [f"the model cannot be built ({type(e).__name__}: {e})"]
+  files = hf_weights.index(directory)
+  missing = []
+  for path, _, _ in tensors.tensor_map(m, name, lambda n: n in files or n + "_blocks" in files):
+    tree = shapes
+    for key in path:
+      tree = tree.get(key) if isinstance(tree, dict) else None
+    if tree is None:
+      missing.append("/".join(path))
+  return missing
+
+
 @pytest.fixture(scope="module", params=FAMILIES)
 def family(request):
   directory, ref, logits = _reference(request.param)
+  if request.param in NEWER:
+    missing = _missing_in_model(request.param, directory)
+    if missing:
+      pytest.skip(f"{request.param} needs the model side of issue 27: {missing[:4]}")
   model_cfg, params = hf.load(directory)
   return request.param, directory, ref, logits, model_cfg, params
 
@@ -45,10 +79,14 @@ def family(request):
 def test_config_and_dtype(family):
   name, directory, _, _, m, params = family
   assert m.param_dtype == "bfloat16" and m.dtype == "float32"
-  assert {x.dtype for x in jax.tree.leaves(params)} == {np.dtype("bfloat16")}
+  leaves = jax.tree_util.tree_leaves_with_path(params)
+  assert {x.dtype for p, x in leaves if p[-1].key not in OWN_DTYPE} == {np.dtype("bfloat16")}
   assert m.qk_norm == {"qwen3_moe": "head", "olmoe": "full"}.get(name, "none")
-  assert m.attn_bias == (name == "qwen2_moe") and m.shared_expert == (name == "qwen2_moe")
-  assert m.router.renormalize == (name in ("mixtral", "qwen3_moe"))
+  assert m.attn_bias == (name in ("qwen2_moe", "gpt_oss"))
+  assert m.shared_expert == (name in ("qwen2_moe", "deepseek_v2", "deepseek_v3"))
+  assert m.router.renormalize == (name in ("mixtral", "qwen3_moe", "deepseek_v3", "gpt_oss"))
+  assert m.attention == ("mla" if name in ("deepseek_v2", "deepseek_v3") else "gqa")
+  assert hf_config.family_of(hf.read_config(directory)) == name
   with open(os.path.join(directory, "config.json"), encoding="utf-8") as f:
     raw = json.load(f)
   assert m.tie_embeddings == bool(raw.get("tie_word_embeddings"))
