@@ -6,7 +6,8 @@ before anything is compiled. Other modules add their checks here, not at their c
 One module per section, each with its option lists (the tuples other modules import from here):
   checks.py    ConfigError and the small checks the sections are made of
   args.py      `get_config(arg)` strings (parse_arg) and `--config.x.y` names (unknown_field)
-  model.py     model and model.router: ROUTER_KINDS, DISPATCH_BACKENDS, MODEL_OPTION_DEFAULTS, ...
+  model.py     model: DTYPES, QK_NORMS, MODEL_OPTION_DEFAULTS, with_model_defaults
+  router.py    model.router: ROUTER_KINDS, DISPATCH_BACKENDS, ROUTER_OPTION_DEFAULTS, ...
   architecture.py  the newer families' model options (MLA, sinks, windows, rope scaling, expert
                activation and biases, dense first layers): ARCH_OPTION_DEFAULTS, ...
   mesh.py      mesh: MESH_AXES; the mesh against the model, the devices, the serving rows
@@ -33,11 +34,11 @@ from moe_serve.config.checks import ConfigError
 from moe_serve.config.clock import CLOCK_MODES, validate_clock
 from moe_serve.config.kinds import KINDS, validate, validate_for
 from moe_serve.config.mesh import MESH_AXES, validate_mesh, validate_serve_mesh
-from moe_serve.config.model import (CAPACITY_SCOPES, DISPATCH_BACKENDS, DTYPES,
-                                    MODEL_OPTION_DEFAULTS, PRIORITIES, QK_NORMS, ROUTER_KINDS,
-                                    ROUTER_OPTION_DEFAULTS, ROUTER_SCORES, GROUP_SCORES,
-                                    validate_model, validate_router, validate_routing_rules,
+from moe_serve.config.model import (DTYPES, MODEL_OPTION_DEFAULTS, QK_NORMS, validate_model,
                                     with_model_defaults)
+from moe_serve.config.router import (CAPACITY_SCOPES, DISPATCH_BACKENDS, GROUP_SCORES, PRIORITIES,
+                                     ROUTER_KINDS, ROUTER_OPTION_DEFAULTS, ROUTER_SCORES,
+                                     validate_router, validate_routing_rules)
 from moe_serve.config.serve import MAX_SHAPE_BUCKETS, SERVE_BATCHING, SERVE_POLICIES, validate_serve
 from moe_serve.config.study import (CO_DOMAINS, STUDY_ARMS, STUDY_MODES, STUDY_REPLAY,
                                     validate_study)

@@ -40,3 +40,12 @@ def boolean(value, field):
 def divisors(n):
   """The divisors of `n`, ascending (the valid sizes an error message offers)."""
   return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def require_options(section, name, defaults):
+  """ConfigError naming the first option of `defaults` missing from `section` (a late option an
+  older config lacks), with its default."""
+  for key, value in defaults.items():
+    if key not in section:
+      raise ConfigError(f"{name}.{key} is missing; start from configs/base.py (default "
+                        f"{value!r})")

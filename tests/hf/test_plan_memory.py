@@ -75,7 +75,8 @@ def test_plan_memory_from_a_deepseek_v3_config_json(tmp_path):
       "bfloat16", "mla", 8)
   plan = memory.planned(cfg.model, {"data": 1, "expert": 8, "tensor": 1},
                         cfg.logical_axis_rules, 16)
-  assert plan["params_bytes"] == 2 * _v3_params()  # bf16, ~671e9 parameters
+  # bf16, ~671e9 parameters; the selection bias (256 per MoE layer) stays float32 (api.py)
+  assert plan["params_bytes"] == 2 * _v3_params() + 2 * 256 * (61 - 3)
   latent = 16 * 4096 * 61 * (512 + 64) * 4  # slots x positions x layers x (R + Hr), float32
   assert plan["cache_bytes"] == latent + 16 * 4  # + the slots' int32 lengths
   experts = 2 * (61 - 3) * 256 * 3 * 7168 * 2048  # split over the 8-way expert axis
