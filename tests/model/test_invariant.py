@@ -178,6 +178,8 @@ def test_a_request_gets_its_solo_bits_at_any_step_shape_slot_and_company(scope):
 # One rerun, SSE4_2: narrower than both hosts this project runs on (AVX2, AVX-512), so it always
 # differs from native. An AVX2 rerun also passed (2026-12-05) and was dropped to keep the suite
 # under 10 minutes (it repeated ~37 s of compiles); I1, I2 and I4 fail under either.
+@pytest.mark.skipif(not os.environ.get("MOE_SERVE_SLOW_TESTS"),
+                    reason="slow (43 s): MOE_SERVE_SLOW_TESTS=1; suite over CI's limit 2026-12-05")
 @pytest.mark.parametrize("isa", ["SSE4_2"])
 def test_the_same_holds_with_other_vector_instructions(isa):
   """XLA:CPU picks kernels by the vector instructions it may use; rerun this file with fewer."""

@@ -16,6 +16,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from moe_serve.experiments import study
 from tests.parallel import multiprocess_worker as worker
 
@@ -64,6 +66,9 @@ def _deterministic(result_json):
   return strip(json.loads(result_json.read_text())["result"])
 
 
+# Runs only with MOE_SERVE_SLOW_TESTS=1 (62 s): the suite with the new families' tests took 560 s
+# of pytest on an idle 2-core host on 2026-12-05, over CI's 10 minutes with the install.
+@pytest.mark.skipif(not os.environ.get("MOE_SERVE_SLOW_TESTS"), reason="slow: MOE_SERVE_SLOW_TESTS=1")
 def test_two_processes_write_what_one_process_writes(tmp_path):
   mp, ref = tmp_path / "two", tmp_path / "one"
   mp.mkdir()
