@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from moe_serve.model import dispatch, routing
+from moe_serve.model import dispatch, experts, routing
 
 import common  # benchmarks/common.py (the script's folder is on sys.path)
 
@@ -63,7 +63,7 @@ def run_case(num_tokens, num_experts, repeats):
   keys = jax.random.split(jax.random.key(0), 8)
   x = jax.random.normal(keys[0], (num_tokens, d))
   w_router = jax.random.normal(keys[1], (d, num_experts)) * d**-0.5
-  w = dispatch.ExpertWeights(jax.random.normal(keys[2], (num_experts, d, f)) * d**-0.5,
+  w = experts.ExpertWeights(jax.random.normal(keys[2], (num_experts, d, f)) * d**-0.5,
                              jax.random.normal(keys[3], (num_experts, d, f)) * d**-0.5,
                              jax.random.normal(keys[4], (num_experts, f, d)) * f**-0.5)
   dense_w = (jax.random.normal(keys[5], (d, k * f)) * d**-0.5,

@@ -16,18 +16,8 @@ import jax.numpy as jnp
 
 from moe_serve.model import invariant, layers
 from moe_serve.model import rope as rope_lib
-# The reads and the cache layout live in attend.py; these names stay importable from here.
-from moe_serve.model.attend import (CACHE_AXES, attend, attend_cache,  # noqa: F401
-                                    attend_cache_chunked, attend_chunked, attend_parts,
-                                    cache_axes, write_cache)
+from moe_serve.model.attend import attend_parts
 from moe_serve.model.parts import Part
-
-
-def init_cache_layer(num_slots, max_len, num_kv_heads, head_dim, dtype=jnp.float32):
-  """One layer's zeroed KV cache: {"k": [S, M, H, J], "v": [S, M, J, H]} with J = max_len."""
-  size = {"decode_batch": num_slots, "cache_heads": num_kv_heads, "cache_kv": head_dim,
-          "cache_seq": max_len}
-  return {c: jnp.zeros(tuple(size[a] for a in axes), dtype) for c, axes in CACHE_AXES.items()}
 
 
 def _across_heads(norm):

@@ -32,9 +32,6 @@ BUFFER_AXES = ("exp", None, "embed_moe")
 TOKEN_AXES = ("activation_tokens", "activation_embed")
 
 
-ExpertWeights = experts.ExpertWeights  # the one definition is experts.py's
-
-
 def experts_sharded():
   """Whether the logical `exp` axis is split over devices in the current (trace) context."""
   return layers.logical_axis_size("exp") > 1

@@ -10,7 +10,7 @@ Two kinds of op decide a row's bits and can depend on the step's shape (docs/ser
 - a sum whose length follows the step (attention over the cache positions a kv bucket reads).
   `sum_terms` adds a list of arrays left to right as elementwise ops, so its order is the
   expression's, not a reduction kernel's; attention adds fixed chunks of `KV_CHUNK` positions
-  that way and folds the chunks together in position order (attention.attend_chunked).
+  that way and folds the chunks together in position order (attend.attend_chunked).
 
 Row-local reductions (RMSNorm over D, softmaxes over E or V, top-k) are left to XLA: they reduce
 one row's own values over an axis of fixed size. The tests compare them at many row counts and

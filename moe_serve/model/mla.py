@@ -50,6 +50,7 @@ def _per_head(x_BxLxNxA, w, spec, invariant_mode):
 # it a reduced Moonlight's logits differ from transformers' by 1.04e-4, with 1e-6 by 3.6e-6).
 LATENT_NORM_EPS = 1e-6
 
+
 class LatentAttention(nn.Module):
   """DeepSeek's latent attention of a step's parts over the latent slot cache (module docstring).
   `window` > 0: this layer attends within that many positions (model.sliding_window)."""

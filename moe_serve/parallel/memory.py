@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 
 from moe_serve.model import api
-from moe_serve.model import attention
+from moe_serve.model import attend
 from moe_serve.parallel import sharding
 
 GIB = 2 ** 30
@@ -63,7 +63,7 @@ def planned(model_cfg, mesh_shape, rules, num_slots):
   specs = nn.logical_to_mesh(api.param_axes(model_cfg), rules)
   cache = jax.eval_shape(lambda: api.init_cache(model_cfg, num_slots))
   kv = {c: nn.logical_to_mesh_axes(axes, rules)
-        for c, axes in attention.cache_axes(model_cfg).items()}
+        for c, axes in attend.cache_axes(model_cfg).items()}
   cache_specs = {"layers": [dict(kv) for _ in range(model_cfg.num_layers)],
                  "lengths": nn.logical_to_mesh_axes(sharding.CACHE_LENGTHS_AXES, rules)}
   out = {}

@@ -15,10 +15,10 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from moe_serve import config as config_lib
 from moe_serve.model import api
-from moe_serve.model import attention
+from moe_serve.model import attend
 from moe_serve.model.parts import Part, StepBatch
 
-# Logical names of the slot KV cache's lengths (its keys and values: attention.cache_axes) and of
+# Logical names of the slot KV cache's lengths (its keys and values: attend.cache_axes) and of
 # step input rows (parts.py).
 CACHE_LENGTHS_AXES = ("decode_batch",)  # [S]
 ROWS_AXES = ("activation_batch", "activation_length")  # [B, L] tokens, positions, segment ids
@@ -90,14 +90,14 @@ def _make_plan(model_cfg, mesh, rules):
   param_shapes = jax.eval_shape(lambda: api.init_params(model_cfg, jax.random.key(0)))
   if mesh is None:
     one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    cache = {"layers": [{c: one for c in attention.cache_axes(model_cfg)}
+    cache = {"layers": [{c: one for c in attend.cache_axes(model_cfg)}
                         for _ in range(model_cfg.num_layers)],
              "lengths": one}
     return Plan(None, None, param_shapes, jax.tree.map(lambda _: one, param_shapes), cache, None)
   params = nn.logical_to_mesh_sharding(api.param_axes(model_cfg), mesh, rules)
   check_divisible(param_shapes, params, "parameter",
                   "change the model size or the mesh/logical_axis_rules")
-  kv = {c: named(mesh, rules, axes) for c, axes in attention.cache_axes(model_cfg).items()}
+  kv = {c: named(mesh, rules, axes) for c, axes in attend.cache_axes(model_cfg).items()}
   cache = {"layers": [dict(kv) for _ in range(model_cfg.num_layers)],
            "lengths": named(mesh, rules, CACHE_LENGTHS_AXES)}
   return Plan(mesh, rules, param_shapes, params, cache, step_batch_shardings(mesh, rules))

@@ -1,6 +1,6 @@
 """Decode attention over the slot cache: slot-order reads (B >= S) against gathered rows (B < S).
 
-`attention.attend_cache` reads the cache two ways. Decode rows that can fill every slot attend in
+`attend.attend_cache` reads the cache two ways. Decode rows that can fill every slot attend in
 slot order straight from the cache; fewer rows gather their slots' keys and values. Both compute
 one row from its own slot only, so a row's output must agree between them (float32 rounding:
 the two read arrays of different shapes, LOGITS_ATOL's reason), and the padding rows of the
@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from moe_serve.model import attention
+from moe_serve.model import attend
 from moe_serve.model.parts import Part
 from tests.tolerances import LOGITS_ATOL
 
@@ -26,7 +26,7 @@ def _decode_part(slots, positions, segments):
 
 def test_slot_order_read_matches_gathered_rows_and_ignores_padding():
   rng = np.random.default_rng(0)
-  cache = {"k": jnp.asarray(rng.normal(size=(S, M, H, J)), jnp.float32),  # layout: attention.py
+  cache = {"k": jnp.asarray(rng.normal(size=(S, M, H, J)), jnp.float32),  # layout: attend.py
            "v": jnp.asarray(rng.normal(size=(S, M, J, H)), jnp.float32)}
   # Rows 0-3 real, in an order unlike their slots (slot 0 among them); rows 4-7 padding on slot 0.
   slots = [3, 0, 5, 1, 0, 0, 0, 0]
@@ -34,7 +34,7 @@ def test_slot_order_read_matches_gathered_rows_and_ignores_padding():
   segments = [10, 11, 12, 13, -1, -1, -1, -1]
   q_BxLxNxH = jnp.asarray(rng.normal(size=(len(slots), 1, N, H)), jnp.float32)
   kv_len = 12
-  full = jax.jit(attention.attend_cache, static_argnums=3)  # B = 8 >= S: slot order
+  full = jax.jit(attend.attend_cache, static_argnums=3)  # B = 8 >= S: slot order
   got = np.asarray(full(q_BxLxNxH, cache, _decode_part(slots, positions, segments), kv_len))
   for row in range(4):  # each real row alone (B = 1 < S): its slot's keys gathered
     alone = _decode_part(slots[row:row + 1], positions[row:row + 1], segments[row:row + 1])

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from moe_serve.model import dispatch, routing
+from moe_serve.model import dispatch, experts, routing
 from tests.tolerances import DISPATCH_ATOL, DISPATCH_RTOL
 
 T, D, E, F = 37, 16, 4, 8
@@ -20,7 +20,7 @@ T, D, E, F = 37, 16, 4, 8
 
 def _weights(seed=0):
   k = jax.random.split(jax.random.key(seed), 3)
-  return dispatch.ExpertWeights(jax.random.normal(k[0], (E, D, F)) * D**-0.5,
+  return experts.ExpertWeights(jax.random.normal(k[0], (E, D, F)) * D**-0.5,
                                 jax.random.normal(k[1], (E, D, F)) * D**-0.5,
                                 jax.random.normal(k[2], (E, F, D)) * F**-0.5)
 

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from moe_serve import config as config_lib
-from moe_serve.model import api, dispatch, dispatch_soft
+from moe_serve.model import api, dispatch_soft, experts
 
 T, D, E, P, F, G = 10, 8, 3, 2, 6, 4
 
 
 def _setup(seed=0):
   k = jax.random.split(jax.random.key(seed), 6)
-  w = dispatch.ExpertWeights(jax.random.normal(k[0], (E, D, F)) * D**-0.5,
+  w = experts.ExpertWeights(jax.random.normal(k[0], (E, D, F)) * D**-0.5,
                              jax.random.normal(k[1], (E, D, F)) * D**-0.5,
                              jax.random.normal(k[2], (E, F, D)) * F**-0.5)
   x = jax.random.normal(k[3], (T, D))

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from configs import serve_default
-from moe_serve.model import api, attention, invariant, parts
+from moe_serve.model import api, attend, invariant, parts
 from moe_serve.model.parts import Part, StepBatch
 from moe_serve.parallel import steps
 
@@ -54,9 +54,9 @@ def test_chunked_attention_matches_softmax_attention_and_ignores_kv_len_and_comp
   q_1xLxNxH = jnp.asarray(rng.standard_normal((1, 5, n, h)), jnp.float32)
   target = Part(jnp.zeros((1, 5), jnp.int32), jnp.arange(40, 45, dtype=jnp.int32)[None],
                 jnp.zeros((1, 5), jnp.int32), jnp.asarray([3], jnp.int32))
-  read = jax.jit(attention.attend_cache_chunked, static_argnames="kv_len")
+  read = jax.jit(attend.attend_cache_chunked, static_argnames="kv_len")
   solo = np.asarray(read(q_1xLxNxH, cache, target, kv_len=45))[0]
-  np.testing.assert_allclose(solo, np.asarray(attention.attend_cache(q_1xLxNxH, cache, target))[0],
+  np.testing.assert_allclose(solo, np.asarray(attend.attend_cache(q_1xLxNxH, cache, target))[0],
                              rtol=1e-5, atol=1e-6)
   for rows, length, kv_len in ((3, 5, 64), (5, 8, 96), (2, 16, None)):
     at = int(rng.integers(rows))
