@@ -24,7 +24,7 @@ _X_LABELS = {"capacity_factor": "capacity factor", "load": "load (requests/s)"}
 def _lines(ax, rows, x, y, title, ylabel, first=0):
   """One line per setting along `x`; with a single x value, one bar per setting instead (a
   line over one point shows nothing). `first`: the colour and style index of the first line
-  (several calls on one panel keep their lines apart)."""
+  (several calls on one panel keep their lines apart). Returns how many series it drew."""
   keys = [k for k in _LINE_KEYS if k == "scope" or len({str(r.get(k)) for r in rows}) > 1]
   label = lambda r: ", ".join(f"{k}={r.get(k)}" if k != "scope" else str(r.get(k)) for k in keys)
   series = []
@@ -71,9 +71,14 @@ def _lines(ax, rows, x, y, title, ylabel, first=0):
               color=f"C{i}", label=name if same == name else f"{name} (same as {same})")
     ax.set_xlabel(xlabel)
     ax.set_title(title)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3))  # below: hides no line
+    # Below the axes and their x label (hides no line); offset in points, not axes fractions,
+    # so a short panel does not pull it up over the label.
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, 0), borderaxespad=0,
+              bbox_transform=ax.transAxes + matplotlib.transforms.ScaledTranslation(
+                  0, -0.45, ax.figure.dpi_scale_trans))
   ax.set_ylabel(ylabel)
   ax.grid(alpha=0.3)
+  return len(series)
 
 
 def _save(fig, out_dir, name, tag=None):
@@ -157,13 +162,16 @@ def write_all(rows, out_dir, tag=None):
          "fraction of repeats equal to solo")
   paths.append(_save(fig, out_dir, "agreement_vs_load.png", tag))
 
-  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  # Stacked, not side by side: each panel's legend (a line per setting and domain) needs the
+  # figure's width (side by side, the left legend ran over the right one).
+  fig, axes = plt.subplots(2, 1, figsize=(8, 10))
   _lines(axes[0], at_load, "capacity_factor", "exact_match_mean", "Task exact match",
          "exact match (mean over task domains)")
   nll_keys = sorted(k for k in rows[0] if k.startswith("nll_"))
-  for j, key in enumerate(nll_keys):
-    _lines(axes[1], [dict(r, scope=f"{r['scope']}, {key[4:]}") for r in at_load],
-           "capacity_factor", key, "Continuation NLL", "nats/token", first=4 * j)
+  drawn = 0
+  for key in nll_keys:  # each domain's lines after the previous domain's: no colour repeats
+    drawn += _lines(axes[1], [dict(r, scope=f"{r['scope']}, {key[4:]}") for r in at_load],
+                    "capacity_factor", key, "Continuation NLL", "nats/token", first=drawn)
   paths.append(_save(fig, out_dir, "quality_vs_capacity_factor.png", tag))
 
   fig, axes = plt.subplots(1, 3, figsize=(14, 4))
