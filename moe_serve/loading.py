@@ -11,13 +11,10 @@ library entry point that serves, studies, evaluates or calibrates goes through h
 """
 import os
 
-import jax
-
 from moe_serve import bundled, checkpoint, files, hf
 from moe_serve import config as config_lib
 from moe_serve.data import tokenizer as byte_tokenizer
 from moe_serve.hf import tokenizer as hf_tokenizer
-from moe_serve.model import api
 from moe_serve.parallel import sharding, steps
 
 
@@ -28,7 +25,7 @@ from moe_serve.parallel import sharding, steps
 # come from the directory.
 SERVING_CHOICES = ("max_len", "dtype", "batch_invariant")
 ROUTER_FROM_MODEL = ("kind", "k", "renormalize") + tuple(config_lib.ROUTER_OPTION_DEFAULTS)
-_SHARDED_INITS = {}
+_INITS = {}
 
 
 def _architecture(model_cfg):
@@ -133,16 +130,13 @@ def load(cfg, mesh=None, log=print):
   src = source(cfg)
   if src["kind"] == "random_init":
     log(f"model: random init from seed {cfg.seed} (config params_dir is empty)")
-    if mesh is not None:  # one jitted init per (model, mesh, rules): loading again reuses it
-      key = (cfg.model.to_json(sort_keys=True), mesh, tuple(tuple(r) for r in rules))
-      if key not in _SHARDED_INITS:
-        _SHARDED_INITS[key] = steps.make_init_fn(cfg.model, mesh, rules)
-      return _SHARDED_INITS[key](cfg.seed), src
-    # Jitted like the sharded init, so the values are the same on one device and on any mesh
-    # (an eager init rounds some values differently), and committed like restored parameters.
-    init = jax.jit(lambda: api.init_params(cfg.model, jax.random.key(cfg.seed)),
-                   out_shardings=sharding.plan(cfg.model).params)
-    return init(), src
+    # One jitted init per (model, mesh, rules): loading again reuses it. Jitted on one device
+    # too, so the values are the same on one device and on any mesh (steps.make_init_fn).
+    key = (cfg.model.to_json(sort_keys=True), mesh, None if rules is None else
+           tuple(tuple(r) for r in rules))
+    if key not in _INITS:
+      _INITS[key] = steps.make_init_fn(cfg.model, mesh, rules)
+    return _INITS[key](cfg.seed), src
   directory = files.local_copy(cfg.params_dir, log)
   check_architecture(directory_model_config(directory, cfg.model.max_len), cfg.model, directory)
   if src["kind"] == "hf_dir":

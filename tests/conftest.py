@@ -1,9 +1,23 @@
-"""Every test sees 8 fake CPU devices: XLA_FLAGS must be set before jax is imported."""
-import os
+"""Every test sees 8 fake CPU devices: XLA_FLAGS must be set before jax is imported.
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+The session also shares one XLA compilation cache (a new temporary directory) between pytest's
+processes and the scripts tests start: a program two of them compile alike compiles once. It
+does not outlive the session, so every run compiles from scratch, as a fresh clone does.
+"""
+import os
+import shutil
+import tempfile
+
+_DEVICES = "--xla_force_host_platform_device_count=8"
+if _DEVICES not in os.environ.get("XLA_FLAGS", ""):  # xdist workers inherit it
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _DEVICES).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_OWN_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # set by the first process: workers share it
+  _OWN_CACHE = tempfile.mkdtemp(prefix="moe_serve_test_xla_cache_")
+  os.environ.update(JAX_COMPILATION_CACHE_DIR=_OWN_CACHE,
+                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 import jax  # noqa: E402  pylint: disable=wrong-import-position
 import pytest  # noqa: E402
@@ -35,6 +49,12 @@ def fake_gs(tmp_path, monkeypatch):
 def pytest_report_header(config):
   del config
   return f"jax {jax.__version__}, devices: {jax.device_count()} x {jax.devices()[0].platform}"
+
+
+def pytest_unconfigure(config):
+  del config
+  if _OWN_CACHE:
+    shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 # The longest tests first (durations of a fresh-clone `-n 2` run on a 2-core CPU, 2026-12-05), so

@@ -1,4 +1,8 @@
-"""Counts XLA backend compilations, to check that a warmed-up loop never compiles again."""
+"""Counts XLA backend compilations, to check that a warmed-up loop never compiles again.
+
+An executable loaded from jax's persistent compilation cache (JAX_COMPILATION_CACHE_DIR) counts
+too (jax times the load as a compile): the loop still asked for a program it did not have.
+"""
 import contextlib
 
 import jax

@@ -4,7 +4,6 @@ import numpy as np
 
 from moe_serve.data import tokenizer
 from moe_serve.experiments import quality_runners
-from moe_serve.model import api
 from moe_serve.parallel import steps
 from tests.tolerances import LOGPROB_ATOL
 
@@ -22,7 +21,7 @@ def _forward_logits(forward, params, seq):
 
 def _model(tiny_cfg):
   m = tiny_cfg.model
-  return m, api.init_params(m, jax.random.key(0))
+  return m, steps.make_init_fn(m)(0)
 
 
 def test_score_matches_forward(tiny_cfg):
@@ -56,7 +55,7 @@ def test_generate_is_greedy_and_stops_at_eos(tiny_cfg):
 def test_engine_generates_what_the_step_loop_does():
   from configs import serve_default  # pylint: disable=import-outside-toplevel
   cfg = serve_default.get_config("size=tiny")
-  params = api.init_params(cfg.model, jax.random.key(0))
+  params = steps.make_init_fn(cfg.model)(0)
   prompts = [tokenizer.encode(p) for p in ("12+34=", "sort: dcba=", "reverse: abc=", "a")]
   via_engine = quality_runners.EngineRunner(cfg, params).generate(prompts, 6)
   via_step = quality_runners.StepRunner(cfg.model, params, num_slots=8, chunk=8)

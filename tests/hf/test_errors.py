@@ -16,7 +16,7 @@ from safetensors.numpy import load_file, save_file
 from moe_serve import checkpoint, hf
 from moe_serve.hf import config as hf_config
 from moe_serve.hf import weights as hf_weights
-from tests.hf.test_families import FIXTURES
+from tests.helpers.hf_fixtures import FIXTURES
 
 
 def _raw(family):

@@ -27,15 +27,13 @@ from moe_serve.parallel import steps
 from moe_serve.serving.stream import request
 from moe_serve.serving import run as run_lib
 from tests import tolerances
-from tests.serving.conftest import tiny_serve_cfg
+from tests.helpers.hf_fixtures import FIXTURES, LOGIT_ATOL
+from tests.helpers.serving import tiny_serve_cfg
 
-FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures",
-                        "hf")
 FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3",
             "gpt_oss")
 NEWER = ("deepseek_v2", "deepseek_v3", "gpt_oss")
 OWN_DTYPE = ("sinks", "e_score_bias")  # the model may keep these in float32
-LOGIT_ATOL = 1e-4  # the bound; float32 both sides, different summation orders
 
 
 def _reference(family):

@@ -22,7 +22,7 @@ from moe_serve.hf import quant
 from moe_serve.hf import weights as hf_weights
 from moe_serve.model.transformer import is_moe_layer
 from tests.hf import layout_oracle
-from tests.hf.test_families import FIXTURES, LOGIT_ATOL
+from tests.helpers.hf_fixtures import FIXTURES, LOGIT_ATOL
 
 NEWER = ("deepseek_v2", "deepseek_v3", "gpt_oss")
 

@@ -10,7 +10,7 @@ import os
 from configs import serve_default
 from moe_serve import hf, loading
 from moe_serve.parallel import memory
-from tests.hf.test_families import FIXTURES
+from tests.helpers.hf_fixtures import FIXTURES
 V3 = {  # deepseek-ai/DeepSeek-V3 config.json (auto_map left out)
     "architectures": ["DeepseekV3ForCausalLM"], "attention_bias": False,
     "attention_dropout": 0.0, "aux_loss_alpha": 0.001, "bos_token_id": 0, "eos_token_id": 1,

@@ -16,7 +16,9 @@ from configs import base
 from moe_serve.model import attend, layers, rope
 from moe_serve.model.attention import Attention
 from moe_serve.model.parts import Part, full_part
+from tests.helpers.expert_inputs import normal
 from tests.model import attention_reference as ref
+
 
 ROPES = {
     "linear": dict(rope_type="linear", rope_factor=2.5),
@@ -58,7 +60,7 @@ def test_scaled_rope_frequencies_and_factor_follow_hf(name):
 
 
 def test_default_rope_is_layers_rotary_bit_for_bit():
-  x = jax.random.normal(jax.random.key(0), (2, 5, 3, 8))
+  x = normal(np.random.default_rng(0), (2, 5, 3, 8))
   pos = jnp.arange(10, dtype=jnp.int32).reshape(2, 5)
   spec = rope.Rope.of(_model(), 8)
   assert spec.inv_freq is None

@@ -17,7 +17,7 @@ def setup():
   f32 = base.get_config("size=tiny").model
   bf16 = f32.copy_and_resolve_references()
   bf16.dtype = "bfloat16"
-  params = api.init_params(f32, jax.random.key(0))  # float32 parameters either way
+  params = steps.make_init_fn(f32)(0)  # float32 parameters either way
   toks_BxL = np.asarray(jax.random.randint(jax.random.key(1), (2, 12), 3, f32.vocab_size))
   return f32, bf16, params, toks_BxL
 

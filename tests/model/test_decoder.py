@@ -4,6 +4,8 @@ Tolerance: float32 logits agree to 1e-5 absolute. The cached path attends over t
 row (max_len keys, masked) while the full forward attends over L keys, so the softmax sums are
 reduced in a different order; exact zeros from masked keys keep the difference at rounding level.
 """
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,7 +17,7 @@ from tests.tolerances import LOGITS_ATOL
 
 
 def _setup(cfg, seed=0):
-  params = api.init_params(cfg.model, jax.random.key(seed))
+  params = steps.make_init_fn(cfg.model)(seed)
   toks = np.asarray(jax.random.randint(jax.random.key(seed + 1), (2, 12), 3, cfg.model.vocab_size))
   return params, toks
 
@@ -152,7 +154,7 @@ def test_repeated_steps_of_one_bucket_compile_once(tiny_cfg):
   m = tiny_cfg.model
   params, toks = _setup(tiny_cfg)
   step = steps.make_step_fn(m)
-  cache = api.init_cache(m, 2)
+  cache = steps.make_cache_fn(m)(2)  # committed, as the step returns it
 
   def run(t):
     batch = parts.StepBatch(parts.decode_part(toks[:, t], [0, 1], [t, t], [0, 1]),
@@ -172,6 +174,21 @@ def test_repeated_steps_of_one_bucket_compile_once(tiny_cfg):
     assert n() >= 1
 
 
+def test_a_program_from_the_persistent_compilation_cache_counts_as_a_compile():
+  """tests/conftest.py sets JAX_COMPILATION_CACHE_DIR: of two functions with one program, the
+  second loads the first's from the cache, and the counter sees both."""
+  assert os.environ.get("JAX_COMPILATION_CACHE_DIR")
+  hits = []
+  jax.monitoring.register_event_listener(
+      lambda event, **_: hits.append(event) if event.endswith("/cache_hits") else None)
+  x = np.random.default_rng().standard_normal(7).astype(np.float32)  # a program no test has
+  salt = float(np.random.default_rng().integers(1 << 20))
+  with compiles.count_compiles() as n:
+    jax.jit(lambda v: jnp.sin(v) * salt)(x)
+    jax.jit(lambda v: jnp.sin(v) * salt)(x)  # another function: misses jit's in-memory cache
+  assert len(hits) == 1 and n() == 2
+
+
 def test_step_rows_must_each_hold_one_request():
   ok = parts.StepBatch(parts.decode_part([5, 6], [0, 1], [3, 3], [0, -1]),
                        parts.chunk_part(np.ones((2, 4)), [2, 3], [0, 0], [4, 2], [7, 8]))
@@ -189,7 +206,7 @@ def test_step_rows_must_each_hold_one_request():
 def test_count_params_active_counts_k_of_e_experts(tiny_cfg, kind):
   m = tiny_cfg.model
   m.router.kind = kind
-  params = api.init_params(m, jax.random.key(0))
+  params = steps.make_init_fn(m)(0)
   total, active = api.count_params(m, params)
   assert total == sum(x.size for x in jax.tree.leaves(params))
   per_layer = [sum(x.size for x in jax.tree.leaves(params[f"block_{i}"]["moe"]["experts"]))

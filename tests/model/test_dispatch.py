@@ -12,38 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from moe_serve.model import dispatch, experts, routing
+from moe_serve.model import dispatch, routing
+from tests.helpers.expert_inputs import D, E, T, inputs, normal, numpy_reference, weights
 from tests.tolerances import DISPATCH_ATOL, DISPATCH_RTOL
-
-T, D, E, F = 37, 16, 4, 8
-
-
-def _weights(seed=0):
-  k = jax.random.split(jax.random.key(seed), 3)
-  return experts.ExpertWeights(jax.random.normal(k[0], (E, D, F)) * D**-0.5,
-                                jax.random.normal(k[1], (E, D, F)) * D**-0.5,
-                                jax.random.normal(k[2], (E, F, D)) * F**-0.5)
-
-
-def _inputs(seed=0):
-  k = jax.random.split(jax.random.key(seed + 10), 2)
-  seg_T = np.where(np.arange(T) % 5 == 4, -1, np.arange(T) // 6)  # 6 requests, some padding
-  return (jax.random.normal(k[0], (T, D)), jax.random.normal(k[1], (T, E)) * 2.0,
-          jnp.asarray(seg_T, jnp.int32))
-
-
-def _numpy_reference(x_TxD, index_TxK, weight_TxK, w):
-  """float64 numpy: y_t = sum_j weight_tj * SwiGLU_{e_tj}(x_t), independent of the library."""
-  x = np.asarray(x_TxD, np.float64)
-  g, u, dn = (np.asarray(a, np.float64)
-               for a in (w.w_gate_ExDxF, w.w_up_ExDxF, w.w_down_ExFxD))
-  out = np.zeros_like(x)
-  for t in range(x.shape[0]):
-    for e, wt in zip(np.asarray(index_TxK[t]), np.asarray(weight_TxK[t])):
-      h = x[t] @ g[e]
-      out[t] += wt * ((h / (1 + np.exp(-h))) * (x[t] @ u[e])) @ dn[e]
-  return out
-
 
 def _run_all(x, rt, w, cap):
   out = {"einsum": dispatch.einsum_dispatch(x, rt, w, cap),
@@ -57,18 +28,18 @@ def _run_all(x, rt, w, cap):
 def test_dropless_every_backend_equals_the_dense_reference(tiny_cfg, k):
   r = tiny_cfg.model.router
   r.update(capacity_scope="none", k=k)
-  x, logits, seg = _inputs()
+  x, logits, seg = inputs()
   rt = routing.route(logits, seg, r)
   # The reference's weights come from softmax/top-k here, not from the router.
   probs = np.asarray(jax.nn.softmax(logits, axis=-1), np.float64)
   index = np.argsort(-probs, axis=1, kind="stable")[:, :k]
   weight = np.take_along_axis(probs, index, 1)
   weight = weight / weight.sum(1, keepdims=True) * (np.asarray(seg)[:, None] >= 0)
-  want = _numpy_reference(x, index, weight, _weights())
+  want = numpy_reference(x, index, weight, weights())
   cap = routing.buffer_capacity(r, E, T)
-  got = _run_all(x, rt, _weights(), cap)
-  got["dense_reference"] = np.asarray(dispatch.dense_reference(x, rt, _weights()))
-  got["run_einsum"] = np.asarray(dispatch.run("einsum", x, rt, _weights(), cap))
+  got = _run_all(x, rt, weights(), cap)
+  got["dense_reference"] = np.asarray(dispatch.dense_reference(x, rt, weights()))
+  got["run_einsum"] = np.asarray(dispatch.run("einsum", x, rt, weights(), cap))
   for name, y in got.items():
     np.testing.assert_allclose(y, want, atol=DISPATCH_ATOL, rtol=DISPATCH_RTOL, err_msg=name)
   assert np.abs(want[np.asarray(seg) < 0]).max() == 0.0  # padding passes on its residual only
@@ -81,21 +52,21 @@ def test_backends_agree_when_dropping(tiny_cfg, scope, priority, kind):
   r = tiny_cfg.model.router
   r.update(kind=kind, capacity_scope=scope, priority=priority, capacity_factor_prefill=0.75,
            capacity_factor_decode=0.5, group_size=8, k=1 if kind == "expert_choice" else 2)
-  x, logits, seg = _inputs(seed=3)
+  x, logits, seg = inputs(seed=3)
   ids = jnp.arange(T) * 7 % 11
   rt = routing.route(logits, seg, r, num_decode=5, token_ids_T=ids)
   drops = float(routing.drop_rate(rt, seg, kind == "expert_choice"))
   assert drops > 0.05, "the case must actually drop"
   cap = routing.buffer_capacity(r, E, T, num_decode=5)
-  got = _run_all(x, rt, _weights(1), cap)
-  want = _numpy_reference(x, rt.expert_index, rt.combine_weight, _weights(1))
+  got = _run_all(x, rt, weights(1), cap)
+  want = numpy_reference(x, rt.expert_index, rt.combine_weight, weights(1))
   for name, y in got.items():
     np.testing.assert_allclose(y, want, atol=DISPATCH_ATOL, rtol=DISPATCH_RTOL, err_msg=name)
 
 
 def test_buffer_capacity_bounds_every_experts_kept_pairs(tiny_cfg):
   r = tiny_cfg.model.router
-  x, logits, seg = _inputs(seed=5)
+  x, logits, seg = inputs(seed=5)
   for scope in ("batch", "group", "sequence", "none"):
     r.update(capacity_scope=scope, capacity_factor_prefill=1.5, group_size=8)
     rt = routing.route(logits, seg, r, num_decode=3)
@@ -119,7 +90,7 @@ def test_sequence_scope_row_bound_holds_when_every_token_wants_one_expert(tiny_c
   shapes = ((5, 1), (4, 8))
   seg_T = np.concatenate([np.arange(5)] + [np.where(np.arange(8) < n, 5 + i, -1)
                                            for i, n in enumerate(lens)])
-  x, logits, _ = _inputs(seed=7)
+  x, logits, _ = inputs(seed=7)
   logits = logits.at[:, 0].add(20.0)  # every token's first choice: expert 0
   rt = routing.route(logits, jnp.asarray(seg_T, jnp.int32), r, num_decode=5)
   cap = routing.buffer_capacity(r, E, T, 5, shapes)
@@ -131,8 +102,8 @@ def test_sequence_scope_row_bound_holds_when_every_token_wants_one_expert(tiny_c
     assert per_expert[0] == want_0
     if min(lens) == 8:
       assert want_0 == cap  # the bound is tight
-  want = _numpy_reference(x, rt.expert_index, rt.combine_weight, _weights(2))
-  for name, y in _run_all(x, rt, _weights(2), cap).items():
+  want = numpy_reference(x, rt.expert_index, rt.combine_weight, weights(2))
+  for name, y in _run_all(x, rt, weights(2), cap).items():
     np.testing.assert_allclose(y, want, atol=DISPATCH_ATOL, rtol=DISPATCH_RTOL, err_msg=name)
 
 
@@ -141,14 +112,14 @@ def test_too_small_a_buffer_drops_rather_than_corrupts(tiny_cfg):
   pairs the same way (rank >= capacity) instead of writing into another expert's rows."""
   r = tiny_cfg.model.router
   r.update(capacity_scope="none")
-  x, logits, seg = _inputs(seed=6)
+  x, logits, seg = inputs(seed=6)
   rt = routing.route(logits, seg, r)
-  a = dispatch.einsum_dispatch(x, rt, _weights(), 3)
-  b = dispatch.gather_dispatch(x, rt, _weights(), 3)
+  a = dispatch.einsum_dispatch(x, rt, weights(), 3)
+  b = dispatch.gather_dispatch(x, rt, weights(), 3)
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=DISPATCH_ATOL, rtol=DISPATCH_RTOL)
   slot = np.asarray(dispatch.buffer_slots(rt, E))
   keep = np.asarray(rt.kept) & (slot < 3)
-  want = _numpy_reference(x, rt.expert_index, np.where(keep, rt.combine_weight, 0.0), _weights())
+  want = numpy_reference(x, rt.expert_index, np.where(keep, rt.combine_weight, 0.0), weights())
   np.testing.assert_allclose(np.asarray(b), want, atol=DISPATCH_ATOL, rtol=DISPATCH_RTOL)
 
 
@@ -170,11 +141,11 @@ def test_buffers_carry_expert_sharding_constraints(tiny_cfg):
            ("activation_embed", None))
   r = tiny_cfg.model.router
   r.update(capacity_scope="batch", capacity_factor_prefill=1.0)
-  x, logits, seg = _inputs()
+  x, logits, seg = inputs()
   x, logits, seg = x[:32], logits[:32], seg[:32]
   cap = routing.buffer_capacity(r, E, 32)
 
-  w = _weights()
+  w = weights()
   for backend in ("einsum", "gather"):
     def f(x, logits, seg, w, backend=backend):
       with nn.logical_axis_rules(rules):
@@ -194,9 +165,9 @@ def test_buffers_carry_expert_sharding_constraints(tiny_cfg):
 
 
 def test_expert_loop_equals_batched_experts():
-  x_ExCxD = jax.random.normal(jax.random.key(7), (E, 5, D))
-  loop = dispatch.expert_buffers(_weights(), x_ExCxD, loop=True)
-  batched = dispatch.expert_buffers(_weights(), x_ExCxD, loop=False)
+  x_ExCxD = normal(np.random.default_rng(7), (E, 5, D))
+  loop = dispatch.expert_buffers(weights(), x_ExCxD, loop=True)
+  batched = dispatch.expert_buffers(weights(), x_ExCxD, loop=False)
   np.testing.assert_allclose(np.asarray(loop), np.asarray(batched),
                              atol=DISPATCH_ATOL, rtol=DISPATCH_RTOL)
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from moe_serve.model import dispatch_grouped, routing
-from tests.model.test_dispatch import E, T, _inputs, _numpy_reference, _weights
+from tests.helpers.expert_inputs import E, T, inputs, numpy_reference, weights
 from tests.tolerances import DISPATCH_ATOL, DISPATCH_RTOL
 
 
 def _route(r, seed):
-  x, logits, seg = _inputs(seed=seed)
+  x, logits, seg = inputs(seed=seed)
   rt = routing.route(logits, seg, r, num_decode=5, token_ids_T=jnp.arange(T) * 7 % 11)
   return x, rt, seg
 
@@ -33,10 +33,10 @@ def test_grouped_dispatch_equals_the_reference(tiny_cfg, kind, scope, groups):
   if scope != "none":
     assert float(routing.drop_rate(rt, seg, kind == "expert_choice")) > 0.05
   cap = dispatch_grouped.group_capacity(T, groups, routing.buffer_capacity(r, E, T, 5), r, E, 5)
-  want = _numpy_reference(x, rt.expert_index, rt.combine_weight, _weights(1))
+  want = numpy_reference(x, rt.expert_index, rt.combine_weight, weights(1))
   for backend in ("einsum", "gather"):
     got = jax.jit(dispatch_grouped.grouped_dispatch, static_argnums=(0, 4, 5))(
-        backend, x, rt, _weights(1), groups, cap)
+        backend, x, rt, weights(1), groups, cap)
     np.testing.assert_allclose(np.asarray(got), want,
                                atol=DISPATCH_ATOL, rtol=DISPATCH_RTOL, err_msg=backend)
 
@@ -79,7 +79,7 @@ def test_sequence_scope_group_bound_per_row_when_every_token_wants_one_expert(ti
   shapes, groups, s = ((5, 1), (4, 8)), 4, -(-T // 4)
   seg_T = np.concatenate([np.arange(5)] + [np.where(np.arange(8) < n, 5 + i, -1)
                                            for i, n in enumerate([8, 5, 8, 8])])
-  x, logits, _ = _inputs(seed=8)
+  x, logits, _ = inputs(seed=8)
   rt = routing.route(logits.at[:, 0].add(20.0), jnp.asarray(seg_T, jnp.int32), r, num_decode=5)
   flat = routing.buffer_capacity(r, E, T, 5, shapes)
   cap = dispatch_grouped.group_capacity(T, groups, flat, r, E, 5, shapes)
@@ -89,9 +89,9 @@ def test_sequence_scope_group_bound_per_row_when_every_token_wants_one_expert(ti
   counts = np.zeros((groups, E), int)
   np.add.at(counts, (group_N[kept_N], np.asarray(rt.expert_index).reshape(-1)[kept_N]), 1)
   assert counts.max() <= cap
-  want = _numpy_reference(x, rt.expert_index, rt.combine_weight, _weights(1))
+  want = numpy_reference(x, rt.expert_index, rt.combine_weight, weights(1))
   for backend in ("einsum", "gather"):
     got = jax.jit(dispatch_grouped.grouped_dispatch, static_argnums=(0, 4, 5))(
-        backend, x, rt, _weights(1), groups, cap)
+        backend, x, rt, weights(1), groups, cap)
     np.testing.assert_allclose(np.asarray(got), want,
                                atol=DISPATCH_ATOL, rtol=DISPATCH_RTOL, err_msg=backend)

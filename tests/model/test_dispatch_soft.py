@@ -11,17 +11,18 @@ import pytest
 
 from moe_serve import config as config_lib
 from moe_serve.model import api, dispatch_soft, experts
+from moe_serve.parallel import steps
+from tests.helpers.expert_inputs import normal
 
 T, D, E, P, F, G = 10, 8, 3, 2, 6, 4
 
 
 def _setup(seed=0):
-  k = jax.random.split(jax.random.key(seed), 6)
-  w = experts.ExpertWeights(jax.random.normal(k[0], (E, D, F)) * D**-0.5,
-                             jax.random.normal(k[1], (E, D, F)) * D**-0.5,
-                             jax.random.normal(k[2], (E, F, D)) * F**-0.5)
-  x = jax.random.normal(k[3], (T, D))
-  phi = jax.random.normal(k[4], (D, E, P))
+  rng = np.random.default_rng(seed)
+  w = experts.ExpertWeights(normal(rng, (E, D, F), D**-0.5), normal(rng, (E, D, F), D**-0.5),
+                             normal(rng, (E, F, D), F**-0.5))
+  x = normal(rng, (T, D))
+  phi = normal(rng, (D, E, P))
   seg = jnp.asarray([0, 0, -1, 1, 1, 1, 2, 2, -1, 3])
   return x, seg, phi, jnp.float32(1.5), w
 
@@ -77,7 +78,7 @@ def test_soft_moe_in_the_model(tiny_cfg):
   m = tiny_cfg.model
   m.router.update(kind="soft", capacity_scope="group", group_size=4, k=2)
   config_lib.validate(tiny_cfg)
-  params = api.init_params(m, jax.random.key(0))
+  params = steps.make_init_fn(m)(0)
   toks = np.arange(2 * 6).reshape(2, 6) + 3
   logits, aux = jax.jit(functools.partial(api.forward, m, record_routing=True))(params, toks)
   assert np.isfinite(np.asarray(logits)).all()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from moe_serve.model import dispatch, dispatch_sorted, routing
-from tests.model.test_dispatch import E, T, _inputs, _weights
+from tests.helpers.expert_inputs import E, T, inputs, weights
 
 M = 4  # small blocks, so that part-filled blocks are common
 
@@ -51,8 +51,8 @@ def test_layout_rows_are_exactly_the_kept_pairs_in_expert_blocks(case):
 def test_a_tokens_output_does_not_depend_on_the_other_tokens(tiny_cfg):
   """Bitwise: token 0 alone, and token 0 among T - 1 others whose pairs fill its experts'
   blocks ahead of it, give the same output (what the batch-invariance contract needs)."""
-  x, logits, _ = _inputs(seed=4)
-  w = _weights(2)
+  x, logits, _ = inputs(seed=4)
+  w = weights(2)
   r = tiny_cfg.model.router
   r.update(capacity_scope="none", k=2)
   seg_all = jnp.arange(T, dtype=jnp.int32)

@@ -12,19 +12,18 @@ import numpy as np
 import pytest
 
 from moe_serve.model import dispatch, dispatch_grouped, experts, moe, routing
-from tests.model.test_dispatch import D, E, F, T, _inputs, _weights
+from tests.helpers.expert_inputs import D, E, F, T, inputs, normal, weights
 from tests.tolerances import DISPATCH_ATOL, DISPATCH_RTOL
 
 LIMIT, ALPHA = 1.0, 1.702  # limit 1 (gpt-oss: 7) so that the clamps bind on O(1) activations
 
 
 def _biased_clamped(seed=1):
-  w = _weights(seed)
-  k = jax.random.split(jax.random.key(seed + 20), 3)
+  w = weights(seed)
+  rng = np.random.default_rng(seed + 20)
   return experts.ExpertWeights(w.w_gate_ExDxF, w.w_up_ExDxF, w.w_down_ExFxD,
-                               jax.random.normal(k[0], (E, F)) * 0.5,
-                               jax.random.normal(k[1], (E, F)) * 0.5,
-                               jax.random.normal(k[2], (E, D)), act="clamped", limit=LIMIT,
+                               normal(rng, (E, F), 0.5), normal(rng, (E, F), 0.5),
+                               normal(rng, (E, D)), act="clamped", limit=LIMIT,
                                alpha=ALPHA)
 
 
@@ -53,7 +52,7 @@ def test_every_backend_runs_biased_clamped_experts_under_capacity(tiny_cfg):
   r = tiny_cfg.model.router
   r.update(capacity_scope="batch", priority="score", capacity_factor_prefill=0.5,
            capacity_factor_decode=0.5, k=2)
-  x, logits, seg = _inputs(seed=3)
+  x, logits, seg = inputs(seed=4)
   # Even tokens all want e0, then e1 (capacity 10 each): the last of them lose both choices.
   logits = logits.at[::2, 0].add(10.0).at[::2, 1].add(9.0)
   rt = jax.jit(lambda a, b: routing.route(a, b, r, num_decode=5))(logits, seg)
@@ -90,7 +89,7 @@ def test_every_backend_runs_biased_clamped_experts_under_capacity(tiny_cfg):
 
 def test_expert_loop_equals_batched_with_biases_and_clamp():
   w = _biased_clamped(2)
-  x_ExCxD = jax.random.normal(jax.random.key(8), (E, 5, D))
+  x_ExCxD = normal(np.random.default_rng(8), (E, 5, D))
   loop = dispatch.expert_buffers(w, x_ExCxD, loop=True)
   batched = dispatch.expert_buffers(w, x_ExCxD, loop=False)
   want = np.stack([[_np_expert(np.asarray(x_ExCxD[e, c], np.float64), e, w) for c in range(5)]
@@ -122,7 +121,7 @@ def test_moe_layer_matches_a_numpy_reference_of_hf(tiny_cfg, family):
     r.update(bias=True, renormalize=True)
     m.update(expert_bias=True, expert_act="clamped", swiglu_limit=LIMIT, swiglu_alpha=ALPHA)
   t, d, e, f = 11, m.d_model, m.num_experts, m.d_ff_expert
-  x = jax.random.normal(jax.random.key(1), (t, d))
+  x = normal(np.random.default_rng(1), (t, d))
   seg = jnp.asarray(np.where(np.arange(t) == 4, -1, 0), jnp.int32)
   layer = moe.MoE(m)
   params = nn.unbox(jax.jit(layer.init)(jax.random.key(0), x, seg))["params"]
@@ -180,7 +179,7 @@ def test_moe_row_bits_do_not_depend_on_the_step_shape_with_new_routers(tiny_cfg)
   m.router.update(capacity_scope="none", k=2, score="sigmoid", selection_bias=True,
                   expert_groups=4, topk_groups=2, scale=2.5)
   layer = moe.MoE(m)
-  x = jax.random.normal(jax.random.key(1), (40, m.d_model))
+  x = normal(np.random.default_rng(1), (40, m.d_model))
   params = nn.unbox(jax.eval_shape(layer.init, jax.random.key(0), x,
                                    jnp.zeros(40, jnp.int32)))["params"]
   keys = iter(jax.random.split(jax.random.key(9), 16))

@@ -17,6 +17,7 @@ from configs import base
 from moe_serve.model import api, parts, rope
 from moe_serve.model.mla import LatentAttention
 from moe_serve.model.parts import full_part
+from moe_serve.parallel import steps
 from tests.model import attention_reference as ref
 from tests.tolerances import LOGITS_ATOL
 
@@ -34,7 +35,7 @@ def _model(**options):
 
 
 def _init(m):
-  return jax.jit(lambda: api.init_params(m, jax.random.key(0)))()
+  return steps.make_init_fn(m)(0)
 
 
 def _forward(m, params, toks):

@@ -40,7 +40,7 @@ def test_backends_agree_in_the_model(tiny_cfg, scope):
   tiny_cfg.model.num_layers = 1  # compile time: the layer count does not matter here
   r = tiny_cfg.model.router
   r.update(capacity_scope=scope, capacity_factor_prefill=0.75, group_size=8, priority="token")
-  params = api.init_params(tiny_cfg.model, jax.random.key(0))
+  params = steps.make_init_fn(tiny_cfg.model)(0)
   toks = _toks(tiny_cfg, (2, 12))
   out = {}
   for backend in ("einsum", "gather", "sorted") + (("ragged",) if scope == "none" else ()):
@@ -56,7 +56,7 @@ def test_backends_agree_in_the_model(tiny_cfg, scope):
 def test_routing_records_only_when_asked(tiny_cfg):
   m = tiny_cfg.model
   m.router.update(capacity_scope="batch", capacity_factor_prefill=0.5)
-  params = api.init_params(m, jax.random.key(0))
+  params = steps.make_init_fn(m)(0)
   toks = _toks(tiny_cfg, (2, 8))
   _, aux = _forward(m, params, toks)
   assert "routing" not in aux
@@ -76,7 +76,7 @@ def test_routing_records_only_when_asked(tiny_cfg):
 def test_step_records_routing_over_decode_then_prefill_tokens(tiny_cfg):
   m = tiny_cfg.model
   m.moe_every = 2  # one MoE layer of two
-  params = api.init_params(m, jax.random.key(0))
+  params = steps.make_init_fn(m)(0)
   batch = _prefill_batch(_toks(tiny_cfg, (2, 4)), [5, -1], decode_rows=3)
   step = jax.jit(functools.partial(api.step, m, record_routing=True))
   _, _, aux = step(params, api.init_cache(m, 3), batch)
@@ -97,7 +97,7 @@ def test_decode_tokens_get_the_decode_capacity_factor(tiny_cfg, decode_factor, p
   m.num_layers = 1
   m.router.update(capacity_scope="batch", min_capacity=0, capacity_factor_decode=decode_factor,
                   capacity_factor_prefill=prefill_factor)
-  params = api.init_params(m, jax.random.key(0))
+  params = steps.make_init_fn(m)(0)
   toks = _toks(tiny_cfg, (8,))
   batch = parts.StepBatch(parts.decode_part(toks, np.arange(8), np.zeros(8), np.arange(8)),
                           parts.empty_part(0, 4))
@@ -135,7 +135,7 @@ def test_collect_aux_sums_losses_and_keeps_layer_order():
 def test_jitter_only_with_an_rng(tiny_cfg):
   m = tiny_cfg.model
   m.num_layers = 1
-  params = api.init_params(m, jax.random.key(0))
+  params = steps.make_init_fn(m)(0)
   toks = _toks(tiny_cfg, (2, 8))
   base, _ = _forward(m, params, toks)
   m.router.jitter = 0.5
@@ -151,7 +151,7 @@ def test_non_causal_router_warns_once(tiny_cfg, caplog):
   m.num_layers = 1
   m.router.update(kind="expert_choice", k=1, capacity_scope="group", group_size=5)
   moe._warned_non_causal.clear()  # pylint: disable=protected-access
-  params = api.init_params(m, jax.random.key(0))
+  params = steps.make_init_fn(m)(0)
   with caplog.at_level(logging.WARNING):  # two traces (shapes), no compiles needed
     for length in (6, 7):
       jax.eval_shape(functools.partial(api.forward, m), params, _toks(tiny_cfg, (1, length)))
@@ -181,7 +181,7 @@ def test_sequence_scope_decode_equals_the_dropless_forward(tiny_cfg):
   m = tiny_cfg.model
   m.router.update(capacity_scope="sequence", capacity_factor_prefill=0.5,
                   capacity_factor_decode=0.5, priority="token")
-  params = api.init_params(m, jax.random.key(0))
+  params = steps.make_init_fn(m)(0)
   toks = _toks(tiny_cfg, (2, 12))
   decoded = _decode_token_by_token(m, params, toks)
   capped, aux = _forward(m, params, toks)
@@ -199,7 +199,7 @@ def test_sequence_scope_single_shot_prefill_equals_forward_with_drops(tiny_cfg, 
   m = tiny_cfg.model
   m.router.update(capacity_scope="sequence", capacity_factor_prefill=0.5, priority="position",
                   dispatch=dispatch)
-  params = api.init_params(m, jax.random.key(0))
+  params = steps.make_init_fn(m)(0)
   toks = _toks(tiny_cfg, (2, 12))
   logits, _, aux = steps.make_step_fn(m, record_routing=True)(params, api.init_cache(m, 2),
                                                               _prefill_batch(toks, [0, 1]))
@@ -217,7 +217,7 @@ def test_sequence_scope_is_batch_invariant_batch_scope_is_not(tiny_cfg, dispatch
   where request 0's tokens come first in token priority and take the capacity request 1 had."""
   m = tiny_cfg.model
   m.router.update(capacity_factor_prefill=0.5, priority="token", dispatch=dispatch)
-  params = api.init_params(m, jax.random.key(0))
+  params = steps.make_init_fn(m)(0)
   toks = _toks(tiny_cfg, (2, 12), seed=4)
   result = {}
   for scope in ("sequence", "batch"):

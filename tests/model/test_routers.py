@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from moe_serve.model import routing
+from tests.helpers.expert_inputs import normal
 
 T, E = 48, 16  # 4 groups of 4 experts
 
@@ -66,9 +67,9 @@ def _reference(logits, kind, k, bias=None, groups=1, topk_groups=1, scale=1.0):
 def test_router_matches_the_hf_reference(tiny_cfg, name):
   opts = {"v3": V3, "v2": V2, "gpt_oss": GPT_OSS}[name]
   r = _router(tiny_cfg, **opts)
-  keys = jax.random.split(jax.random.key(7), 2)
-  logits = jax.random.normal(keys[0], (T, E)) * 2.0  # continuous: ties have probability zero
-  bias = np.asarray(jax.random.normal(keys[1], (E,)) * 0.5) if name == "v3" else None
+  rng = np.random.default_rng(7)
+  logits = normal(rng, (T, E), 2.0)  # continuous: ties have probability zero
+  bias = np.asarray(normal(rng, (E,), 0.5)) if name == "v3" else None
   rt = routing.route(logits, jnp.zeros(T, jnp.int32), r,
                      selection_bias_E=None if bias is None else jnp.asarray(bias))
   idx, w = np.asarray(rt.expert_index), np.asarray(rt.combine_weight)
@@ -122,9 +123,8 @@ def test_replay_with_a_sigmoid_grouped_router_reproduces_the_recording(tiny_cfg)
   other requests, its tokens get the recorded experts, keep flags and weights, bit for bit."""
   r = _router(tiny_cfg, **V3)
   r.update(capacity_scope="sequence", priority="score", capacity_factor_prefill=0.5)
-  keys = jax.random.split(jax.random.key(3), 2)
-  logits = jax.random.normal(keys[0], (T, E)) * 2.0
-  bias = jax.random.normal(keys[1], (E,)) * 0.5
+  rng = np.random.default_rng(3)
+  logits, bias = normal(rng, (T, E), 2.0), normal(rng, (E,), 0.5)
   seg = np.arange(T) % 3  # request 0 = every third token
   mine = np.flatnonzero(seg == 0)
   route = jax.jit(lambda x, s, codes: routing.route(x, s, r, forced_TxK=codes,
@@ -145,9 +145,8 @@ def test_capacity_with_a_sigmoid_grouped_router(tiny_cfg, scope):
   """Under every capped scope and priority, the V3 router's choices are the dropless ones, no
   (instance, expert) keeps more than its capacity, and a real pair is dropped only where its
   expert is full in its instance."""
-  keys = jax.random.split(jax.random.key(11), 2)
-  logits = jax.random.normal(keys[0], (T, E)) * 2.0
-  bias = jax.random.normal(keys[1], (E,)) * 0.5
+  rng = np.random.default_rng(11)
+  logits, bias = normal(rng, (T, E), 2.0), normal(rng, (E,), 0.5)
   seg = np.where(np.arange(T) % 7 == 6, -1, np.arange(T) // 10)  # 5 requests, some padding
   free = routing.route(logits, jnp.asarray(seg), _router(tiny_cfg, **V3), selection_bias_E=bias)
   for priority in ("position", "token", "score"):

@@ -37,7 +37,7 @@ def _cfg(dispatch):
 def reference():
   """One device, flat gather dispatch: params, prompts, tokens, logits, aux of every step."""
   m = _cfg("gather").model
-  params = jax.device_get(jax.jit(lambda: api.init_params(m, jax.random.key(0)))())
+  params = jax.device_get(steps.make_init_fn(m)(0))
   prompts = step_driver.prompts(m.vocab_size)
   step, auxes = _recording(steps.make_step_fn(m, record_routing=True))
   toks, logits = step_driver.run(step, params, api.init_cache(m, step_driver.SLOTS), prompts,

@@ -41,7 +41,7 @@ def cfg():
 def reference(cfg):
   """Unsharded jits on one device: params, tokens, logits of the workload."""
   m = cfg.model
-  params = jax.device_get(jax.jit(lambda: api.init_params(m, jax.random.key(0)))())
+  params = jax.device_get(steps.make_init_fn(m)(0))
   prompts = step_driver.prompts(m.vocab_size)
   toks, logits = step_driver.run(steps.make_step_fn(m), params,
                                  api.init_cache(m, step_driver.SLOTS), prompts, NEW_TOKENS)
@@ -74,7 +74,6 @@ def _build(cfg, sizes, ref_params):
 
 @pytest.mark.parametrize("sizes", MESHES, ids=lambda s: "x".join(map(str, s)))
 def test_sharded_workload_matches_one_device(cfg, reference, sizes):
-  m, rules = cfg.model, cfg.logical_axis_rules
   ref_params, prompts, ref_toks, ref_logits = reference
   _, params, step, make_cache = _build(cfg, sizes, ref_params)
   toks, logits = step_driver.run(step, params, make_cache(step_driver.SLOTS), prompts,
@@ -132,7 +131,7 @@ def test_cache_is_sharded_and_donated(cfg, reference):
 
 
 def test_indivisible_inputs_fail_early_with_numbers(cfg, reference):
-  m, rules = cfg.model, cfg.logical_axis_rules
+  m = cfg.model
   mesh, params, step, make_cache = _build(cfg, (2, 2, 2), reference[0])
   with pytest.raises(config_lib.ConfigError, match=r"KV cache \['layers'\]\[0\]\['k'\] has shape "
                                                    r"\(3, 2, 8, 64\): dim 0 = 3 is not divisible "

@@ -10,21 +10,13 @@ import pytest
 
 from moe_serve.model import api, dispatch_sorted
 from moe_serve.parallel import compiles, steps
-from moe_serve.serving.clock import running as clock_lib
 from moe_serve.serving import run as run_lib
-from moe_serve.serving.loop.engine import Engine
 from moe_serve.serving.stream.request import Request, SamplingParams
 from moe_serve.serving.loop.scheduler import Plan
 from moe_serve.serving.loop.sequence import Seq
-from tests.serving.conftest import tiny_serve_cfg
+from tests.helpers.serving import engine, tiny_serve_cfg
 
 FIXED = dict(decode_rows=(8,), prefill_rows=(2,), chunk_lens=(8,))
-
-
-def _engine(cfg, tiny_model):
-  step_fn, params = tiny_model
-  return Engine(cfg, step_fn, params, api.init_cache(cfg.model, cfg.serve.max_num_seqs),
-                clock_lib.Clock(cfg.clock))
 
 
 def _req(rid, n_prompt, n_new, arrival, seed=0, temperature=0.0):
@@ -49,8 +41,8 @@ def test_reused_slot_leaks_nothing(tiny_model):
   target = _req(9, 11, 10, arrival=100.0, temperature=0.8)
   # Earlier occupants of slot 0, longer than the target, leave stale keys/values past its end.
   before = [_req(1, 30, 20, 0.0), _req(2, 17, 25, 50.0)]
-  solo = _by_id(_engine(cfg, tiny_model).run([target]))[9]
-  log = _engine(cfg, tiny_model).run(before + [target])
+  solo = _by_id(engine(cfg, tiny_model).run([target]))[9]
+  log = engine(cfg, tiny_model).run(before + [target])
   reused = _by_id(log)[9]
   assert [s["requests"] for s in log.steps if 9 in s["requests"]][0] == [9]  # alone in its steps
   assert reused["tokens"] == solo["tokens"]
@@ -68,13 +60,13 @@ def test_reused_slot_leaks_nothing(tiny_model):
 def test_co_batched_requests_match_solo_with_fixed_shapes(dispatch, logprob_atol):
   cfg = _fixed_cfg()
   cfg.model.router.dispatch = dispatch
-  model = (steps.make_step_fn(cfg.model), api.init_params(cfg.model, jax.random.key(0)))
+  model = (steps.make_step_fn(cfg.model), steps.make_init_fn(cfg.model)(0))
   reqs = [_req(i, 5 + 3 * i, 12, 0.002 * i, temperature=0.7 * (i % 2)) for i in range(6)]
-  log = _engine(cfg, model).run(reqs)
+  log = engine(cfg, model).run(reqs)
   assert max(s["decode"] + s["prefill_rows"] for s in log.steps) >= 4  # they did share steps
   busy = _by_id(log)
   for req in reqs[:3]:
-    solo = _by_id(_engine(cfg, model).run([req]))[req.id]
+    solo = _by_id(engine(cfg, model).run([req]))[req.id]
     assert busy[req.id]["tokens"] == solo["tokens"], req.id
     np.testing.assert_allclose(busy[req.id]["logprobs"], solo["logprobs"], rtol=0,
                                atol=logprob_atol)
@@ -87,25 +79,27 @@ def test_co_batched_requests_match_solo_with_fixed_shapes(dispatch, logprob_atol
 # tests/model/test_invariant.py (a recompute regroups its tokens, so its capacities change).
 def test_batch_invariant_requests_match_solo_at_any_step_shape():
   cfg = tiny_serve_cfg(ignore_eos=True, max_num_seqs=6, kv_num_blocks=8)
-  cfg.serve.buckets.update(decode_rows=(2, 6), prefill_rows=(0, 3), chunk_lens=(4, 8),
+  # Rows, prefill rows and kv lengths vary (one chunk length: tests/model/test_invariant.py
+  # varies it, and each value doubles the compiles here).
+  cfg.serve.buckets.update(decode_rows=(2, 6), prefill_rows=(0, 3), chunk_lens=(8,),
                            kv_lens=(32,))
   cfg.model.batch_invariant = True
   cfg.model.update(num_layers=1, moe_every=1)  # one attention + MoE layer: half the compile time
   cfg.model.router.update(capacity_scope="none", dispatch="gather")
-  model = (steps.make_step_fn(cfg.model), api.init_params(cfg.model, jax.random.key(0)))
+  model = (steps.make_step_fn(cfg.model), steps.make_init_fn(cfg.model)(0))
   rng = np.random.default_rng(7)
   reqs = [_req(i, int(rng.integers(3, 30)), int(rng.integers(4, 30)), 0.003 * i,
                temperature=0.7 * (i % 2)) for i in range(10)]
-  log = _engine(cfg, model).run(reqs)
+  log = engine(cfg, model).run(reqs)
   shapes = {tuple(s["bucket"]) + (s["kv_len"],) for s in log.steps}
   assert len({b for b, *_ in shapes}) == 2 and len({p for _, p, *_ in shapes}) == 2
-  assert len({c for *_, c, _ in shapes}) == 2 and len({kv for *_, kv in shapes}) == 2
+  assert len({kv for *_, kv in shapes}) == 2
   busy = _by_id(log)
   preempted = [r.id for r in reqs if busy[r.id]["preemptions"]]
   assert preempted  # recomputed prefixes too
   for req in reqs:
     if req.id in preempted or req.id < 3:
-      solo = _by_id(_engine(cfg, model).run([req]))[req.id]
+      solo = _by_id(engine(cfg, model).run([req]))[req.id]
       assert busy[req.id]["tokens"] == solo["tokens"], req.id
       assert busy[req.id]["logprobs"] == solo["logprobs"], req.id  # bitwise
 
@@ -114,7 +108,7 @@ def test_static_and_continuous_give_the_same_completions(tiny_model):
   reqs = [_req(i, 4 + 2 * i, 6 + i, 0.003 * i) for i in range(10)]
   out = {}
   for batching in ("continuous", "static"):
-    log = _engine(_fixed_cfg(batching=batching), tiny_model).run(reqs)
+    log = engine(_fixed_cfg(batching=batching), tiny_model).run(reqs)
     out[batching] = {r["id"]: r["tokens"] for r in log.requests}
     assert all(len(out[batching][r.id]) == r.max_new_tokens for r in reqs)
   assert out["continuous"] == out["static"]
@@ -122,33 +116,30 @@ def test_static_and_continuous_give_the_same_completions(tiny_model):
 
 def test_eos_ends_a_request(tiny_model):
   cfg = tiny_serve_cfg()
-  step_fn, params = tiny_model
-  probe = _engine(_fixed_cfg(), tiny_model).run([_req(0, 6, 8, 0.0)])
+  probe = engine(_fixed_cfg(), tiny_model).run([_req(0, 6, 8, 0.0)])
   first = probe.requests[0]["tokens"][2]  # make the third greedy token the EOS id
   cfg.serve.update(eos_id=int(first), ignore_eos=False)
   cfg.serve.buckets.update(FIXED)
-  rec = _engine(cfg, (step_fn, params)).run([_req(0, 6, 8, 0.0)]).requests[0]
+  rec = engine(cfg, tiny_model).run([_req(0, 6, 8, 0.0)]).requests[0]
   cut = rec["tokens"].index(first) + 1
   assert rec["finish_reason"] == "eos" and rec["output_len"] == cut <= 3
 
 
 def test_cost_model_logs_are_byte_identical_and_nothing_compiles_after_warmup(tiny_model, tmp_path):
-  step_fn, params = tiny_model
   cfg = tiny_serve_cfg()
   cfg.workload.update(num_requests=24, num_priorities=3)
   cfg.workload.arrival.rate = 200.0
   cfg.serve.buckets.update(decode_rows=(4, 8), prefill_rows=(0, 2))  # 4 step shapes
   files = {}
   for name in ("a", "b"):
-    engine = Engine(cfg, step_fn, params, api.init_cache(cfg.model, 8), clock_lib.Clock(cfg.clock))
-    summary, _ = run_lib.serve(cfg, tmp_path / name, engine=engine, log=lambda *_: None)
+    summary, _ = run_lib.serve(cfg, tmp_path / name, engine=engine(cfg, tiny_model, num_slots=8),
+                               log=lambda *_: None)
     assert summary["compiles_after_warmup"] == 0
     assert summary["completed"] == 24 and summary["steps"] > 24
     files[name] = [(tmp_path / name / f).read_bytes() for f in ("steps.jsonl", "requests.jsonl")]
   assert files["a"] == files["b"]
   with compiles.count_compiles() as n:  # and a third engine, already warm, compiles nothing
-    Engine(cfg, step_fn, params, api.init_cache(cfg.model, 8),
-           clock_lib.Clock(cfg.clock)).run(run_lib.make_requests(cfg))
+    engine(cfg, tiny_model, num_slots=8).run(run_lib.make_requests(cfg))
   assert n() == 0
 
 
@@ -185,7 +176,7 @@ def test_prompt_logprobs_match_a_full_forward(tiny_model):
   step_fn, params = tiny_model
   cfg = _fixed_cfg(prompt_logprobs=True, kv_num_blocks=5)  # tight: forces a recompute
   reqs = [_req(i, 13 + 4 * i, 12, 0.0) for i in range(4)]
-  log = _engine(cfg, tiny_model).run(reqs)
+  log = engine(cfg, tiny_model).run(reqs)
   assert sum(r["preemptions"] for r in log.requests) > 0
   longest = max(len(r.prompt) for r in reqs)
   padded = np.asarray([list(r.prompt) + [0] * (longest - len(r.prompt)) for r in reqs])
@@ -202,8 +193,8 @@ def test_recompute_preemption_resamples_the_same_tokens_at_temperature(tiny_mode
   chunk's logits, where an unpreempted one uses a decode row: both key the draw on the token's
   position, so the tokens agree (logprobs may differ in the last bits: other summation order)."""
   reqs = [_req(i, 13 + 4 * i, 12, 0.0, temperature=0.9) for i in range(4)]
-  roomy = _engine(_fixed_cfg(), tiny_model).run(reqs)
-  tight = _engine(_fixed_cfg(kv_num_blocks=5), tiny_model).run(reqs)  # as in the test above
+  roomy = engine(_fixed_cfg(), tiny_model).run(reqs)
+  tight = engine(_fixed_cfg(kv_num_blocks=5), tiny_model).run(reqs)  # as in the test above
   assert sum(r["preemptions"] for r in roomy.requests) == 0
   preempted = [r["id"] for r in tight.requests if r["preemptions"]]
   assert preempted
@@ -214,10 +205,10 @@ def test_recompute_preemption_resamples_the_same_tokens_at_temperature(tiny_mode
 def test_a_plan_with_a_request_in_two_rows_is_refused(tiny_model):
   """The step sizes `sequence`-scope expert buffers by one request per row; the engine checks
   every batch it builds, so a scheduler bug cannot silently overflow them."""
-  engine = _engine(_fixed_cfg(), tiny_model)
+  eng = engine(_fixed_cfg(), tiny_model)
   req = _req(3, 6, 4, arrival=0.0)
   seq = Seq(req=req, key=(0, 3), tokens=list(req.prompt), num_computed=2, slot=0)
-  build = engine._build  # pylint: disable=protected-access
+  build = eng._build  # pylint: disable=protected-access
   assert build(Plan(decode=[], prefill=[(seq, 4)], admitted=[], preempted=[]))[0] == (8, 2, 8)
   with pytest.raises(ValueError, match=r"requests \[3\] have more than one row"):
     build(Plan(decode=[seq], prefill=[(seq, 4)], admitted=[], preempted=[]))

@@ -1,5 +1,4 @@
 """The greedy loop: every token is a full forward pass's argmax, idle rows change nothing."""
-import jax
 import numpy as np
 
 from moe_serve.data import tokenizer
@@ -12,7 +11,7 @@ _PAD_TO = 20  # one compiled forward shape for both reference passes
 
 def test_decode_without_eos_stop_matches_forward_and_ignores_idle_rows(tiny_cfg):
   m = tiny_cfg.model
-  params = api.init_params(m, jax.random.key(0))
+  params = steps.make_init_fn(m)(0)
   step = steps.make_step_fn(m)
   prompts = [tokenizer.encode("12+34="), tokenizer.encode("The experts ")]
   outs = {}

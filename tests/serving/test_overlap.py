@@ -13,21 +13,18 @@ import json
 
 import numpy as np
 
-from moe_serve.model import api
 from moe_serve.parallel import compiles
 from moe_serve.serving.clock import running as clock_lib
 from moe_serve.serving.stream import request as request_lib
 from moe_serve.serving import run as run_lib
-from moe_serve.serving.loop.engine import Engine
-from tests.serving.conftest import tiny_serve_cfg
+from tests.helpers import serving as serving_helpers
+from tests.helpers.serving import tiny_serve_cfg
 
 
 def _engine(cfg, tiny_model, overlap, clock_cls=clock_lib.Clock):
-  step_fn, params = tiny_model
   cfg = cfg.copy_and_resolve_references()
   cfg.serve.overlap = overlap
-  engine = Engine(cfg, step_fn, params, api.init_cache(cfg.model, cfg.serve.max_num_seqs),
-                  clock_cls(cfg.clock))
+  engine = serving_helpers.engine(cfg, tiny_model, clock_cls)
   engine.warmup()
   return engine
 

@@ -7,7 +7,7 @@ import pytest
 
 from moe_serve.serving.clock import profiles
 from moe_serve.serving import run as run_lib
-from tests.serving.conftest import tiny_serve_cfg
+from tests.helpers.serving import tiny_serve_cfg
 
 _COEF = dict(fixed=1e-3, decode_rows=1e-5, prefill_tokens=2e-5, decode_kv=1e-8, prefill_kv=2e-8,
              capacity_pairs=1e-6, expert_rows=1e-6, a2a_rows=0.0)

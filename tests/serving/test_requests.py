@@ -3,12 +3,10 @@ import math
 
 import pytest
 
-from moe_serve.model import api
-from moe_serve.serving.clock import running as clock_lib
 from moe_serve.serving.stream import request as request_lib
-from moe_serve.serving.loop.engine import Engine
 from moe_serve.serving.stream.request import Request, SamplingParams
-from tests.serving.conftest import tiny_serve_cfg
+from tests.helpers import serving as serving_helpers
+from tests.helpers.serving import tiny_serve_cfg
 
 GOOD = dict(prompt=[1, 50, 60, 70], max_new_tokens=4, domain="add")
 
@@ -47,13 +45,11 @@ def test_duplicate_and_over_budget():
 
 
 def test_run_rejects_bad_requests_and_serves_the_rest(tiny_model):
-  step_fn, params = tiny_model
   cfg = tiny_serve_cfg()
   good = [Request(id=i, arrival=0.01 * i, **GOOD) for i in range(3)]
   bad = [Request(id=10 + j, **{**GOOD, **BAD[name][0]}) for j, name in enumerate(sorted(BAD))]
   dup = Request(id=0, **GOOD)
-  engine = Engine(cfg, step_fn, params, api.init_cache(cfg.model, cfg.serve.max_num_seqs),
-                  clock_lib.Clock(cfg.clock))
+  engine = serving_helpers.engine(cfg, tiny_model)
   log = engine.run(good + bad + [dup])
   finished = [r for r in log.requests if r["status"] == "finished"]
   rejected = [r for r in log.requests if r["status"] == "rejected"]

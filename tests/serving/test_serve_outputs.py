@@ -10,22 +10,18 @@ from tensorboardX.proto import event_pb2
 
 import pytest
 
-from moe_serve.model import api
-from moe_serve.serving.clock import running as clock_lib
 from moe_serve.serving import run as run_lib
-from moe_serve.serving.loop.engine import Engine
-from tests.serving.conftest import tiny_serve_cfg
+from tests.helpers import serving as serving_helpers
+from tests.helpers.serving import tiny_serve_cfg
 
 
 @pytest.fixture(scope="module")
 def served(tiny_model, tmp_path_factory):
-  step_fn, params = tiny_model
   cfg = tiny_serve_cfg(plots=True, tensorboard=True)
   cfg.workload.update(num_requests=12)
   cfg.workload.arrival.rate = 100.0
   workdir = tmp_path_factory.mktemp("serve")
-  engine = Engine(cfg, step_fn, params, api.init_cache(cfg.model, cfg.serve.max_num_seqs),
-                  clock_lib.Clock(cfg.clock))
+  engine = serving_helpers.engine(cfg, tiny_model)
   lines = []
   summary, runlog = run_lib.serve(cfg, workdir, engine=engine, log=lines.append,
                                   slo_ttft_ms=100.0, slo_e2el_ms=400.0, percentiles=(50, 99.9),
@@ -108,12 +104,10 @@ def test_tensorboard_has_step_series_a_few_summary_scalars_and_the_table(served)
 
 def test_a_run_on_a_gs_workdir_writes_what_a_local_run_writes(served, tiny_model, fake_gs):
   workdir, _, _, _ = served
-  step_fn, params = tiny_model
   cfg = tiny_serve_cfg(plots=True, tensorboard=True)
   cfg.workload.update(num_requests=12)
   cfg.workload.arrival.rate = 100.0
-  engine = Engine(cfg, step_fn, params, api.init_cache(cfg.model, cfg.serve.max_num_seqs),
-                  clock_lib.Clock(cfg.clock))
+  engine = serving_helpers.engine(cfg, tiny_model)
   run_lib.serve(cfg, "gs://bucket/serve", engine=engine, log=lambda *_: None,
                 slo_ttft_ms=100.0, slo_e2el_ms=400.0, percentiles=(50, 99.9),
                 profile_dir="gs://bucket/serve/profile", profile_steps=3)

@@ -14,7 +14,7 @@ from moe_serve import loading
 from moe_serve.experiments import quality_runners
 from moe_serve.parallel import memory, sharding
 from moe_serve.serving import run as run_lib
-from tests.serving.conftest import tiny_serve_cfg
+from tests.helpers.serving import tiny_serve_cfg
 
 MESHES = [(1, 8, 1), (2, 4, 1), (2, 2, 2)]
 

@@ -16,16 +16,17 @@ import numpy as np
 
 from moe_serve.model import api
 from moe_serve.model.transformer import is_moe_layer
+from moe_serve.parallel import steps
 from moe_serve.serving import run as run_lib
 from moe_serve.experiments.probes import trace as trace_lib
 from moe_serve.serving.stream.request import Request
-from tests.serving.conftest import tiny_serve_cfg
+from tests.helpers.serving import tiny_serve_cfg
 
 
 def _setup():
   cfg = tiny_serve_cfg(ignore_eos=True, record_routing=True)
   cfg.serve.buckets.update(decode_rows=(8,), prefill_rows=(2,), chunk_lens=(8,))
-  params = jax.jit(lambda: api.init_params(cfg.model, jax.random.key(0)))()
+  params = steps.make_init_fn(cfg.model)(0)
   engine = run_lib.build_engine(cfg, params=params)
   rng = np.random.default_rng(3)
   reqs = [Request(id=i, prompt=[1] + rng.integers(3, 259, 6 + 5 * i).tolist(), max_new_tokens=7,

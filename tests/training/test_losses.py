@@ -9,6 +9,7 @@ import pytest
 from moe_serve.data import batches
 from moe_serve.data.corpus import DOMAINS
 from moe_serve.model import api
+from moe_serve.parallel import steps
 from moe_serve.training import losses
 
 
@@ -36,7 +37,7 @@ def params():
   """Tiny-model parameters, initialised by one jitted program (faster than op by op)."""
   from configs import base  # pylint: disable=import-outside-toplevel
   m = base.get_config("size=tiny").model
-  return jax.jit(lambda: api.init_params(m, jax.random.key(0)))()
+  return steps.make_init_fn(m)(0)
 
 
 def _batch(vocab_size, seed=0):
