@@ -25,7 +25,6 @@ from moe_serve.parallel import sharding, steps
 # come from the directory.
 SERVING_CHOICES = ("max_len", "dtype", "batch_invariant")
 ROUTER_FROM_MODEL = ("kind", "k", "renormalize") + tuple(config_lib.ROUTER_OPTION_DEFAULTS)
-_INITS = {}
 
 
 def _architecture(model_cfg):
@@ -130,13 +129,9 @@ def load(cfg, mesh=None, log=print):
   src = source(cfg)
   if src["kind"] == "random_init":
     log(f"model: random init from seed {cfg.seed} (config params_dir is empty)")
-    # One jitted init per (model, mesh, rules): loading again reuses it. Jitted on one device
-    # too, so the values are the same on one device and on any mesh (steps.make_init_fn).
-    key = (cfg.model.to_json(sort_keys=True), mesh, None if rules is None else
-           tuple(tuple(r) for r in rules))
-    if key not in _INITS:
-      _INITS[key] = steps.make_init_fn(cfg.model, mesh, rules)
-    return _INITS[key](cfg.seed), src
+    # Jitted on one device too, so the values are the same on one device and on any mesh; one
+    # per (model, mesh, rules): loading again reuses it (steps.make_init_fn).
+    return steps.make_init_fn(cfg.model, mesh, rules)(cfg.seed), src
   directory = files.local_copy(cfg.params_dir, log)
   check_architecture(directory_model_config(directory, cfg.model.max_len), cfg.model, directory)
   if src["kind"] == "hf_dir":

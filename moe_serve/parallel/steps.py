@@ -115,6 +115,23 @@ def make_forward_fn(model_cfg, mesh=None, rules=None):
 INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 
 
+_BUILT = {}
+
+
+def _once(builder):
+  """`builder(model_cfg, mesh, rules)` built once per (model, mesh, rules), as sharding.plan is:
+  a second engine or load of one model reuses the compiled function instead of compiling anew."""
+  @functools.wraps(builder)
+  def once(model_cfg, mesh=None, rules=None):
+    key = (builder.__name__, model_cfg.to_json(sort_keys=True), mesh,
+           None if rules is None else tuple(tuple(r) for r in rules))
+    if key not in _BUILT:
+      _BUILT[key] = builder(model_cfg, mesh, rules)
+    return _BUILT[key]
+  return once
+
+
+@_once
 def make_init_fn(model_cfg, mesh=None, rules=None):
   """seed -> parameters, created directly in their shardings (never whole on one device; one
   device's, committed, without a mesh).
@@ -139,6 +156,7 @@ def make_init_fn(model_cfg, mesh=None, rules=None):
   return lambda seed: jitted(sharding.put(np.uint32(seed), in_sharding))
 
 
+@_once
 def make_cache_fn(model_cfg, mesh=None, rules=None):
   """num_slots -> an empty KV cache, created in its shardings (one device's without a mesh:
   committed like the step's donated output, so a warm-up compiles each bucket once rather than

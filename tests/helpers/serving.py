@@ -5,8 +5,6 @@ from moe_serve.parallel import steps
 from moe_serve.serving.clock import running as clock_lib
 from moe_serve.serving.loop.engine import Engine
 
-_CACHE_FNS = {}
-
 
 def tiny_serve_cfg(**serve):
   """configs/serve_default.py's tiny size, validated, with `serve` overrides (no plots)."""
@@ -21,8 +19,5 @@ def engine(cfg, model, clock_cls=clock_lib.Clock, num_slots=None):
   """An Engine serving `model` = (step_fn, params) under `cfg`, its cache committed as the step's
   donated output is (steps.make_cache_fn), so each step shape compiles once."""
   step_fn, params = model
-  key = cfg.model.to_json(sort_keys=True)
-  if key not in _CACHE_FNS:  # one per model: a new one would compile its cache again
-    _CACHE_FNS[key] = steps.make_cache_fn(cfg.model)
-  cache = _CACHE_FNS[key](num_slots or cfg.serve.max_num_seqs)
+  cache = steps.make_cache_fn(cfg.model)(num_slots or cfg.serve.max_num_seqs)
   return Engine(cfg, step_fn, params, cache, clock_cls(cfg.clock))
