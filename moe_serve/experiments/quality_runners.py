@@ -19,7 +19,6 @@ import numpy as np
 from moe_serve import loading
 from moe_serve.data import eval_prompts
 from moe_serve.metrics import quality
-from moe_serve.model import api
 from moe_serve.parallel import steps
 from moe_serve.experiments.probes import greedy
 from moe_serve.serving.stream import request
@@ -35,16 +34,15 @@ class StepRunner:
     self.model_cfg, self.params = model_cfg, params
     self.num_slots, self.chunk = num_slots, chunk
     self._step = steps.make_step_fn(model_cfg, mesh, rules)
-    self._cache_fn = steps.make_cache_fn(model_cfg, mesh, rules) if mesh is not None else None
+    # Committed like the step's output (steps.make_cache_fn), so each step shape compiles once.
+    self._cache_fn = steps.make_cache_fn(model_cfg, mesh, rules)
 
   def _groups(self, items):
     for start in range(0, len(items), self.num_slots):
       yield items[start:start + self.num_slots]
 
   def _new_cache(self):
-    if self._cache_fn is not None:
-      return self._cache_fn(self.num_slots)
-    return api.init_cache(self.model_cfg, self.num_slots)
+    return self._cache_fn(self.num_slots)
 
   def generate(self, prompts_ids, max_new_tokens, domains=None):
     """Greedy completions; each stops after its first EOS (kept) or after max_new_tokens."""

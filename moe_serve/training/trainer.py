@@ -117,9 +117,15 @@ def train(cfg, workdir, log=print, stop_after=None, progress=False):
   mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"), max_to_keep=2)
 
   # --- state: fresh or resumed --------------------------------------------------------------
-  state = init_state(cfg, optimizer)
-  if mngr.latest_step() is not None:
-    state = checkpoint.restore(mngr, checkpoint.abstract_like(state))
+  # Committed to one device, as restored arrays are: a fresh and a resumed run then pass the train
+  # step the same argument placement, so it compiles one program, not one each.
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  if mngr.latest_step() is None:
+    state = jax.device_put(init_state(cfg, optimizer), device)
+  else:  # shapes only: no throwaway init
+    abstract = jax.eval_shape(functools.partial(init_state, cfg, optimizer))
+    state = checkpoint.restore(
+        mngr, checkpoint.abstract_like(abstract, jax.tree.map(lambda _: device, abstract)))
     log(f"resumed from {mngr.directory} at step {int(state['step'])}")
   start = int(state["step"])
   writer.write({"kind": "run_start", "step": start, "jax": jax.__version__,

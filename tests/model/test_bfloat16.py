@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from moe_serve.model import api, parts
+from moe_serve.model import parts
 from moe_serve.parallel import steps
 from tests.tolerances import BF16_CACHE_ATOL, BF16_VS_F32_REL
 
@@ -37,7 +37,7 @@ def test_bf16_cached_decode_matches_full_forward(setup):
   _, bf16, params, toks_BxL = setup
   full_BxLxV, _ = steps.make_forward_fn(bf16)(params, toks_BxL)
   step = steps.make_step_fn(bf16)
-  cache = api.init_cache(bf16, 2)
+  cache = steps.make_cache_fn(bf16)(2)
   assert cache["layers"][0]["k"].dtype == jnp.bfloat16
   slots_B = np.array([1, 0])  # rows deliberately not in slot order
   got = []

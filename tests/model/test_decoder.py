@@ -61,7 +61,7 @@ def test_token_by_token_decode_matches_full_forward(tiny_cfg, variant):
   params, toks = _setup(tiny_cfg)
   full, _ = api.forward(m, params, toks)
   step = steps.make_step_fn(m)
-  cache = api.init_cache(m, 2)
+  cache = steps.make_cache_fn(m)(2)
   slots = np.array([1, 0])  # rows deliberately not in slot order
   got = []
   for t in range(toks.shape[1]):
@@ -79,8 +79,8 @@ def test_chunked_prefill_matches_single_shot(tiny_cfg, chunk):
   params, toks = _setup(tiny_cfg, seed=3)
   step = steps.make_step_fn(m)
   slots = np.array([0, 2])
-  single, _ = _prefill_chunks(m, step, params, api.init_cache(m, 3), toks, 12, slots)
-  chunked, cache = _prefill_chunks(m, step, params, api.init_cache(m, 3), toks, chunk, slots)
+  single, _ = _prefill_chunks(m, step, params, steps.make_cache_fn(m)(3), toks, 12, slots)
+  chunked, cache = _prefill_chunks(m, step, params, steps.make_cache_fn(m)(3), toks, chunk, slots)
   full, _ = api.forward(m, params, toks)
   np.testing.assert_allclose(chunked, single, atol=LOGITS_ATOL, rtol=0)
   np.testing.assert_allclose(single, full, atol=LOGITS_ATOL, rtol=0)
@@ -110,7 +110,7 @@ def test_writing_or_resetting_another_slot_never_changes_a_slot(tiny_cfg):
   params, toks = _setup(tiny_cfg, seed=7)
   step = steps.make_step_fn(m)
   slots = np.array([0, 1])
-  _, cache = _prefill_chunks(m, step, params, api.init_cache(m, 3), toks[:, :8], 4, slots)
+  _, cache = _prefill_chunks(m, step, params, steps.make_cache_fn(m)(3), toks[:, :8], 4, slots)
 
   def next_logits(cache, slot0_token):
     """Decodes slot 0 at position 8; slot 2 gets a new request in the same step."""
@@ -127,7 +127,7 @@ def test_writing_or_resetting_another_slot_never_changes_a_slot(tiny_cfg):
   np.testing.assert_array_equal(next_logits(other, toks[0, 8]), reference)
   np.testing.assert_array_equal(next_logits(api.reset_slot(other, 1), toks[0, 8]), reference)
   # A stale, longer request previously in slot 0 must not leak into a new shorter one there.
-  fresh, _ = _prefill_chunks(m, step, params, api.init_cache(m, 3), toks[:1, :5], 5,
+  fresh, _ = _prefill_chunks(m, step, params, steps.make_cache_fn(m)(3), toks[:1, :5], 5,
                              np.array([0]))
   reused, _ = _prefill_chunks(m, step, params, jax.tree.map(jnp.copy, cache), toks[:1, :5], 5,
                               np.array([0]))
@@ -140,7 +140,7 @@ def test_zero_row_parts(tiny_cfg):
   step = steps.make_step_fn(m)
   only_prefill = parts.StepBatch(parts.empty_part(0, 1),
                                  parts.chunk_part(toks[:, :4], [0, 1], [0, 0], [4, 4], [0, 1]))
-  logits, cache, _ = step(params, api.init_cache(m, 2), only_prefill)
+  logits, cache, _ = step(params, steps.make_cache_fn(m)(2), only_prefill)
   assert logits["decode"].shape == (0, m.vocab_size)
   only_decode = parts.StepBatch(parts.decode_part(toks[:, 4], [0, 1], [4, 4], [0, 1]),
                                 parts.empty_part(0, 4))

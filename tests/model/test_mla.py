@@ -87,7 +87,7 @@ def test_absorbed_latent_attention_matches_hf_expanded_form(options):
 
 def test_latent_cache_holds_latent_and_rotary_key_only():
   m = _model(q_lora_rank=8, max_len=64, num_layers=2)
-  cache = api.init_cache(m, 3)
+  cache = steps.make_cache_fn(m)(3)
   r_hr = m.kv_lora_rank + m.qk_rope_head_dim
   for layer in cache["layers"]:
     assert set(layer) == {"k"} and layer["k"].shape == (3, 1, r_hr, m.max_len)
@@ -103,7 +103,7 @@ def _run_steps(m, params, toks, slots, prefill, num_slots=3, kv_len=None, idle_r
   """Prefills toks[:, :prefill] into `slots`, then decodes the rest one token per step (plus
   `idle_rows` padding decode rows); returns logits [B, L, V] and the decode logits per step."""
   step = jax.jit(lambda p, c, b: api.step(m, p, c, b, kv_len=kv_len)[:2])
-  cache = api.init_cache(m, num_slots)
+  cache = steps.make_cache_fn(m)(num_slots)
   b = len(slots)
   batch = parts.StepBatch(parts.decode_part(np.zeros(b), slots, np.zeros(b), -np.ones(b)),
                           parts.chunk_part(toks[:, :prefill], slots, np.zeros(b),

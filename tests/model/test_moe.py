@@ -79,7 +79,7 @@ def test_step_records_routing_over_decode_then_prefill_tokens(tiny_cfg):
   params = steps.make_init_fn(m)(0)
   batch = _prefill_batch(_toks(tiny_cfg, (2, 4)), [5, -1], decode_rows=3)
   step = jax.jit(functools.partial(api.step, m, record_routing=True))
-  _, _, aux = step(params, api.init_cache(m, 3), batch)
+  _, _, aux = step(params, steps.make_cache_fn(m)(3), batch)
   (rt,) = aux["routing"]
   assert rt.kept.shape == (3 + 2 * 4, m.router.k)
   # Idle decode rows and the empty chunk row are padding: never kept.
@@ -101,7 +101,7 @@ def test_decode_tokens_get_the_decode_capacity_factor(tiny_cfg, decode_factor, p
   toks = _toks(tiny_cfg, (8,))
   batch = parts.StepBatch(parts.decode_part(toks, np.arange(8), np.zeros(8), np.arange(8)),
                           parts.empty_part(0, 4))
-  _, _, aux = steps.make_step_fn(m, record_routing=True)(params, api.init_cache(m, 8), batch)
+  _, _, aux = steps.make_step_fn(m, record_routing=True)(params, steps.make_cache_fn(m)(8), batch)
   drops = np.asarray(aux["drop_rate"])
   if dropping:
     assert (drops >= 0.75).all(), drops
@@ -161,7 +161,7 @@ def test_non_causal_router_warns_once(tiny_cfg, caplog):
 
 def _decode_token_by_token(m, params, toks):
   step = steps.make_step_fn(m)
-  cache = api.init_cache(m, toks.shape[0])
+  cache = steps.make_cache_fn(m)(toks.shape[0])
   b = toks.shape[0]
   out = []
   for t in range(toks.shape[1]):
@@ -201,7 +201,7 @@ def test_sequence_scope_single_shot_prefill_equals_forward_with_drops(tiny_cfg, 
                   dispatch=dispatch)
   params = steps.make_init_fn(m)(0)
   toks = _toks(tiny_cfg, (2, 12))
-  logits, _, aux = steps.make_step_fn(m, record_routing=True)(params, api.init_cache(m, 2),
+  logits, _, aux = steps.make_step_fn(m, record_routing=True)(params, steps.make_cache_fn(m)(2),
                                                               _prefill_batch(toks, [0, 1]))
   assert float(aux["drop_rate"].max()) > 0
   full, _ = _forward(m, params, toks)
@@ -223,8 +223,8 @@ def test_sequence_scope_is_batch_invariant_batch_scope_is_not(tiny_cfg, dispatch
   for scope in ("sequence", "batch"):
     m.router.capacity_scope = scope
     step = steps.make_step_fn(m)
-    alone, _, _ = step(params, api.init_cache(m, 2), _prefill_batch(toks, [-1, 1]))
-    shared, _, _ = step(params, api.init_cache(m, 2), _prefill_batch(toks, [0, 1]))
+    alone, _, _ = step(params, steps.make_cache_fn(m)(2), _prefill_batch(toks, [-1, 1]))
+    shared, _, _ = step(params, steps.make_cache_fn(m)(2), _prefill_batch(toks, [0, 1]))
     result[scope] = (np.asarray(alone["prefill"][1]), np.asarray(shared["prefill"][1]))
   np.testing.assert_array_equal(*result["sequence"])
   assert np.abs(result["batch"][0] - result["batch"][1]).max() > 1e-3

@@ -2,7 +2,6 @@
 import numpy as np
 
 from moe_serve.data import tokenizer
-from moe_serve.model import api
 from moe_serve.parallel import steps
 from moe_serve.experiments.probes import greedy
 
@@ -16,7 +15,7 @@ def test_decode_without_eos_stop_matches_forward_and_ignores_idle_rows(tiny_cfg)
   prompts = [tokenizer.encode("12+34="), tokenizer.encode("The experts ")]
   outs = {}
   for rows in (2, 4):  # 4: two idle rows (segment id -1) in every step
-    _, outs[rows] = greedy.generate(step, params, api.init_cache(m, rows), prompts, 5, 8, rows,
+    _, outs[rows] = greedy.generate(step, params, steps.make_cache_fn(m)(rows), prompts, 5, 8, rows,
                                     stop_at_eos=False)
   assert outs[2] == outs[4]
   forward = steps.make_forward_fn(m)
