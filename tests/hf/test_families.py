@@ -90,12 +90,13 @@ def test_config_and_dtype(family):
   assert m.tie_embeddings == bool(raw.get("tie_word_embeddings"))
 
 
-def _forward(m, params, sequences):
-  """Logits [len(seq), V] of each sequence: one jitted forward over the padded batch (padding
-  has segment id -1; row b is its own sequence), so one compile per family."""
-  length = max(len(x) for x in sequences)
-  tokens_BxL = np.zeros((len(sequences), length), np.int32)
-  segments_BxL = np.full((len(sequences), length), -1, np.int32)
+def _forward(m, params, ref, sequences):
+  """Logits [len(seq), V] of each sequence: one jitted forward over a batch padded to one shape
+  per family ([prompts, longest prompt + new tokens]; padding has segment id -1, row b is its own
+  sequence), so the tests below share one compile."""
+  length = max(len(p["prompt_ids"]) for p in ref["prompts"]) + ref["new_tokens"]
+  tokens_BxL = np.zeros((len(ref["prompts"]), length), np.int32)
+  segments_BxL = np.full((len(ref["prompts"]), length), -1, np.int32)
   for b, x in enumerate(sequences):
     tokens_BxL[b, :len(x)], segments_BxL[b, :len(x)] = x, b
   logits_BxLxV = np.asarray(steps.make_forward_fn(m)(params, tokens_BxL, segments_BxL)[0])
@@ -104,7 +105,7 @@ def _forward(m, params, sequences):
 
 def test_full_forward_logits_match_transformers(family):
   _, _, ref, logits, m, params = family
-  ours = _forward(m, params, [p["prompt_ids"] for p in ref["prompts"]])
+  ours = _forward(m, params, ref, [p["prompt_ids"] for p in ref["prompts"]])
   worst = max(float(np.abs(o - logits[p["logits_key"]]).max())
               for o, p in zip(ours, ref["prompts"]))
   assert worst <= LOGIT_ATOL, worst
@@ -146,13 +147,16 @@ def test_engine_greedy_tokens_match_transformers(family, engine):
 def test_cached_decode_equals_full_forward(family, engine):
   """Contract 1 on the imported model: the engine's log-probs of its greedy tokens (prefill in
   chunks, then decode against the cache) equal log_softmax of one full forward."""
-  ref, params = family[2], family[5]
+  _, _, ref, _, m, params = family
   cfg, eng = engine
   p = ref["prompts"][1]
   rec = eng.run([request.Request(id=0, prompt=p["prompt_ids"], max_new_tokens=8,
                                  domain=cfg.serve.domains[0])]).requests[0]
-  (logits_LxV,) = _forward(cfg.model, params, [p["prompt_ids"] + rec["tokens"]])
-  logp_LxV = jax.nn.log_softmax(logits_LxV, axis=-1)
+  sequences = [q["prompt_ids"] for q in ref["prompts"]]
+  sequences[1] = p["prompt_ids"] + rec["tokens"]
+  logits_LxV = _forward(m, params, ref, sequences)[1].astype(np.float64)
+  shifted_LxV = logits_LxV - logits_LxV.max(axis=-1, keepdims=True)
+  logp_LxV = shifted_LxV - np.log(np.exp(shifted_LxV).sum(axis=-1, keepdims=True))
   first = len(p["prompt_ids"]) - 1
   want = [float(logp_LxV[first + j, t]) for j, t in enumerate(rec["tokens"])]
   np.testing.assert_allclose(rec["logprobs"], want, atol=tolerances.LOGPROB_ATOL, rtol=0)

@@ -59,7 +59,7 @@ def test_token_by_token_decode_matches_full_forward(tiny_cfg, variant):
   tiny_cfg.model.router.update(ROUTER_VARIANTS.get(variant, {}))
   m = tiny_cfg.model
   params, toks = _setup(tiny_cfg)
-  full, _ = api.forward(m, params, toks)
+  full, _ = steps.make_forward_fn(m)(params, toks)
   step = steps.make_step_fn(m)
   cache = steps.make_cache_fn(m)(2)
   slots = np.array([1, 0])  # rows deliberately not in slot order
@@ -81,7 +81,7 @@ def test_chunked_prefill_matches_single_shot(tiny_cfg, chunk):
   slots = np.array([0, 2])
   single, _ = _prefill_chunks(m, step, params, steps.make_cache_fn(m)(3), toks, 12, slots)
   chunked, cache = _prefill_chunks(m, step, params, steps.make_cache_fn(m)(3), toks, chunk, slots)
-  full, _ = api.forward(m, params, toks)
+  full, _ = steps.make_forward_fn(m)(params, toks)
   np.testing.assert_allclose(chunked, single, atol=LOGITS_ATOL, rtol=0)
   np.testing.assert_allclose(single, full, atol=LOGITS_ATOL, rtol=0)
   np.testing.assert_array_equal(np.asarray(cache["lengths"]), [12, 0, 12])
@@ -96,11 +96,12 @@ def test_changing_a_later_token_never_changes_earlier_logits(tiny_cfg, router):
   tiny_cfg.model.router.update(router)
   m = tiny_cfg.model
   params, toks = _setup(tiny_cfg, seed=5)
-  base_logits, _ = api.forward(m, params, toks)
+  forward = steps.make_forward_fn(m)  # jitted: one compile, not one per op
+  base_logits, _ = forward(params, toks)
   for t in (0, 5, 11):
     changed = toks.copy()
     changed[:, t] = (changed[:, t] + 7) % m.vocab_size
-    logits, _ = api.forward(m, params, changed)
+    logits, _ = forward(params, changed)
     np.testing.assert_array_equal(np.asarray(logits[:, :t]), np.asarray(base_logits[:, :t]))
     assert not np.array_equal(np.asarray(logits[:, t]), np.asarray(base_logits[:, t]))
 

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from moe_serve.model import api, dispatch_sorted
+from moe_serve.model import dispatch_sorted
 from moe_serve.parallel import compiles, steps
 from moe_serve.serving import run as run_lib
 from moe_serve.serving.stream.request import Request, SamplingParams
@@ -180,7 +180,7 @@ def test_prompt_logprobs_match_a_full_forward(tiny_model):
   assert sum(r["preemptions"] for r in log.requests) > 0
   longest = max(len(r.prompt) for r in reqs)
   padded = np.asarray([list(r.prompt) + [0] * (longest - len(r.prompt)) for r in reqs])
-  lp_BxLxV = np.asarray(jax.nn.log_softmax(api.forward(cfg.model, params, padded)[0], -1))
+  lp_BxLxV = np.asarray(jax.nn.log_softmax(steps.make_forward_fn(cfg.model)(params, padded)[0], -1))
   for req, rec, lp in zip(reqs, log.requests, lp_BxLxV):  # causal: right padding changes nothing
     want = lp[np.arange(len(req.prompt) - 1), np.asarray(req.prompt[1:])]
     assert len(rec["prompt_logprobs"]) == len(req.prompt) - 1
