@@ -120,7 +120,10 @@ def _apply(model_cfg, params, parts, cache, num_decode_parts=0, record_routing=F
 
 
 def init_cache(model_cfg, num_slots):
-  """An empty KV cache of `num_slots` slots in the model's dtype (layout in the module doc)."""
+  """An empty KV cache of `num_slots` slots in the model's dtype (layout in the module doc).
+
+  Uncommitted arrays: for a jitted step use steps.make_cache_fn, whose cache is committed like
+  the step's donated output, so the second step does not compile the same shape again."""
   m = model_cfg
   shapes = attend.cache_layer_shapes(m, num_slots)
   layer = lambda: {c: jnp.zeros(shape, jnp.dtype(m.dtype)) for c, shape in shapes.items()}
