@@ -83,6 +83,23 @@ def make_step_fn(model_cfg, mesh=None, rules=None, record_routing=False):
                    static=("kv_len",))
 
 
+_BUILT = {}
+
+
+def _once(builder):
+  """`builder(model_cfg, mesh, rules)` built once per (model, mesh, rules), as sharding.plan is:
+  a second engine or load of one model reuses the compiled function instead of compiling anew."""
+  @functools.wraps(builder)
+  def once(model_cfg, mesh=None, rules=None):
+    key = (builder.__name__, model_cfg.to_json(sort_keys=True), mesh,
+           None if rules is None else tuple(tuple(r) for r in rules))
+    if key not in _BUILT:
+      _BUILT[key] = builder(model_cfg, mesh, rules)
+    return _BUILT[key]
+  return once
+
+
+@_once
 def make_forward_fn(model_cfg, mesh=None, rules=None):
   """jit((params, tokens [B, L], segment_ids [B, L] = None) -> (logits [B, L, V], aux))."""
   if mesh is None:
@@ -113,22 +130,6 @@ def make_forward_fn(model_cfg, mesh=None, rules=None):
 # model's init took 7.0 s at XLA's default level and 1.5 s at level 0 (AMD EPYC, 2026-12-05).
 # The level changes how some values round (so does jit vs eager): every init goes through here.
 INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
-
-
-_BUILT = {}
-
-
-def _once(builder):
-  """`builder(model_cfg, mesh, rules)` built once per (model, mesh, rules), as sharding.plan is:
-  a second engine or load of one model reuses the compiled function instead of compiling anew."""
-  @functools.wraps(builder)
-  def once(model_cfg, mesh=None, rules=None):
-    key = (builder.__name__, model_cfg.to_json(sort_keys=True), mesh,
-           None if rules is None else tuple(tuple(r) for r in rules))
-    if key not in _BUILT:
-      _BUILT[key] = builder(model_cfg, mesh, rules)
-    return _BUILT[key]
-  return once
 
 
 @_once

@@ -154,9 +154,7 @@ def test_cached_decode_equals_full_forward(family, engine):
                                  domain=cfg.serve.domains[0])]).requests[0]
   sequences = [q["prompt_ids"] for q in ref["prompts"]]
   sequences[1] = p["prompt_ids"] + rec["tokens"]
-  logits_LxV = _forward(m, params, ref, sequences)[1].astype(np.float64)
-  shifted_LxV = logits_LxV - logits_LxV.max(axis=-1, keepdims=True)
-  logp_LxV = shifted_LxV - np.log(np.exp(shifted_LxV).sum(axis=-1, keepdims=True))
+  logp_LxV = jax.nn.log_softmax(_forward(m, params, ref, sequences)[1], axis=-1)
   first = len(p["prompt_ids"]) - 1
   want = [float(logp_LxV[first + j, t]) for j, t in enumerate(rec["tokens"])]
   np.testing.assert_allclose(rec["logprobs"], want, atol=tolerances.LOGPROB_ATOL, rtol=0)
